@@ -1,0 +1,38 @@
+"""deit: Data-efficient Image Transformers with the Hugging Face API, and distillation training."""
+
+from .config import PRESETS, DeiTConfig, ViTConfig
+from .losses import DistillationLoss
+from .modeling import (
+    DeiTForImageClassification,
+    DeiTForImageClassificationWithTeacher,
+    DeiTForMaskedImageModeling,
+    DeiTModel,
+    DeiTPreTrainedModel,
+    ViTForImageClassification,
+    ViTForMaskedImageModeling,
+    ViTModel,
+)
+from .outputs import (
+    BaseModelOutputWithPooling,
+    DeiTForImageClassificationWithTeacherOutput,
+    ImageClassifierOutput,
+    MaskedImageModelingOutput,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS", "DeiTConfig", "ViTConfig", "DistillationLoss",
+    "DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher", "DeiTForMaskedImageModeling",
+    "DeiTPreTrainedModel", "ViTModel", "ViTForImageClassification", "ViTForMaskedImageModeling",
+    "BaseModelOutputWithPooling", "DeiTForImageClassificationWithTeacherOutput", "ImageClassifierOutput", "MaskedImageModelingOutput",
+]
+
+
+def __getattr__(name: str):
+    # The image processor pulls in PIL; import it only when asked for.
+    if name in ("DeiTImageProcessor", "DeiTFeatureExtractor"):
+        from . import processing
+
+        return getattr(processing, name)
+    raise AttributeError(f"module 'deit' has no attribute {name!r}")

@@ -1,0 +1,288 @@
+"""Reading and writing checkpoints safely.
+
+safetensors first; pickle files (``.bin`` / ``.pth``) only through ``torch.load(weights_only=True)``,
+which refuses anything but tensors and plain containers, so no code in a file ever runs.
+Writes are atomic (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from .config import CONFIG_NAME, DeiTConfig, config_from_dict
+from .io import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:
+    from .modeling import DeiTPreTrainedModel
+
+logger = logging.getLogger("deit")
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, is unsafe, or does not fit the model."""
+
+
+# ---------------------------------------------------------------------------- reading
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: not a valid safetensors file (truncated or corrupt?): {err}") from None
+
+
+def _read_pickle(path: Path) -> dict[str, Any]:
+    try:
+        # weights_only=True: the unpickler only rebuilds tensors and plain containers and refuses
+        # any other global, so a payload in the file is never imported or called.
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused to load: the file contains objects other than tensors (it could run code). "
+            f"Only plain weight files are accepted. Detail: {str(err).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable PyTorch weights file (truncated or corrupt?): {err}") from None
+    return obj
+
+
+def unwrap_state_dict(obj: Any, path: Path | str) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint, looking inside the usual wrappers (``{"model": ...}``, ...)."""
+    for key in ("model", "state_dict", "model_ema", "module"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path}: no state dict found (expected a mapping of parameter names to tensors)")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path}: the file holds no tensors")
+    # DistributedDataParallel wraps names in "module."
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def read_state_dict(path: str | os.PathLike, resolve_sibling: Callable[[str], Path] | None = None) -> dict[str, torch.Tensor]:
+    """Read every tensor of a weights file: safetensors, a sharded index, or a pickle (safely)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    name = path.name
+    if name.endswith(".index.json"):
+        try:
+            index = json.loads(path.read_text())
+            shard_names = sorted(set(index["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"{path}: not a valid shard index ({err})") from None
+        state: dict[str, torch.Tensor] = {}
+        for shard in shard_names:
+            shard_path = resolve_sibling(shard) if resolve_sibling else path.parent / shard
+            state.update(read_state_dict(shard_path))
+        return state
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    if name.endswith(".safetensors") or (len(head) == 8 and not head.startswith(b"PK") and not head.startswith(b"\x80")):
+        return _read_safetensors(path)
+    return unwrap_state_dict(_read_pickle(path), path)
+
+
+# ------------------------------------------------------------------ fitting to a model
+def _adapt_prefix(model: "DeiTPreTrainedModel", state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Load a bare-body checkpoint into a head model and a head checkpoint into the bare body."""
+    prefix = model.base_model_prefix + "."
+    expected = model.state_dict().keys()
+    model_has_prefix = any(k.startswith(prefix) for k in expected)
+    ckpt_has_prefix = any(k.startswith(prefix) for k in state_dict)
+    if model_has_prefix and not ckpt_has_prefix:
+        return {prefix + k: v for k, v in state_dict.items()}
+    if not model_has_prefix and ckpt_has_prefix:
+        # The heads of the checkpoint have no place in the bare body: drop them quietly.
+        return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return state_dict
+
+
+def load_state_dict_into(
+    model: "DeiTPreTrainedModel",
+    state_dict: dict[str, torch.Tensor],
+    *,
+    ignore_mismatched_sizes: bool = False,
+    source: str = "checkpoint",
+) -> dict[str, list[str]]:
+    """Copy ``state_dict`` into ``model`` and report what did not fit.
+
+    A shape mismatch is an error naming the key and both shapes, unless
+    ``ignore_mismatched_sizes`` (then the model keeps its fresh initialisation for that key).
+    Returns the ``missing``, ``unexpected`` and ``mismatched`` keys.
+    """
+    state_dict = _adapt_prefix(model, state_dict)
+    own = model.state_dict()
+    mismatched = [k for k, v in state_dict.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    if mismatched and not ignore_mismatched_sizes:
+        details = "; ".join(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched)
+        raise CheckpointError(
+            f"{source}: {len(mismatched)} tensor(s) do not fit {type(model).__name__}: {details}. "
+            "Pass ignore_mismatched_sizes=True to re-initialise them (e.g. a classifier for a new label set)."
+        )
+    loadable = {k: v for k, v in state_dict.items() if k in own and k not in mismatched}
+    missing = [k for k in own if k not in loadable and k not in mismatched]
+    unexpected = [k for k in state_dict if k not in own]
+    model.load_state_dict(loadable, strict=False)
+    name = type(model).__name__
+    if missing:
+        warnings.warn(f"{name}: weights not found in {source} and newly initialised: {', '.join(missing)}", stacklevel=3)
+    if mismatched:
+        warnings.warn(f"{name}: weights of another shape in {source} were re-initialised: {', '.join(mismatched)}", stacklevel=3)
+    if unexpected:
+        warnings.warn(f"{name}: weights in {source} that the model does not use were ignored: {', '.join(unexpected)}", stacklevel=3)
+    return {"missing": missing, "unexpected": unexpected, "mismatched": mismatched}
+
+
+def _resolve_dtype(torch_dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if torch_dtype is None or torch_dtype == "auto":
+        return None
+    if isinstance(torch_dtype, torch.dtype):
+        return torch_dtype
+    if torch_dtype in _DTYPES:
+        return _DTYPES[torch_dtype]
+    raise ValueError(f"torch_dtype must be one of float32/float16/bfloat16 or a torch.dtype, got {torch_dtype!r}")
+
+
+def load_pretrained(
+    cls: type["DeiTPreTrainedModel"],
+    name_or_path: str | os.PathLike,
+    *,
+    config: DeiTConfig | None = None,
+    torch_dtype: str | torch.dtype | None = None,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    attn_implementation: str | None = None,
+    ignore_mismatched_sizes: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    revision: str | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    output_loading_info: bool = False,
+    **config_overrides: Any,
+) -> Any:
+    from . import convert
+    from .hub import resolve_file, resolve_weights
+
+    hub_kwargs = dict(cache_dir=cache_dir, revision=revision, local_files_only=local_files_only, token=token)
+    weights_path = resolve_weights(name_or_path, **hub_kwargs)
+    source = Path(name_or_path)
+    resolve_sibling = None
+    if not source.exists():  # a Hub repository: shards are fetched by name from the same repo
+        resolve_sibling = lambda shard: resolve_file(name_or_path, shard, **hub_kwargs)  # noqa: E731
+    state_dict = read_state_dict(weights_path, resolve_sibling=resolve_sibling)
+    state_dict, inferred = convert.to_hf_layout(state_dict, source=weights_path)
+
+    if config is None:
+        config_dir = source if source.is_dir() or not source.exists() else source.parent
+        config_path = resolve_file(config_dir if source.exists() else name_or_path, CONFIG_NAME, required=False, **hub_kwargs)
+        if config_path is not None and (inferred is None or source.is_dir() or not source.exists()):
+            config = DeiTConfig.from_json_file(config_path)
+            config = config_from_dict(config.to_dict())
+        elif inferred is not None:
+            config = config_from_dict(inferred)
+        else:
+            raise CheckpointError(f"{name_or_path}: no {CONFIG_NAME} beside the weights, and the weights alone do not describe the model")
+    else:
+        config = config.copy()
+    if config_overrides:
+        data = config.to_dict()
+        if "num_labels" in config_overrides and "id2label" not in config_overrides:
+            data.pop("id2label", None)
+            data.pop("label2id", None)
+        config = config_from_dict({**data, **config_overrides})
+    if attn_implementation is not None:
+        config.attn_implementation = attn_implementation
+        config.validate()
+
+    target_cls = convert.class_for(cls, config)
+    model = target_cls(config)
+    info = load_state_dict_into(model, state_dict, ignore_mismatched_sizes=ignore_mismatched_sizes, source=str(weights_path))
+    resolved_dtype = _resolve_dtype(torch_dtype if torch_dtype is not None else dtype)
+    if resolved_dtype is not None or device is not None:
+        model.to(device=device, dtype=resolved_dtype)
+    model.eval()
+    return (model, info) if output_loading_info else model
+
+
+# ---------------------------------------------------------------------------- writing
+def _parse_size(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    text = size.strip().upper()
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(text)
+
+
+def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write one safetensors file atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
+
+
+def save_pretrained(model: "DeiTPreTrainedModel", save_directory: str | os.PathLike, max_shard_size: int | str | None = None) -> None:
+    directory = Path(save_directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model.config.copy()
+    config.architectures = [type(model).__name__]
+    state_dict = model.state_dict()
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    if max_shard_size is not None:
+        limit, current = _parse_size(max_shard_size), 0
+        for key, tensor in state_dict.items():
+            size = tensor.numel() * tensor.element_size()
+            if shards[-1] and current + size > limit:
+                shards.append({})
+                current = 0
+            shards[-1][key] = tensor
+            current += size
+    else:
+        shards[0] = dict(state_dict)
+
+    # Remove weights of an earlier save in another layout so the folder is unambiguous.
+    stale = [p for p in directory.glob("model-*-of-*.safetensors")] + [directory / n for n in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, "pytorch_model.bin")]
+    if len(shards) == 1:
+        save_state_dict(shards[0], directory / SAFE_WEIGHTS_NAME)
+        keep = {directory / SAFE_WEIGHTS_NAME}
+    else:
+        weight_map, keep = {}, set()
+        for i, shard in enumerate(shards, start=1):
+            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            save_state_dict(shard, directory / name)
+            keep.add(directory / name)
+            weight_map.update({k: name for k in shard})
+        total = sum(t.numel() * t.element_size() for t in state_dict.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        atomic_write_text(directory / SAFE_WEIGHTS_INDEX_NAME, json.dumps(index, indent=2) + "\n")
+        keep.add(directory / SAFE_WEIGHTS_INDEX_NAME)
+    for path in stale:
+        if path not in keep and path.exists():
+            path.unlink()
+    config.save_pretrained(directory)

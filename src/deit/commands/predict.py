@@ -1,0 +1,104 @@
+"""``deit predict IMAGE... --model DIR``: top-k labels and probabilities per image."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("predict", help="classify images with a DeiT checkpoint")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (or folders of images)")
+    p.add_argument("--model", required=True, help="checkpoint folder, weights file, or Hub name")
+    p.add_argument("--top-k", type=int, default=5, help="labels to show per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="inference precision")
+    p.set_defaults(func=run)
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Files as given; folders replaced by the image files inside them (sorted)."""
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+        else:
+            paths.append(path)
+    return paths
+
+
+def load_processor(model_source: str, config: Any):
+    from ..processing import DeiTImageProcessor
+
+    source = Path(model_source)
+    folder = source if source.is_dir() else source.parent
+    if (folder / "preprocessor_config.json").is_file():
+        return DeiTImageProcessor.from_pretrained(folder)
+    # No processor file: the DeiT recipe (resize to size/0.875, center crop to the model's size).
+    crop = config.image_size
+    return DeiTImageProcessor(size=int(round(crop / 0.875)), crop_size=crop)
+
+
+def run(args: argparse.Namespace) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    from ..auto import AutoModelForImageClassification
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    model = AutoModelForImageClassification.from_pretrained(args.model, torch_dtype=dtype, device=args.device)
+    processor = load_processor(args.model, model.config)
+    id2label = model.config.id2label
+    k = min(args.top_k, model.config.num_labels)
+
+    results: list[dict[str, Any]] = []
+    failures = 0
+    paths = expand_inputs(args.images)
+    for start in range(0, len(paths), args.batch_size):
+        batch_paths, images = [], []
+        for path in paths[start : start + args.batch_size]:
+            try:
+                with Image.open(path) as img:
+                    img.load()
+                    images.append(img.copy())
+                batch_paths.append(path)
+            except (UnidentifiedImageError, OSError, ValueError) as err:
+                failures += 1
+                reason = "not an image file" if isinstance(err, UnidentifiedImageError) else str(err)
+                print(f"deit predict: error: {path}: {reason}", file=sys.stderr)
+                results.append({"image": str(path), "error": reason})
+        if not images:
+            continue
+        pixel_values = processor(images, return_tensors="pt")["pixel_values"].to(args.device, dtype)
+        with torch.inference_mode():
+            logits = model(pixel_values).logits.float()
+        probs, ids = logits.softmax(-1).topk(k, dim=-1)
+        for path, p_row, id_row in zip(batch_paths, probs.tolist(), ids.tolist()):
+            preds = [{"label": id2label.get(i, str(i)), "id": i, "score": round(p, 6)} for p, i in zip(p_row, id_row)]
+            results.append({"image": str(path), "predictions": preds})
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for item in results:
+            if "predictions" not in item:
+                continue
+            print(item["image"])
+            for pred in item["predictions"]:
+                print(f"  {pred['score']:.4f}  {pred['label']}")
+    if failures:
+        print(f"deit predict: {failures} of {len(paths)} file(s) could not be classified", file=sys.stderr)
+        return 1
+    return 0

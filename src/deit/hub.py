@@ -1,0 +1,126 @@
+"""Resolving a model name: a local folder or file, or a Hugging Face Hub repository id.
+
+Hub names go through ``huggingface_hub`` (its cache, ``revision``, ``local_files_only`` and the
+``HF_HUB_OFFLINE`` environment variable). Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+# Weight files in the order we prefer them: safetensors first, pickle last.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A name that is neither a local path nor a Hub repository we can reach or find cached."""
+
+
+def is_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_download(repo_id: str, filename: str, *, cache_dir: str | os.PathLike | None, revision: str | None, local_files_only: bool, token: str | bool | None) -> Path | None:
+    """Path of ``filename`` in the repo (downloading if allowed), or None if the repo lacks it."""
+    try:
+        import huggingface_hub
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    except ImportError as err:  # pragma: no cover - huggingface_hub is a dependency
+        raise ModelNotFoundError(f"{repo_id!r} is not a local path, and huggingface_hub is not installed to resolve it") from err
+    offline = local_files_only or is_offline()
+    try:
+        path = huggingface_hub.hf_hub_download(
+            repo_id, filename, cache_dir=cache_dir, revision=revision, local_files_only=offline, token=token
+        )
+    except EntryNotFoundError:
+        return None
+    except LocalEntryNotFoundError:
+        if offline:
+            # Tell apart "the file is missing from a cached snapshot" and "nothing is cached".
+            if _cached_snapshot(repo_id, cache_dir, revision) is not None:
+                return None
+            raise ModelNotFoundError(
+                f"{repo_id!r} is not a local path and is not in the Hugging Face cache, and the Hub is not reachable "
+                f"(offline mode: local_files_only={local_files_only}, HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}). "
+                "Download it on a connected machine, or pass the path of a local folder or weights file."
+            ) from None
+        raise ModelNotFoundError(
+            f"could not download {filename} of {repo_id!r} from the Hugging Face Hub and it is not cached; "
+            "check the network, or pass the path of a local folder or weights file"
+        ) from None
+    except (RepositoryNotFoundError, RevisionNotFoundError) as err:
+        raise ModelNotFoundError(f"{repo_id!r}: no such local path, and the Hub has no such repository/revision ({err})") from None
+    return Path(path)
+
+
+def _cached_snapshot(repo_id: str, cache_dir: str | os.PathLike | None, revision: str | None) -> Path | None:
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover
+        return None
+    root = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HUB_CACHE)
+    repo_dir = root / ("models--" + repo_id.replace("/", "--"))
+    ref = repo_dir / "refs" / (revision or "main")
+    if ref.is_file():
+        snapshot = repo_dir / "snapshots" / ref.read_text().strip()
+        return snapshot if snapshot.is_dir() else None
+    snapshot = repo_dir / "snapshots" / (revision or "")
+    return snapshot if revision and snapshot.is_dir() else None
+
+
+def looks_like_repo_id(name: str) -> bool:
+    return bool(_REPO_ID.match(name)) and not Path(name).exists()
+
+
+def resolve_file(
+    name_or_path: str | os.PathLike,
+    filename: str,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    revision: str | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    required: bool = True,
+) -> Path | None:
+    """Path of ``filename`` inside a local folder or a Hub repository.
+
+    A local file given directly is returned as is when it is named ``filename``.
+    Returns None for a missing file when ``required`` is False.
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        candidate = path / filename
+        if candidate.is_file():
+            return candidate
+        if required:
+            raise FileNotFoundError(f"{path}: no {filename} in this folder")
+        return None
+    if path.is_file():
+        if path.name == filename:
+            return path
+        if required:
+            raise FileNotFoundError(f"{path} is a file, not a folder containing {filename}")
+        return None
+    name = str(name_or_path)
+    if not looks_like_repo_id(name):
+        raise ModelNotFoundError(f"{name}: no such file or folder")
+    found = _hub_download(name, filename, cache_dir=cache_dir, revision=revision, local_files_only=local_files_only, token=token)
+    if found is None and required:
+        raise FileNotFoundError(f"Hub repository {name!r} has no {filename}")
+    return found
+
+
+def resolve_weights(name_or_path: str | os.PathLike, **hub_kwargs) -> Path:
+    """The weights file of a model (a file given directly, or the preferred one in a folder / repo)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for filename in WEIGHT_FILES:
+        found = resolve_file(name_or_path, filename, required=False, **hub_kwargs)
+        if found is not None:
+            return found
+    raise FileNotFoundError(f"{name_or_path}: no weights found (looked for {', '.join(WEIGHT_FILES)})")

@@ -1,0 +1,701 @@
+"""DeiT in plain PyTorch, readable top to bottom.
+
+One body (:class:`DeiTModel`) and thin heads on top of it. Module and parameter names are the
+Hugging Face ones (``deit.encoder.layer.0.attention.attention.query.weight``, ...), so the
+checkpoints on the Hub load with a plain ``load_state_dict`` and ours load in ``transformers``.
+The plain-ViT classes used by the non-distilled DeiT checkpoints are the same modules with one
+prefix token instead of two.
+
+Token layout: ``[CLS], [DIST], patch_1 ... patch_N`` (ViT: ``[CLS], patch_1 ... patch_N``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DeiTConfig, ViTConfig
+from .outputs import (
+    BaseModelOutputWithPooling,
+    DeiTForImageClassificationWithTeacherOutput,
+    ImageClassifierOutput,
+    MaskedImageModelingOutput,
+)
+
+_ACTIVATIONS: dict[str, type[nn.Module] | Any] = {
+    "gelu": nn.GELU,
+    "gelu_new": lambda: nn.GELU(approximate="tanh"),
+    "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
+    "gelu_fast": lambda: nn.GELU(approximate="tanh"),
+    "quick_gelu": lambda: _QuickGELU(),
+    "relu": nn.ReLU,
+    "selu": nn.SELU,
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+    "tanh": nn.Tanh,
+}
+
+
+class _QuickGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def activation(name: str) -> nn.Module:
+    return _ACTIVATIONS[name]()
+
+
+# ---------------------------------------------------------------------------- embeddings
+class DeiTPatchEmbeddings(nn.Module):
+    """Cut the image into non-overlapping patches and project each to ``hidden_size``."""
+
+    def __init__(self, config: DeiTConfig) -> None:
+        super().__init__()
+        self.image_size = config.image_size
+        self.patch_size = config.patch_size
+        self.num_channels = config.num_channels
+        self.grid_size = config.image_size // config.patch_size
+        self.num_patches = self.grid_size**2
+        self.projection = nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # (B, C, H, W) -> (B, hidden, H/p, W/p) -> (B, N, hidden)
+        return self.projection(pixel_values).flatten(2).transpose(1, 2)
+
+
+class DeiTEmbeddings(nn.Module):
+    """Patch embeddings plus the prefix tokens ([CLS], and [DIST] for DeiT) and learned positions."""
+
+    def __init__(self, config: DeiTConfig, use_mask_token: bool = False, num_prefix_tokens: int = 2) -> None:
+        super().__init__()
+        self.num_prefix_tokens = num_prefix_tokens
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        # Registered before the patch embeddings so the parameter order is the Hugging Face one.
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if use_mask_token else None
+        self.distillation_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if num_prefix_tokens == 2 else None
+        self.patch_embeddings = DeiTPatchEmbeddings(config)
+        self.position_embeddings = nn.Parameter(torch.zeros(1, self.patch_embeddings.num_patches + num_prefix_tokens, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def prefix_tokens(self, batch_size: int) -> torch.Tensor:
+        tokens = self.cls_token if self.distillation_token is None else torch.cat((self.cls_token, self.distillation_token), dim=1)
+        return tokens.expand(batch_size, -1, -1)
+
+    def interpolated_position_embeddings(self, grid_height: int, grid_width: int) -> torch.Tensor:
+        """Position embeddings resampled (bicubic) to a patch grid of another size.
+
+        Same arithmetic as the reference: the prefix positions are kept, the patch positions are
+        resized with ``F.interpolate(size=..., align_corners=False)``.
+        """
+        native = self.patch_embeddings.grid_size
+        if (grid_height, grid_width) == (native, native):
+            return self.position_embeddings
+        prefix = self.position_embeddings[:, : self.num_prefix_tokens]
+        patches = self.position_embeddings[:, self.num_prefix_tokens :]
+        dim = patches.shape[-1]
+        patches = patches.reshape(1, native, native, dim).permute(0, 3, 1, 2)
+        patches = F.interpolate(patches, size=(grid_height, grid_width), mode="bicubic", align_corners=False)
+        patches = patches.permute(0, 2, 3, 1).reshape(1, grid_height * grid_width, dim)
+        return torch.cat((prefix, patches), dim=1)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> torch.Tensor:
+        _, _, height, width = pixel_values.shape
+        embeddings = self.patch_embeddings(pixel_values)
+        batch_size, num_patches, _ = embeddings.shape
+
+        if bool_masked_pos is not None:
+            # Replace masked patches by the learned mask token (SimMIM).
+            mask = bool_masked_pos.reshape(batch_size, num_patches, 1).to(embeddings.dtype)
+            embeddings = embeddings * (1.0 - mask) + self.mask_token.to(embeddings.dtype) * mask
+
+        embeddings = torch.cat((self.prefix_tokens(batch_size).to(embeddings.dtype), embeddings), dim=1)
+        if interpolate_pos_encoding:
+            p = self.patch_embeddings.patch_size
+            positions = self.interpolated_position_embeddings(height // p, width // p)
+        else:
+            positions = self.position_embeddings
+        return self.dropout(embeddings + positions.to(embeddings.dtype))
+
+
+# ----------------------------------------------------------------------------- attention
+class DeiTSelfAttention(nn.Module):
+    """Multi-head self-attention: SDPA by default, an explicit (eager) path when the attention
+    weights are asked for or a head mask is applied."""
+
+    def __init__(self, config: DeiTConfig) -> None:
+        super().__init__()
+        self.num_attention_heads = config.num_attention_heads
+        self.attention_head_size = config.hidden_size // config.num_attention_heads
+        self.all_head_size = config.hidden_size
+        self.scale = self.attention_head_size**-0.5
+        self.dropout_prob = config.attention_probs_dropout_prob
+        self.query = nn.Linear(config.hidden_size, self.all_head_size, bias=config.qkv_bias)
+        self.key = nn.Linear(config.hidden_size, self.all_head_size, bias=config.qkv_bias)
+        self.value = nn.Linear(config.hidden_size, self.all_head_size, bias=config.qkv_bias)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch_size, seq_len, _ = x.shape
+        return x.view(batch_size, seq_len, self.num_attention_heads, self.attention_head_size).transpose(1, 2)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        head_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        use_sdpa: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, seq_len, _ = hidden_states.shape
+        query = self._split_heads(self.query(hidden_states))
+        key = self._split_heads(self.key(hidden_states))
+        value = self._split_heads(self.value(hidden_states))
+        dropout_p = self.dropout_prob if self.training else 0.0
+
+        if use_sdpa and head_mask is None and not output_attentions:
+            context = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
+            probs = None
+        else:
+            scores = torch.matmul(query, key.transpose(-1, -2)) * self.scale
+            # Softmax in float32 so half-precision attention maps still sum to one.
+            probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+            probs = F.dropout(probs, p=dropout_p, training=self.training)
+            if head_mask is not None:
+                probs = probs * head_mask
+            context = torch.matmul(probs, value)
+
+        context = context.transpose(1, 2).reshape(batch_size, seq_len, self.all_head_size)
+        return context, (probs if output_attentions else None)
+
+
+class DeiTSelfOutput(nn.Module):
+    def __init__(self, config: DeiTConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense(hidden_states))
+
+
+class DeiTAttention(nn.Module):
+    def __init__(self, config: DeiTConfig) -> None:
+        super().__init__()
+        self.attention = DeiTSelfAttention(config)
+        self.output = DeiTSelfOutput(config)
+
+    def forward(
+        self, hidden_states: torch.Tensor, head_mask: torch.Tensor | None = None, output_attentions: bool = False, use_sdpa: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        context, probs = self.attention(hidden_states, head_mask, output_attentions, use_sdpa)
+        return self.output(context), probs
+
+
+# ---------------------------------------------------------------------------------- MLP
+class DeiTIntermediate(nn.Module):
+    def __init__(self, config: DeiTConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = activation(config.hidden_act)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class DeiTOutput(nn.Module):
+    def __init__(self, config: DeiTConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense(hidden_states))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a residual branch for whole samples during training."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+# --------------------------------------------------------------------------------- layer
+class DeiTLayer(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
+
+    def __init__(self, config: DeiTConfig, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.attention = DeiTAttention(config)
+        self.intermediate = DeiTIntermediate(config)
+        self.output = DeiTOutput(config)
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(
+        self, hidden_states: torch.Tensor, head_mask: torch.Tensor | None = None, output_attentions: bool = False, use_sdpa: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attention_output, probs = self.attention(self.layernorm_before(hidden_states), head_mask, output_attentions, use_sdpa)
+        hidden_states = hidden_states + self.drop_path(attention_output)
+        mlp_output = self.output(self.intermediate(self.layernorm_after(hidden_states)))
+        return hidden_states + self.drop_path(mlp_output), probs
+
+
+class DeiTEncoder(nn.Module):
+    def __init__(self, config: DeiTConfig) -> None:
+        super().__init__()
+        depth = config.num_hidden_layers
+        # Stochastic depth grows linearly with depth, as in the DeiT recipe.
+        rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.layer = nn.ModuleList(DeiTLayer(config, rate) for rate in rates)
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        head_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        use_sdpa: bool = True,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        all_hidden = [hidden_states] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
+        for i, layer in enumerate(self.layer):
+            layer_head_mask = head_mask[i] if head_mask is not None else None
+            if self.gradient_checkpointing and self.training:
+                hidden_states, probs = torch.utils.checkpoint.checkpoint(
+                    layer, hidden_states, layer_head_mask, output_attentions, use_sdpa, use_reentrant=False
+                )
+            else:
+                hidden_states, probs = layer(hidden_states, layer_head_mask, output_attentions, use_sdpa)
+            if all_hidden is not None:
+                all_hidden.append(hidden_states)
+            if all_attentions is not None:
+                all_attentions.append(probs)
+        return (
+            hidden_states,
+            tuple(all_hidden) if all_hidden is not None else None,
+            tuple(all_attentions) if all_attentions is not None else None,
+        )
+
+
+class DeiTPooler(nn.Module):
+    """Dense + activation on the first ([CLS]) token."""
+
+    def __init__(self, config: DeiTConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.pooler_output_size)
+        self.activation = activation(config.pooler_act)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+# ---------------------------------------------------------------------- shared machinery
+class DeiTPreTrainedModel(nn.Module):
+    """Configuration, weight initialisation, and ``from_pretrained`` / ``save_pretrained``."""
+
+    config_class: ClassVar[type[DeiTConfig]] = DeiTConfig
+    base_model_prefix: ClassVar[str] = "deit"
+    # Number of prefix tokens before the patches: [CLS] and [DIST] for DeiT, [CLS] for ViT.
+    num_prefix_tokens: ClassVar[int] = 2
+    main_input_name: ClassVar[str] = "pixel_values"
+
+    def __init__(self, config: DeiTConfig) -> None:
+        super().__init__()
+        if not isinstance(config, DeiTConfig):
+            raise TypeError(f"{type(self).__name__} expects a DeiTConfig, got {type(config).__name__}")
+        self.config = config
+        self._warned_eager_fallback = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.no_grad()
+    def init_weights(self, *roots: nn.Module) -> None:
+        """Truncated-normal weights (std ``initializer_range``), zero biases, unit LayerNorms.
+
+        The prefix tokens and position embeddings are drawn the same way (timm / the DeiT
+        authors do this) so that a freshly built model trains well; the mask token starts at 0.
+        ``roots`` limits the initialisation to some sub-modules (a head on an initialised body).
+        """
+        std = self.config.initializer_range
+        for module in (m for root in (roots or (self,)) for m in root.modules()):
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                nn.init.trunc_normal_(module.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, DeiTEmbeddings):
+                for token in (module.cls_token, module.distillation_token, module.position_embeddings):
+                    if token is not None:
+                        nn.init.trunc_normal_(token, mean=0.0, std=std, a=-2 * std, b=2 * std)
+                if module.mask_token is not None:
+                    nn.init.zeros_(module.mask_token)
+
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        if attn_implementation not in ("sdpa", "eager"):
+            raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {attn_implementation!r}")
+        self.config.attn_implementation = attn_implementation
+
+    def gradient_checkpointing_enable(self) -> None:
+        for module in self.modules():
+            if isinstance(module, DeiTEncoder):
+                module.gradient_checkpointing = True
+
+    # Delegated to deit.checkpoint so that file formats live in one place.
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> "DeiTPreTrainedModel":
+        """Load a model from a folder, a weights file, or a Hub name.
+
+        Keyword arguments: ``config``, ``torch_dtype``, ``device``, ``attn_implementation``,
+        ``ignore_mismatched_sizes``, ``cache_dir``, ``revision``, ``local_files_only``,
+        ``token``; any other keyword overrides a config field (e.g. ``num_labels=10``).
+        """
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str | None = None) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (sharded when ``max_shard_size`` is set)."""
+        from .checkpoint import save_pretrained
+
+        save_pretrained(self, save_directory, max_shard_size=max_shard_size)
+
+    # ------------------------------------------------------------------- helpers for heads
+    @property
+    def backbone(self) -> "DeiTModel":
+        return getattr(self, self.base_model_prefix)
+
+    def _classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Loss chosen by ``config.problem_type``, inferred from labels as the reference does."""
+        num_labels = self.config.num_labels
+        problem_type = self.config.problem_type
+        if problem_type is None:
+            if num_labels == 1:
+                problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
+                problem_type = "single_label_classification"
+            else:
+                problem_type = "multi_label_classification"
+        labels = labels.to(logits.device)
+        if problem_type == "regression":
+            if num_labels == 1:
+                return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+            return F.mse_loss(logits, labels.to(logits.dtype))
+        if problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+class DeiTModel(DeiTPreTrainedModel):
+    """The bare encoder: embeddings, transformer layers, final LayerNorm, optional pooler."""
+
+    def __init__(self, config: DeiTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False) -> None:
+        super().__init__(config)
+        self.embeddings = DeiTEmbeddings(config, use_mask_token=use_mask_token, num_prefix_tokens=self.num_prefix_tokens)
+        self.encoder = DeiTEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pooler = DeiTPooler(config) if add_pooling_layer else None
+        self.init_weights()
+
+    @property
+    def backbone(self) -> "DeiTModel":
+        return self
+
+    def get_input_embeddings(self) -> DeiTPatchEmbeddings:
+        return self.embeddings.patch_embeddings
+
+    def _check_inputs(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None, interpolate_pos_encoding: bool) -> None:
+        """Raise a clear ValueError for inputs the model cannot read correctly."""
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+        if pixel_values.ndim != 4:
+            raise ValueError(f"pixel_values must have shape (batch, channels, height, width), got {tuple(pixel_values.shape)}")
+        _, channels, height, width = pixel_values.shape
+        patch = self.config.patch_size
+        if channels != self.config.num_channels:
+            raise ValueError(f"pixel_values has {channels} channels but the model expects num_channels={self.config.num_channels}")
+        if not interpolate_pos_encoding:
+            if (height, width) != (self.config.image_size, self.config.image_size):
+                raise ValueError(
+                    f"Input image size ({height}*{width}) doesn't match the model ({self.config.image_size}*{self.config.image_size}); "
+                    "resize the input or pass interpolate_pos_encoding=True"
+                )
+        elif height < patch or width < patch:
+            raise ValueError(f"Input image size ({height}*{width}) is smaller than one patch ({patch}*{patch})")
+        if bool_masked_pos is not None:
+            if self.embeddings.mask_token is None:
+                raise ValueError("bool_masked_pos was given but this model has no mask token (build it with use_mask_token=True)")
+            grid = (height // patch) * (width // patch)
+            batch = pixel_values.shape[0]
+            if bool_masked_pos.numel() != batch * grid or bool_masked_pos.shape[0] != batch:
+                raise ValueError(
+                    f"bool_masked_pos must have shape (batch, num_patches) = ({batch}, {grid}) for a {height}*{width} input, "
+                    f"got {tuple(bool_masked_pos.shape)}"
+                )
+
+    def _expand_head_mask(self, head_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Turn a [heads] or [layers, heads] mask into [layers, 1, heads, 1, 1] (1 keeps a head)."""
+        if head_mask is None:
+            return None
+        layers, heads = self.config.num_hidden_layers, self.config.num_attention_heads
+        if head_mask.shape == (heads,):
+            head_mask = head_mask.expand(layers, heads)
+        elif head_mask.shape != (layers, heads):
+            raise ValueError(f"head_mask must have shape ({heads},) or ({layers}, {heads}), got {tuple(head_mask.shape)}")
+        return head_mask.to(self.dtype)[:, None, :, None, None]
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> BaseModelOutputWithPooling | tuple[Any, ...]:
+        self._check_inputs(pixel_values, bool_masked_pos, interpolate_pos_encoding)
+        pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
+        use_sdpa = self.config.attn_implementation == "sdpa"
+        if use_sdpa and (output_attentions or head_mask is not None) and not self._warned_eager_fallback:
+            warnings.warn(
+                "SDPA returns no attention weights and takes no head mask; using the eager attention path for this call. "
+                "Load with attn_implementation='eager' to silence this.",
+                stacklevel=2,
+            )
+            self._warned_eager_fallback = True
+
+        embedding_output = self.embeddings(pixel_values, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding)
+        hidden_states, all_hidden, all_attentions = self.encoder(
+            embedding_output,
+            head_mask=self._expand_head_mask(head_mask),
+            output_attentions=bool(output_attentions),
+            output_hidden_states=bool(output_hidden_states),
+            use_sdpa=use_sdpa,
+        )
+        sequence_output = self.layernorm(hidden_states)
+        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        output = BaseModelOutputWithPooling(sequence_output, pooled_output, all_hidden, all_attentions)
+        return output if return_dict is not False else output.to_tuple()
+
+
+# -------------------------------------------------------------------------------- heads
+class _HeadModel(DeiTPreTrainedModel):
+    """A head on top of the shared body, kept under ``base_model_prefix`` ("deit" / "vit")."""
+
+    body_class: ClassVar[type[DeiTModel]] = DeiTModel
+
+    def __init__(self, config: DeiTConfig, use_mask_token: bool = False) -> None:
+        super().__init__(config)
+        setattr(self, self.base_model_prefix, self.body_class(config, add_pooling_layer=False, use_mask_token=use_mask_token))
+
+    def _run_body(self, pixel_values: torch.Tensor, **kwargs: Any) -> BaseModelOutputWithPooling:
+        return self.backbone(pixel_values, return_dict=True, **kwargs)
+
+    def _linear_head(self) -> nn.Module:
+        n = self.config.num_labels
+        return nn.Linear(self.config.hidden_size, n) if n > 0 else nn.Identity()
+
+
+class DeiTForImageClassification(_HeadModel):
+    """A linear classifier on the final [CLS] token (the [DIST] token is not used)."""
+
+    def __init__(self, config: DeiTConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.classifier = self._linear_head()
+        self.init_weights(self.classifier)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        head_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> ImageClassifierOutput | tuple[Any, ...]:
+        body = self._run_body(
+            pixel_values, head_mask=head_mask, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+        logits = self.classifier(body.last_hidden_state[:, 0])
+        loss = self._classification_loss(logits, labels) if labels is not None else None
+        output = ImageClassifierOutput(loss, logits, body.hidden_states, body.attentions)
+        return output if return_dict is not False else output.to_tuple()
+
+
+class DeiTForImageClassificationWithTeacher(_HeadModel):
+    """Two linear heads, on the [CLS] and on the [DIST] token; the prediction is their mean.
+
+    Unlike the reference (inference only), this model trains: with ``labels`` the loss is the
+    mean of the two heads' losses; with ``labels`` and ``teacher_logits`` it is the DeiT
+    distillation loss (CLS head on the labels, DIST head on the teacher; see
+    :class:`deit.losses.DistillationLoss`), configured by ``distillation_type``
+    ("hard" by default, "soft", "none"), ``distillation_alpha`` and ``distillation_tau``.
+    """
+
+    def __init__(self, config: DeiTConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.cls_classifier = self._linear_head()
+        self.distillation_classifier = self._linear_head()
+        self.init_weights(self.cls_classifier, self.distillation_classifier)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        head_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        distillation_type: str = "hard",
+        distillation_alpha: float = 0.5,
+        distillation_tau: float = 1.0,
+    ) -> DeiTForImageClassificationWithTeacherOutput | tuple[Any, ...]:
+        body = self._run_body(
+            pixel_values, head_mask=head_mask, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+        sequence = body.last_hidden_state
+        cls_logits = self.cls_classifier(sequence[:, 0])
+        distillation_logits = self.distillation_classifier(sequence[:, 1])
+        logits = (cls_logits + distillation_logits) / 2
+
+        loss = None
+        if teacher_logits is not None and labels is None:
+            raise ValueError("teacher_logits were given without labels; the distillation loss needs both")
+        if labels is not None:
+            if teacher_logits is not None:
+                from .losses import DistillationLoss
+
+                loss_fn = DistillationLoss(distillation_type=distillation_type, alpha=distillation_alpha, tau=distillation_tau)
+                loss = loss_fn(cls_logits, distillation_logits, labels, teacher_logits)
+            else:
+                loss = (self._classification_loss(cls_logits, labels) + self._classification_loss(distillation_logits, labels)) / 2
+        output = DeiTForImageClassificationWithTeacherOutput(
+            loss, logits, cls_logits, distillation_logits, body.hidden_states, body.attentions
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class DeiTForMaskedImageModeling(_HeadModel):
+    """SimMIM: masked patches are replaced by a mask token and the pixels are reconstructed by a
+    1x1 convolution + pixel shuffle; the loss is the L1 error on the masked pixels.
+
+    The patch tokens (after the prefix tokens) form the feature map, as in transformers 5.x. The
+    feature map and the mask follow the actual input grid, so a non-default input size with
+    ``interpolate_pos_encoding=True`` works too.
+    """
+
+    def __init__(self, config: DeiTConfig) -> None:
+        super().__init__(config, use_mask_token=True)
+        self.decoder = nn.Sequential(
+            nn.Conv2d(config.hidden_size, config.encoder_stride**2 * config.num_channels, kernel_size=1),
+            nn.PixelShuffle(config.encoder_stride),
+        )
+        self.init_weights(self.decoder)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> MaskedImageModelingOutput | tuple[Any, ...]:
+        body = self._run_body(
+            pixel_values, bool_masked_pos=bool_masked_pos, head_mask=head_mask, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+        patch = self.config.patch_size
+        grid_h, grid_w = pixel_values.shape[2] // patch, pixel_values.shape[3] // patch
+        tokens = body.last_hidden_state[:, self.num_prefix_tokens :]
+        batch_size, _, hidden = tokens.shape
+        feature_map = tokens.transpose(1, 2).reshape(batch_size, hidden, grid_h, grid_w)
+        reconstruction = self.decoder(feature_map)
+
+        loss = None
+        if bool_masked_pos is not None:
+            mask = bool_masked_pos.reshape(batch_size, grid_h, grid_w)
+            mask = mask.repeat_interleave(patch, 1).repeat_interleave(patch, 2).unsqueeze(1).to(reconstruction.dtype)
+            target = pixel_values[:, :, : mask.shape[2], : mask.shape[3]].to(reconstruction.dtype)
+            l1 = F.l1_loss(target, reconstruction, reduction="none")
+            loss = (l1 * mask).sum() / (mask.sum() + 1e-5) / self.config.num_channels
+        output = MaskedImageModelingOutput(loss, reconstruction, body.hidden_states, body.attentions)
+        return output if return_dict is not False else output.to_tuple()
+
+
+# ------------------------------------------------------------------- plain ViT (non-distilled)
+class ViTPreTrainedModel(DeiTPreTrainedModel):
+    """The non-distilled DeiT checkpoints are plain ViTs: one prefix token, prefix "vit"."""
+
+    config_class = ViTConfig
+    base_model_prefix = "vit"
+    num_prefix_tokens = 1
+
+
+class ViTModel(ViTPreTrainedModel, DeiTModel):
+    pass
+
+
+class ViTForImageClassification(ViTPreTrainedModel, DeiTForImageClassification):
+    body_class = ViTModel
+
+
+class ViTForMaskedImageModeling(ViTPreTrainedModel, DeiTForMaskedImageModeling):
+    body_class = ViTModel
+
+
+MODEL_CLASSES: dict[str, type[DeiTPreTrainedModel]] = {
+    cls.__name__: cls
+    for cls in (
+        DeiTModel, DeiTForImageClassification, DeiTForImageClassificationWithTeacher, DeiTForMaskedImageModeling,
+        ViTModel, ViTForImageClassification, ViTForMaskedImageModeling,
+    )
+}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = [
+    "DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher", "DeiTForMaskedImageModeling",
+    "DeiTPreTrainedModel", "ViTModel", "ViTForImageClassification", "ViTForMaskedImageModeling", "ViTPreTrainedModel",
+    "MODEL_CLASSES", "count_parameters",
+]
