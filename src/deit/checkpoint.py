@@ -133,7 +133,7 @@ def load_state_dict_into(
     """
     state_dict = _adapt_prefix(model, state_dict)
     own = model.state_dict()
-    mismatched = [k for k, v in state_dict.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    mismatched = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
     if mismatched and not ignore_mismatched_sizes:
         details = "; ".join(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched)
         raise CheckpointError(
@@ -143,14 +143,19 @@ def load_state_dict_into(
     loadable = {k: v for k, v in state_dict.items() if k in own and k not in mismatched}
     missing = [k for k in own if k not in loadable and k not in mismatched]
     unexpected = [k for k in state_dict if k not in own]
+    # A pooler in the checkpoint is expected to go unused by the heads (they are built without one).
+    quiet = [k for k in unexpected if k.startswith("pooler.") or ".pooler." in k]
+    if quiet:
+        logger.info("%s: unused pooler weights in %s: %s", type(model).__name__, source, ", ".join(quiet))
     model.load_state_dict(loadable, strict=False)
     name = type(model).__name__
     if missing:
         warnings.warn(f"{name}: weights not found in {source} and newly initialised: {', '.join(missing)}", stacklevel=3)
     if mismatched:
         warnings.warn(f"{name}: weights of another shape in {source} were re-initialised: {', '.join(mismatched)}", stacklevel=3)
-    if unexpected:
-        warnings.warn(f"{name}: weights in {source} that the model does not use were ignored: {', '.join(unexpected)}", stacklevel=3)
+    loud = [k for k in unexpected if k not in quiet]
+    if loud:
+        warnings.warn(f"{name}: weights in {source} that the model does not use were ignored: {', '.join(loud)}", stacklevel=3)
     return {"missing": missing, "unexpected": unexpected, "mismatched": mismatched}
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -53,6 +54,7 @@ _RESAMPLE_NAMES = {
     "hamming": Image.Resampling.HAMMING,
 }
 _ALLOWED_CHANNELS = (1, 3, 4)
+_MAX_WORKERS = 8  # threads for batches; resizing scales well up to about this many
 # Keys of the Hugging Face file we do not keep: the type key is rewritten by us.
 _DROPPED_KEYS = {"image_processor_type", "feature_extractor_type"}
 
@@ -504,8 +506,9 @@ class DeiTImageProcessor:
             raise ValueError("device= needs return_tensors='pt'")
 
         items = _flatten(images)
-        decoded: list[_Pixels] = []
-        for label, item in items:
+
+        def prepare(entry: tuple[str, Any]) -> _Pixels:
+            label, item = entry
             px = _decode(item, label, input_data_format, keep_float=not do_resize)
             if px.pil is not None:
                 img = px.pil
@@ -522,7 +525,15 @@ class DeiTImageProcessor:
                 assert px.array is not None
                 h, w = px.array.shape[:2]
                 px.array = _crop_array(px.array, _crop_box(h, w, crop_size))
-            decoded.append(px)
+            return px
+
+        workers = min(len(items), os.cpu_count() or 1, _MAX_WORKERS)
+        if workers > 1:
+            # Pillow releases the GIL while decoding and resizing, which is most of the work.
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                decoded = list(pool.map(prepare, items))
+        else:
+            decoded = [prepare(entry) for entry in items]
 
         def scale_of(px: _Pixels) -> float | None:
             if px.prescaled:
@@ -628,25 +639,16 @@ class DeiTImageProcessor:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> DeiTImageProcessor:
-        """Load from a folder holding ``preprocessor_config.json``, a json file, or a Hub name that is
-        already in the local Hugging Face cache (nothing is downloaded). ``kwargs`` override the file."""
+        """Load from a folder holding ``preprocessor_config.json``, a json file, or a Hub name
+        (resolved like the models: cache, ``revision``, ``local_files_only``, ``HF_HUB_OFFLINE``).
+        Other ``kwargs`` override the file."""
+        from .hub import resolve_file
+
+        hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "local_files_only", "token") if k in kwargs}
         path = os.fspath(pretrained_model_name_or_path)
-        for key in ("cache_dir", "revision", "local_files_only", "token", "force_download"):
-            kwargs.pop(key, None)  # Hugging Face loading options that do not apply to a local read
-        if os.path.isdir(path):
-            file = os.path.join(path, PREPROCESSOR_CONFIG_NAME)
-            if not os.path.isfile(file):
-                raise FileNotFoundError(f"no {PREPROCESSOR_CONFIG_NAME} in directory {path!r}")
-            return cls.from_json_file(file, **kwargs)
         if os.path.isfile(path):
             return cls.from_json_file(path, **kwargs)
-        cached = _from_hub_cache(path)
-        if cached is None:
-            raise FileNotFoundError(
-                f"{path!r} is neither a directory with {PREPROCESSOR_CONFIG_NAME}, a json file, nor a Hub "
-                "repository present in the local Hugging Face cache"
-            )
-        return cls.from_json_file(cached, **kwargs)
+        return cls.from_json_file(resolve_file(path, PREPROCESSOR_CONFIG_NAME, **hub_kwargs), **kwargs)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, DeiTImageProcessor) and self.to_dict() == other.to_dict()
@@ -685,7 +687,7 @@ def _write_channels(chw_out: np.ndarray, pixels: np.ndarray, table: np.ndarray |
         if table is None:
             chw_out[c] = plane
         else:
-            chw_out[c] = table[c][plane]
+            np.take(table[c], plane, out=chw_out[c])
 
 
 def _float_pixels(a: np.ndarray, scale: float | None, do_normalize: bool, mean: Sequence[float],
@@ -699,17 +701,3 @@ def _float_pixels(a: np.ndarray, scale: float | None, do_normalize: bool, mean: 
         out = (out - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return out
 
-
-def _from_hub_cache(repo_id: str) -> str | None:
-    """Path of ``preprocessor_config.json`` for ``repo_id`` in the local Hub cache, or None (no network)."""
-    if repo_id.count("/") > 1 or not repo_id or repo_id.startswith((".", "/")):
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    try:
-        found = try_to_load_from_cache(repo_id, PREPROCESSOR_CONFIG_NAME)
-    except Exception:  # invalid repo ids raise various validation errors; treat as "not cached"
-        return None
-    return found if isinstance(found, str) else None

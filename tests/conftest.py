@@ -1,0 +1,29 @@
+"""Shared test helpers: tiny configurations and deterministic inputs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Tests never reach the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+    image_size=32, patch_size=8, num_channels=3, encoder_stride=8, num_labels=5,
+)
+
+
+@pytest.fixture
+def tiny_kwargs() -> dict:
+    return dict(TINY)
+
+
+@pytest.fixture
+def pixels() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(2, 3, 32, 32, generator=g)
