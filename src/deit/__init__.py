@@ -12,6 +12,7 @@ from .modeling import (
     ViTForMaskedImageModeling,
     ViTModel,
 )
+from .optimize import optimize
 from .outputs import (
     BaseModelOutputWithPooling,
     DeiTForImageClassificationWithTeacherOutput,
@@ -22,7 +23,7 @@ from .outputs import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "PRESETS", "DeiTConfig", "ViTConfig", "DistillationLoss",
+    "PRESETS", "DeiTConfig", "ViTConfig", "DistillationLoss", "optimize",
     "DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher", "DeiTForMaskedImageModeling",
     "DeiTPreTrainedModel", "ViTModel", "ViTForImageClassification", "ViTForMaskedImageModeling",
     "BaseModelOutputWithPooling", "DeiTForImageClassificationWithTeacherOutput", "ImageClassifierOutput", "MaskedImageModelingOutput",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .config import CONFIG_NAME, DeiTConfig, config_from_dict
+from .config import DeiTConfig
 from .modeling import MODEL_CLASSES, DeiTPreTrainedModel
 
 # What each task means for a DeiT (distilled) and a ViT (plain) checkpoint.
@@ -21,37 +21,40 @@ _TASK_OF_ARCHITECTURE = {
 }
 
 
-def _load_config(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> DeiTConfig | None:
-    from .hub import resolve_file
+def model_class_for(config: DeiTConfig | None, task: str | None) -> type[DeiTPreTrainedModel]:
+    """The class a checkpoint with ``config`` should be loaded into for ``task``.
 
-    path = resolve_file(name_or_path, CONFIG_NAME, required=False, **hub_kwargs) if not os.path.isfile(name_or_path) else None
-    if path is None and os.path.isfile(name_or_path):
-        sibling = os.path.join(os.path.dirname(os.path.abspath(name_or_path)), CONFIG_NAME)
-        path = sibling if os.path.isfile(sibling) else None
-    return config_from_dict(DeiTConfig.from_json_file(path).to_dict()) if path else None
-
-
-def model_class_for(config: DeiTConfig | None, task: str) -> type[DeiTPreTrainedModel]:
-    """The class a checkpoint with ``config`` should be loaded into for ``task``."""
+    ``task=None`` means the class the checkpoint was saved from (its ``architectures`` entry),
+    falling back to image classification when the config names none of ours.
+    """
     model_type = config.model_type if config is not None else "deit"
     if config is not None and config.architectures:
         arch = config.architectures[0]
-        if arch in MODEL_CLASSES and _TASK_OF_ARCHITECTURE.get(arch) == task:
+        if arch in MODEL_CLASSES and (task is None or _TASK_OF_ARCHITECTURE.get(arch) == task):
             return MODEL_CLASSES[arch]
-    return MODEL_CLASSES[_TASK_CLASSES[task][model_type]]
+    return MODEL_CLASSES[_TASK_CLASSES[task or "image-classification"][model_type]]
 
 
 class _AutoModel:
-    task = "base"
+    task: str | None = "base"
 
     def __init__(self) -> None:
         raise TypeError(f"{type(self).__name__} is not instantiated; use {type(self).__name__}.from_pretrained(...)")
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> DeiTPreTrainedModel:
-        hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "local_files_only", "token") if k in kwargs}
-        config = kwargs.get("config") or _load_config(name_or_path, **hub_kwargs)
-        return model_class_for(config, cls.task).from_pretrained(name_or_path, **kwargs)
+        """Load any supported checkpoint (Hugging Face, timm or original DeiT layout; folder, file or
+        Hub name) into the class its configuration calls for; keyword arguments as for
+        :meth:`DeiTPreTrainedModel.from_pretrained`."""
+        from .checkpoint import load_pretrained
+
+        # The loader settles the configuration (config.json, or one inferred from timm weights) and
+        # asks class_for_config which class to build, so the file is read once.
+        return load_pretrained(cls, name_or_path, **kwargs)
+
+    @classmethod
+    def class_for_config(cls, config: DeiTConfig) -> type[DeiTPreTrainedModel]:
+        return model_class_for(config, cls.task)
 
     @classmethod
     def from_config(cls, config: DeiTConfig) -> DeiTPreTrainedModel:
@@ -70,3 +73,10 @@ class AutoModelForImageClassification(_AutoModel):
 
 class AutoModelForMaskedImageModeling(_AutoModel):
     task = "masked-image-modeling"
+
+
+class AutoModelAsSaved(_AutoModel):
+    """The class the checkpoint was saved from (``architectures`` in its config); conversion uses it
+    so that a bare body, a masked-image-modeling model or a one-head classifier stays what it is."""
+
+    task = None

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from .config import CONFIG_NAME, DeiTConfig, config_from_dict
+from .config import CONFIG_NAME, DeiTConfig, ViTConfig, config_from_dict
 from .io import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
@@ -53,9 +53,13 @@ def _read_pickle(path: Path) -> dict[str, Any]:
         # any other global, so a payload in the file is never imported or called.
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # torch's message opens with advice to retry with weights_only=False; keep only the line
+        # that names what the file tried to load (e.g. "... GLOBAL posix.system ...").
+        lines = [line for line in str(err).splitlines() if "GLOBAL" in line or "global" in line]
+        detail = lines[0].strip() if lines else str(err).splitlines()[0]
         raise CheckpointError(
             f"{path}: refused to load: the file contains objects other than tensors (it could run code). "
-            f"Only plain weight files are accepted. Detail: {str(err).splitlines()[0]}"
+            f"Only plain weight files are accepted; convert it on a machine that trusts it. Detail: {detail}"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not a readable PyTorch weights file (truncated or corrupt?): {err}") from None
@@ -101,6 +105,15 @@ def read_state_dict(path: str | os.PathLike, resolve_sibling: Callable[[str], Pa
     if name.endswith(".safetensors") or (len(head) == 8 and not head.startswith(b"PK") and not head.startswith(b"\x80")):
         return _read_safetensors(path)
     return unwrap_state_dict(_read_pickle(path), path)
+
+
+def read_config_file(path: str | os.PathLike) -> DeiTConfig:
+    """A ``config.json`` as the class its ``model_type`` names: ViTConfig for "vit", else DeiTConfig."""
+    try:
+        model_type = json.loads(Path(path).read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        model_type = None  # DeiTConfig.from_json_file reports what is wrong with the file
+    return (ViTConfig if model_type == "vit" else DeiTConfig).from_json_file(path)
 
 
 # ------------------------------------------------------------------ fitting to a model
@@ -196,14 +209,16 @@ def load_pretrained(
     if not source.exists():  # a Hub repository: shards are fetched by name from the same repo
         resolve_sibling = lambda shard: resolve_file(name_or_path, shard, **hub_kwargs)  # noqa: E731
     state_dict = read_state_dict(weights_path, resolve_sibling=resolve_sibling)
-    state_dict, inferred = convert.to_hf_layout(state_dict, source=weights_path)
+    given = config.to_dict() if config is not None else config_overrides  # fields the weights need not be asked for
+    state_dict, inferred = convert.to_hf_layout(state_dict, source=weights_path, given=given)
 
     if config is None:
         config_dir = source if source.is_dir() or not source.exists() else source.parent
         config_path = resolve_file(config_dir if source.exists() else name_or_path, CONFIG_NAME, required=False, **hub_kwargs)
-        if config_path is not None and (inferred is None or source.is_dir() or not source.exists()):
-            config = DeiTConfig.from_json_file(config_path)
-            config = config_from_dict(config.to_dict())
+        # A config.json beside timm weights may be timm's own file (no model dimensions): use the inferred config then.
+        from_folder = source.is_dir() or not source.exists()
+        if config_path is not None and (inferred is None or (from_folder and convert.is_model_config_file(config_path))):
+            config = read_config_file(config_path)
         elif inferred is not None:
             config = config_from_dict(inferred)
         else:
@@ -220,6 +235,7 @@ def load_pretrained(
         config.attn_implementation = attn_implementation
         config.validate()
 
+    state_dict = convert.resize_position_embeddings(state_dict, config, source=weights_path)
     target_cls = convert.class_for(cls, config)
     model = target_cls(config)
     info = load_state_dict_into(model, state_dict, ignore_mismatched_sizes=ignore_mismatched_sizes, source=str(weights_path))

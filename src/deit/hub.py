@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
@@ -20,8 +21,30 @@ class ModelNotFoundError(FileNotFoundError):
     """A name that is neither a local path nor a Hub repository we can reach or find cached."""
 
 
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def is_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    """Offline mode, read now rather than when ``huggingface_hub`` was imported (it reads its
+    environment once), so setting ``HF_HUB_OFFLINE`` in a running process takes effect."""
+    if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
+        return True
+    constants = sys.modules.get("huggingface_hub.constants")
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def default_cache_dir() -> Path:
+    """The Hub cache folder the environment names now (``HF_HUB_CACHE``, ``HF_HOME``, ...).
+
+    ``huggingface_hub`` resolves this once at import time; resolving it per call lets a process
+    (or a test) point at another cache after the import.
+    """
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(name):
+            return Path(os.path.expandvars(os.path.expanduser(os.environ[name])))
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    return Path(os.path.expandvars(os.path.expanduser(home))) / "hub"
 
 
 def _hub_download(repo_id: str, filename: str, *, cache_dir: str | os.PathLike | None, revision: str | None, local_files_only: bool, token: str | bool | None) -> Path | None:
@@ -32,37 +55,35 @@ def _hub_download(repo_id: str, filename: str, *, cache_dir: str | os.PathLike |
     except ImportError as err:  # pragma: no cover - huggingface_hub is a dependency
         raise ModelNotFoundError(f"{repo_id!r} is not a local path, and huggingface_hub is not installed to resolve it") from err
     offline = local_files_only or is_offline()
+    cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
     try:
         path = huggingface_hub.hf_hub_download(
             repo_id, filename, cache_dir=cache_dir, revision=revision, local_files_only=offline, token=token
         )
-    except EntryNotFoundError:
-        return None
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError:  # before EntryNotFoundError: it is a subclass of it in huggingface_hub >= 1.0
         if offline:
             # Tell apart "the file is missing from a cached snapshot" and "nothing is cached".
             if _cached_snapshot(repo_id, cache_dir, revision) is not None:
                 return None
             raise ModelNotFoundError(
-                f"{repo_id!r} is not a local path and is not in the Hugging Face cache, and the Hub is not reachable "
-                f"(offline mode: local_files_only={local_files_only}, HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}). "
-                "Download it on a connected machine, or pass the path of a local folder or weights file."
+                f"{repo_id!r} is not a local path and is not in the Hugging Face cache at {cache_dir}, and offline mode is on "
+                f"(local_files_only={local_files_only}, HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}), so it cannot be downloaded. "
+                "Pass a local path instead (a folder with config.json and model.safetensors, or a weights file), "
+                "point cache_dir= / HF_HUB_CACHE at a cache that holds it, or download it on a connected machine."
             ) from None
         raise ModelNotFoundError(
             f"could not download {filename} of {repo_id!r} from the Hugging Face Hub and it is not cached; "
             "check the network, or pass the path of a local folder or weights file"
         ) from None
+    except EntryNotFoundError:
+        return None
     except (RepositoryNotFoundError, RevisionNotFoundError) as err:
         raise ModelNotFoundError(f"{repo_id!r}: no such local path, and the Hub has no such repository/revision ({err})") from None
     return Path(path)
 
 
-def _cached_snapshot(repo_id: str, cache_dir: str | os.PathLike | None, revision: str | None) -> Path | None:
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # pragma: no cover
-        return None
-    root = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HUB_CACHE)
+def _cached_snapshot(repo_id: str, cache_dir: str | os.PathLike, revision: str | None) -> Path | None:
+    root = Path(cache_dir)
     repo_dir = root / ("models--" + repo_id.replace("/", "--"))
     ref = repo_dir / "refs" / (revision or "main")
     if ref.is_file():

@@ -87,3 +87,32 @@ class DistillationLoss(nn.Module):
         else:
             distillation_loss = F.cross_entropy(distillation_logits, teacher_logits.argmax(dim=1))
         return (1 - self.alpha) * base_loss + self.alpha * distillation_loss
+
+
+class StudentCriterion(nn.Module):
+    """The training loss of a student model, from its outputs.
+
+    * a model with one head (plain ViT): ``base(logits, y)``;
+    * a model with CLS and DIST heads and no teacher: both heads learn the labels,
+      ``(base(cls, y) + base(dist, y)) / 2`` (so the "no distillation" baseline has the same
+      architecture and cost as the distilled runs);
+    * with a teacher: :class:`DistillationLoss`.
+
+    Logits are promoted to float32 first, so mixed-precision runs compute the loss in full precision.
+    """
+
+    def __init__(self, base_criterion: nn.Module, distillation: DistillationLoss | None = None) -> None:
+        super().__init__()
+        self.base_criterion = base_criterion
+        self.distillation = distillation
+
+    def forward(self, outputs: object, target: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+        distillation_logits = getattr(outputs, "distillation_logits", None)
+        if distillation_logits is None:
+            if self.distillation is not None:
+                raise ValueError("distillation needs a student with a distillation token (a DeiT '-distilled' model)")
+            return self.base_criterion(outputs.logits.float(), target)
+        cls_logits, distillation_logits = outputs.cls_logits.float(), distillation_logits.float()
+        if self.distillation is None:
+            return (self.base_criterion(cls_logits, target) + self.base_criterion(distillation_logits, target)) / 2
+        return self.distillation(cls_logits, distillation_logits, target, None if teacher_logits is None else teacher_logits.float())

@@ -153,9 +153,13 @@ class DeiTSelfAttention(nn.Module):
         head_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
         use_sdpa: bool = True,
+        query_tokens: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch_size, seq_len, _ = hidden_states.shape
-        query = self._split_heads(self.query(hidden_states))
+        """``query_tokens``: attend from the first n tokens only (to all tokens); the output then
+        has n tokens."""
+        queries = hidden_states if query_tokens is None else hidden_states[:, :query_tokens]
+        batch_size, seq_len, _ = queries.shape
+        query = self._split_heads(self.query(queries))
         key = self._split_heads(self.key(hidden_states))
         value = self._split_heads(self.value(hidden_states))
         dropout_p = self.dropout_prob if self.training else 0.0
@@ -193,9 +197,14 @@ class DeiTAttention(nn.Module):
         self.output = DeiTSelfOutput(config)
 
     def forward(
-        self, hidden_states: torch.Tensor, head_mask: torch.Tensor | None = None, output_attentions: bool = False, use_sdpa: bool = True
+        self,
+        hidden_states: torch.Tensor,
+        head_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        use_sdpa: bool = True,
+        query_tokens: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        context, probs = self.attention(hidden_states, head_mask, output_attentions, use_sdpa)
+        context, probs = self.attention(hidden_states, head_mask, output_attentions, use_sdpa, query_tokens)
         return self.output(context), probs
 
 
@@ -204,6 +213,7 @@ class DeiTIntermediate(nn.Module):
     def __init__(self, config: DeiTConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.hidden_act = config.hidden_act  # by name, so deit.optimize can fuse it into the matmul
         self.intermediate_act_fn = activation(config.hidden_act)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -252,9 +262,18 @@ class DeiTLayer(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
-        self, hidden_states: torch.Tensor, head_mask: torch.Tensor | None = None, output_attentions: bool = False, use_sdpa: bool = True
+        self,
+        hidden_states: torch.Tensor,
+        head_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        use_sdpa: bool = True,
+        query_tokens: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attention_output, probs = self.attention(self.layernorm_before(hidden_states), head_mask, output_attentions, use_sdpa)
+        """``query_tokens``: compute the block's output for the first n tokens only."""
+        normed = self.layernorm_before(hidden_states)
+        attention_output, probs = self.attention(normed, head_mask, output_attentions, use_sdpa, query_tokens)
+        if query_tokens is not None:
+            hidden_states = hidden_states[:, :query_tokens]
         hidden_states = hidden_states + self.drop_path(attention_output)
         mlp_output = self.output(self.intermediate(self.layernorm_after(hidden_states)))
         return hidden_states + self.drop_path(mlp_output), probs
@@ -276,17 +295,21 @@ class DeiTEncoder(nn.Module):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         use_sdpa: bool = True,
+        last_layer_tokens: int | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """``last_layer_tokens``: run the last layer for the first n tokens only."""
         all_hidden = [hidden_states] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
+        last = len(self.layer) - 1
         for i, layer in enumerate(self.layer):
             layer_head_mask = head_mask[i] if head_mask is not None else None
+            query_tokens = last_layer_tokens if i == last else None
             if self.gradient_checkpointing and self.training:
                 hidden_states, probs = torch.utils.checkpoint.checkpoint(
-                    layer, hidden_states, layer_head_mask, output_attentions, use_sdpa, use_reentrant=False
+                    layer, hidden_states, layer_head_mask, output_attentions, use_sdpa, query_tokens, use_reentrant=False
                 )
             else:
-                hidden_states, probs = layer(hidden_states, layer_head_mask, output_attentions, use_sdpa)
+                hidden_states, probs = layer(hidden_states, layer_head_mask, output_attentions, use_sdpa, query_tokens)
             if all_hidden is not None:
                 all_hidden.append(hidden_states)
             if all_attentions is not None:
@@ -481,7 +504,12 @@ class DeiTModel(DeiTPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         interpolate_pos_encoding: bool = False,
+        last_layer_tokens: int | None = None,
     ) -> BaseModelOutputWithPooling | tuple[Any, ...]:
+        """The arguments of the Hugging Face model, plus ``last_layer_tokens``: compute the last
+        layer for the first n tokens only (what a classification head reads), so that
+        ``last_hidden_state`` holds n tokens. Ignored when hidden states or attentions are asked for.
+        """
         self._check_inputs(pixel_values, bool_masked_pos, interpolate_pos_encoding)
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
         use_sdpa = self.config.attn_implementation == "sdpa"
@@ -500,6 +528,7 @@ class DeiTModel(DeiTPreTrainedModel):
             output_attentions=bool(output_attentions),
             output_hidden_states=bool(output_hidden_states),
             use_sdpa=use_sdpa,
+            last_layer_tokens=None if output_hidden_states or output_attentions else last_layer_tokens,
         )
         sequence_output = self.layernorm(hidden_states)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
@@ -512,13 +541,16 @@ class _HeadModel(DeiTPreTrainedModel):
     """A head on top of the shared body, kept under ``base_model_prefix`` ("deit" / "vit")."""
 
     body_class: ClassVar[type[DeiTModel]] = DeiTModel
+    # How many leading tokens of the last layer the head reads; None: all. The body skips the
+    # rest of the last layer's work (about 1/12 of a 12-layer model).
+    tokens_read: ClassVar[int | None] = None
 
     def __init__(self, config: DeiTConfig, use_mask_token: bool = False) -> None:
         super().__init__(config)
         setattr(self, self.base_model_prefix, self.body_class(config, add_pooling_layer=False, use_mask_token=use_mask_token))
 
     def _run_body(self, pixel_values: torch.Tensor, **kwargs: Any) -> BaseModelOutputWithPooling:
-        return self.backbone(pixel_values, return_dict=True, **kwargs)
+        return self.backbone(pixel_values, return_dict=True, last_layer_tokens=self.tokens_read, **kwargs)
 
     def _linear_head(self) -> nn.Module:
         n = self.config.num_labels
@@ -527,6 +559,8 @@ class _HeadModel(DeiTPreTrainedModel):
 
 class DeiTForImageClassification(_HeadModel):
     """A linear classifier on the final [CLS] token (the [DIST] token is not used)."""
+
+    tokens_read = 1
 
     def __init__(self, config: DeiTConfig) -> None:
         super().__init__(config)
@@ -563,6 +597,8 @@ class DeiTForImageClassificationWithTeacher(_HeadModel):
     :class:`deit.losses.DistillationLoss`), configured by ``distillation_type``
     ("hard" by default, "soft", "none"), ``distillation_alpha`` and ``distillation_tau``.
     """
+
+    tokens_read = 2
 
     def __init__(self, config: DeiTConfig) -> None:
         super().__init__(config)

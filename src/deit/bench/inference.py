@@ -1,0 +1,298 @@
+"""Inference throughput: ours against transformers (eager, sdpa) and timm, in one interleaved run.
+
+For each model size, batch size and precision, every implementation is timed on the same input
+with the same threads. In bfloat16 each peer is timed in each of its settings (autocast over
+float32 weights, or the model cast to bfloat16; ``compile_peers`` adds ``torch.compile`` of
+both) and its fastest counts. Ours is :func:`deit.optimize` on a model loaded in that dtype.
+Two reference rows come from the same run: the Linear layers alone at the model's shapes with
+``F.linear`` (the bound of the issue), and with the oneDNN kernels ours uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..config import PRESETS, DeiTConfig
+from ..modeling import DeiTForImageClassificationWithTeacher
+from ..optimize import PARTS, fast_kernels_available, install_fast_kernels, optimize
+from .timing import interleaved
+
+__all__ = ["SIZES", "Cell", "Row", "model_flops", "benchmark_cell", "format_table", "PEERS", "benchmark_ablation", "format_ablation"]
+
+SIZES = ("tiny", "small", "base")
+PEERS = ("transformers-sdpa", "transformers-eager", "timm")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+# Dense bf16 peak (TFLOP/s) of GPUs, to report the fraction reached where a GPU runs this.
+GPU_BF16_PEAK_TFLOPS = {"H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "H200": 989.4, "A100": 312.0, "L4": 121.0}
+
+
+@dataclass
+class Cell:
+    """One table cell: a model size, a batch size and a precision."""
+
+    size: str
+    batch_size: int
+    dtype: str
+
+
+@dataclass
+class Row:
+    cell: Cell
+    name: str  # implementation
+    setting: str  # how it ran (e.g. "bf16 autocast + compile")
+    images_per_s: float
+    compile_s: float | None = None
+    details: dict[str, float] = field(default_factory=dict)
+
+
+def preset_config(size: str) -> DeiTConfig:
+    return DeiTConfig.from_preset(f"deit-{size}-distilled-patch16-224")
+
+
+def model_flops(config: DeiTConfig, heads: int = 2) -> float:
+    """FLOPs (2 per multiply-add) of one image through the full model, as usually counted.
+
+    Ours skips most of the last layer for the tokens the heads do not read; the count does not
+    credit that, so every implementation is measured against the same work."""
+    d, i, p = config.hidden_size, config.intermediate_size, config.patch_size
+    patches = (config.image_size // p) ** 2
+    tokens = patches + 2
+    per_layer = 2 * tokens * d * (3 * d + d + 2 * i) + 2 * 2 * tokens * tokens * d
+    return 2 * patches * config.num_channels * p * p * d + config.num_hidden_layers * per_layer + heads * 2 * d * config.num_labels
+
+
+def _linear_shapes(config: DeiTConfig) -> list[tuple[int, int]]:
+    d, i = config.hidden_size, config.intermediate_size
+    return [(d, 3 * d), (d, d), (d, i), (i, d)] * config.num_hidden_layers
+
+
+def linear_only(config: DeiTConfig, batch_size: int, dtype: torch.dtype, device: torch.device, kernel: str) -> Callable[[], None]:
+    """One forward's Linear layers alone (fused q/k/v shape), with ``F.linear`` or oneDNN."""
+    tokens = (config.image_size // config.patch_size) ** 2 + 2
+    rows = batch_size * tokens
+    gen = torch.Generator().manual_seed(0)
+    inputs = {k: torch.randn(rows, k, generator=gen).to(device, dtype) for k in {config.hidden_size, config.intermediate_size}}
+    layers = []
+    for k, n in _linear_shapes(config):
+        weight = (torch.randn(n, k, generator=gen) * 0.02).to(device, dtype)
+        bias = torch.zeros(n).to(device, dtype)
+        if kernel == "onednn":
+            weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+        layers.append((inputs[k], weight, bias))
+
+    def run() -> None:
+        with torch.inference_mode():
+            for x, w, b in layers:
+                if kernel == "onednn":
+                    torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+                else:
+                    F.linear(x, w, b)
+
+    return run
+
+
+def _peer_model(name: str, config: DeiTConfig, ours: torch.nn.Module) -> torch.nn.Module | None:
+    """The peer's distilled DeiT classifier (None when the package is not installed)."""
+    try:
+        if name.startswith("transformers"):
+            import transformers
+        else:
+            import timm
+    except ImportError:
+        return None
+    if name.startswith("transformers"):
+        # Through the files, as users load it: transformers renames its modules on load.
+        with tempfile.TemporaryDirectory() as folder:
+            ours.save_pretrained(folder)
+            model = transformers.DeiTForImageClassificationWithTeacher.from_pretrained(folder, attn_implementation=name.split("-", 1)[1])
+        return model.eval()
+    size = next(s for s in SIZES if preset_config(s).hidden_size == config.hidden_size)
+    return timm.create_model(f"deit_{size}_distilled_patch16_224", pretrained=False).eval()
+
+
+def _logits(output: object) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output.logits
+
+
+def _caller(model: torch.nn.Module, x: torch.Tensor, autocast: bool) -> Callable[[], torch.Tensor]:
+    def call() -> torch.Tensor:
+        context = torch.autocast(x.device.type, torch.bfloat16) if autocast else contextlib.nullcontext()
+        with torch.inference_mode(), context:
+            return _logits(model(x))
+
+    return call
+
+
+def _compiled(model: torch.nn.Module, call_factory: Callable[[torch.nn.Module], Callable[[], torch.Tensor]]) -> tuple[Callable[[], torch.Tensor], float]:
+    compiled = torch.compile(model, dynamic=False)
+    call = call_factory(compiled)
+    start = time.perf_counter()
+    call()
+    call()
+    return call, time.perf_counter() - start
+
+
+def _peer_settings(model: torch.nn.Module, x: torch.Tensor, dtype: str, compile_peers: bool) -> Iterator[tuple[str, Callable[[], torch.Tensor], float | None]]:
+    """(setting, call, compile seconds) for each way of running a peer in this precision."""
+    if dtype == "fp32":
+        yield "fp32", _caller(model, x, autocast=False), None
+        return
+    cast = copy.deepcopy(model).to(torch.bfloat16)
+    xb = x.to(torch.bfloat16)
+    yield "bf16 autocast", _caller(model, x, autocast=True), None
+    yield "bf16 cast", _caller(cast, xb, autocast=False), None
+    if compile_peers:
+        call, seconds = _compiled(model, lambda m: _caller(m, x, autocast=True))
+        yield "bf16 autocast + compile", call, seconds
+        call, seconds = _compiled(cast, lambda m: _caller(m, xb, autocast=False))
+        yield "bf16 cast + compile", call, seconds
+
+
+def benchmark_cell(
+    cell: Cell,
+    device: torch.device,
+    rounds: int = 5,
+    peers: tuple[str, ...] = PEERS,
+    compile_peers: bool = False,
+    compile_ours: bool = False,
+    linear_bounds: bool = True,
+    log: Callable[[str], None] = lambda _: None,
+) -> list[Row]:
+    """Time every implementation for one cell in one interleaved run; one Row per candidate."""
+    config = preset_config(cell.size)
+    torch.manual_seed(0)
+    reference = DeiTForImageClassificationWithTeacher(config).eval().to(device)
+    x = torch.randn(cell.batch_size, 3, config.image_size, config.image_size, device=device)
+    dtype = DTYPES[cell.dtype]
+
+    candidates: dict[str, Callable[[], object]] = {}
+    meta: dict[str, tuple[str, str, float | None]] = {}
+
+    ours = optimize(copy.deepcopy(reference), dtype=dtype)
+    candidates["ours"] = _caller(ours, x.to(dtype), autocast=False)
+    meta["ours"] = ("ours", f"{cell.dtype}, deit.optimize", None)
+    if compile_ours:
+        ours_compiled = optimize(copy.deepcopy(reference), dtype=dtype)
+        call, seconds = _compiled(ours_compiled, lambda m: _caller(m, x.to(dtype), autocast=False))
+        candidates["ours+compile"] = call
+        meta["ours+compile"] = ("ours", f"{cell.dtype}, deit.optimize + compile", seconds)
+
+    for peer in peers:
+        model = _peer_model(peer, config, reference)
+        if model is None:
+            log(f"{peer}: not installed, skipped")
+            continue
+        model = model.to(device)
+        for setting, call, seconds in _peer_settings(model, x, cell.dtype, compile_peers):
+            key = f"{peer}/{setting}"
+            candidates[key] = call
+            meta[key] = (peer, setting, seconds)
+
+    if linear_bounds:
+        candidates["linear-only F.linear"] = linear_only(config, cell.batch_size, dtype, device, "torch")
+        meta["linear-only F.linear"] = ("Linear-only bound (F.linear)", cell.dtype, None)
+        if device.type == "cpu" and fast_kernels_available():
+            candidates["linear-only oneDNN"] = linear_only(config, cell.batch_size, dtype, device, "onednn")
+            meta["linear-only oneDNN"] = ("Linear-only bound (oneDNN)", cell.dtype, None)
+
+    log(f"{cell.size} batch {cell.batch_size} {cell.dtype}: timing {len(candidates)} candidates x {rounds} rounds")
+    timings = interleaved(candidates, rounds=rounds, device=device)
+    rows = []
+    for key, timing in timings.items():
+        name, setting, seconds = meta[key]
+        rows.append(Row(cell, name, setting, cell.batch_size / timing.best, seconds, {"median_images_per_s": cell.batch_size / timing.median}))
+    return rows
+
+
+def best_by_implementation(rows: list[Row]) -> dict[str, Row]:
+    """Each implementation's fastest setting in a cell."""
+    best: dict[str, Row] = {}
+    for row in rows:
+        if row.name not in best or row.images_per_s > best[row.name].images_per_s:
+            best[row.name] = row
+    return best
+
+
+def format_table(rows: list[Row], device: torch.device) -> str:
+    """A Markdown table: per cell, ours and each peer at its best setting, plus the bounds."""
+    cells: dict[tuple[str, int, str], list[Row]] = {}
+    for row in rows:
+        cells.setdefault((row.cell.size, row.cell.batch_size, row.cell.dtype), []).append(row)
+    gpu_peak = None
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        gpu_peak = next((v for k, v in GPU_BF16_PEAK_TFLOPS.items() if k in name), None)
+    header = "| model | batch | dtype | implementation (best setting) | images/s | vs best peer | GFLOP/s | of F.linear bound | of oneDNN bound |"
+    lines = [header, "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for (size, batch, dtype), cell_rows in cells.items():
+        flops = model_flops(preset_config(size))
+        best = best_by_implementation(cell_rows)
+        bound_torch = best.pop("Linear-only bound (F.linear)", None)
+        bound_dnn = best.pop("Linear-only bound (oneDNN)", None)
+        peer_rows = [r for n, r in best.items() if n != "ours"]
+        best_peer = max((r.images_per_s for r in peer_rows), default=None)
+        ordered = ([best["ours"]] if "ours" in best else []) + sorted(peer_rows, key=lambda r: -r.images_per_s)
+        for row in ordered + [r for r in (bound_torch, bound_dnn) if r is not None]:
+            ratio = f"{row.images_per_s / best_peer:.2f}x" if best_peer and row.name in ("ours",) + PEERS else ""
+            gflops = row.images_per_s * flops / 1e9 if row.name in ("ours",) + PEERS else None
+            gflops_text = f"{gflops:.0f}" if gflops is not None else ""
+            if gflops is not None and gpu_peak:
+                gflops_text += f" ({gflops / (gpu_peak * 1e3):.0%} of peak)"
+            frac_t = f"{row.images_per_s / bound_torch.images_per_s:.0%}" if bound_torch and row.name in ("ours",) + PEERS else ""
+            frac_d = f"{row.images_per_s / bound_dnn.images_per_s:.0%}" if bound_dnn and row.name in ("ours",) + PEERS else ""
+            label = f"{row.name} ({row.setting})"
+            if row.compile_s is not None:
+                label += f", compile {row.compile_s:.0f} s"
+            lines.append(f"| DeiT-{size[0].upper()} | {batch} | {dtype} | {label} | {row.images_per_s:.1f} | {ratio} | {gflops_text} | {frac_t} | {frac_d} |")
+    return "\n".join(lines)
+
+
+def benchmark_ablation(cell: Cell, device: torch.device, rounds: int = 5, compile_step: bool = False,
+                       log: Callable[[str], None] = lambda _: None) -> list[Row]:
+    """Ours with the optimizations added one at a time, all timed in one interleaved run."""
+    config = preset_config(cell.size)
+    torch.manual_seed(0)
+    dtype = DTYPES[cell.dtype]
+    reference = DeiTForImageClassificationWithTeacher(config).eval().to(device, dtype)
+    x = torch.randn(cell.batch_size, 3, config.image_size, config.image_size, device=device).to(dtype)
+
+    full_last_layer = copy.deepcopy(reference)
+    full_last_layer.tokens_read = None  # as the reference implementations: every token to the end
+    steps: list[tuple[str, torch.nn.Module]] = [("plain model, last layer for all tokens", full_last_layer),
+                                                ("+ last layer only for the tokens the heads read", reference)]
+    labels = {"linear": "+ oneDNN Linear (bias in the epilogue, prepacked weight)", "mlp": "+ GELU in the first MLP matmul's epilogue",
+              "attention": "+ q/k/v as one GEMM, attention two samples at a time", "patches": "+ patch embedding as one GEMM"}
+    for i, part in enumerate(PARTS):
+        model = copy.deepcopy(reference)
+        if fast_kernels_available() and device.type == "cpu":
+            install_fast_kernels(model, PARTS[: i + 1])
+        steps.append((labels[part], model))
+    candidates: dict[str, Callable[[], object]] = {name: _caller(model, x, autocast=False) for name, model in steps}
+    compile_seconds = None
+    if compile_step:
+        candidates["+ torch.compile"], compile_seconds = _compiled(optimize(copy.deepcopy(reference)), lambda m: _caller(m, x, autocast=False))
+    log(f"ablation {cell.size} batch {cell.batch_size} {cell.dtype}: {len(candidates)} steps x {rounds} rounds")
+    timings = interleaved(candidates, rounds=rounds, device=device)
+    return [Row(cell, name, cell.dtype, cell.batch_size / t.best, compile_seconds if name == "+ torch.compile" else None)
+            for name, t in timings.items()]
+
+
+def format_ablation(rows: list[Row]) -> str:
+    lines = ["| model | batch | dtype | step | images/s | vs previous step | vs plain |", "|---|---|---|---|---:|---:|---:|"]
+    first = previous = None
+    for row in rows:
+        first = first or row.images_per_s
+        change = f"{row.images_per_s / previous:.2f}x" if previous else ""
+        name = row.name + (f" (compile {row.compile_s:.0f} s)" if row.compile_s is not None else "")
+        lines.append(f"| DeiT-{row.cell.size[0].upper()} | {row.cell.batch_size} | {row.cell.dtype} | {name} | {row.images_per_s:.1f} | {change} | {row.images_per_s / first:.2f}x |")
+        previous = row.images_per_s
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""``deit eval MODEL --data SPEC``: top-1 / top-5 of a checkpoint on a data set.
+
+For a distilled checkpoint the CLS head, the distillation head and their average are reported.
+Images are prepared with the authors' evaluation transform (shorter side to
+``image_size / crop_pct``, centre crop; the checkpoint's mean/std) or with the checkpoint's own
+image processor (``--transform processor``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import torch
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="top-1/top-5 accuracy of a checkpoint on a data set")
+    p.add_argument("model", metavar="MODEL", help="checkpoint folder, weights file, or Hub name")
+    p.add_argument("--data", required=True, help="mnist5k, an ImageFolder folder, or hf:PATH (a datasets save_to_disk folder)")
+    p.add_argument("--split", choices=("train", "val"), default="val")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--transform", choices=("authors", "processor"), default="authors",
+                   help="authors: resize to size/crop-pct + centre crop; processor: the checkpoint's preprocessor_config.json")
+    p.add_argument("--crop-pct", type=float, default=0.875, help="crop ratio of the authors' transform (default 0.875)")
+    p.add_argument("--interpolation", choices=("bicubic", "bilinear"), default="bicubic")
+    p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader worker processes")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=tuple(_DTYPES), default="fp32", help="autocast precision")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    p.set_defaults(func=run)
+
+
+class ProcessorTransform:
+    """A per-image transform made of an image processor (picklable, for DataLoader workers)."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        return self.processor(image, return_tensors="pt")["pixel_values"][0]
+
+
+def label_order(id2label: dict[int, str], classes: list[str]) -> list[int] | None:
+    """Model id of each data set class when the names say the order differs; None when the order
+    is the same (or the model's labels are not names to match: then the order is assumed)."""
+    if len(id2label) != len(classes):
+        raise ValueError(f"the model predicts {len(id2label)} classes but the data set has {len(classes)}")
+    names = [id2label[i] for i in range(len(id2label))]
+    if names == classes or sorted(names) != sorted(classes):
+        return None
+    return [names.index(c) for c in classes]
+
+
+def run(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from ..auto import AutoModelForImageClassification
+    from ..train.data import build_dataset
+    from ..train.evaluate import evaluate, format_metrics
+    from ..train.samplers import ShardedEvalSampler
+    from ..train.transforms import build_eval_transform
+    from .predict import load_processor
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    model = AutoModelForImageClassification.from_pretrained(args.model, device=args.device)
+    processor = load_processor(args.model, model.config)
+    if args.transform == "processor":
+        transform: Any = ProcessorTransform(processor)
+    else:
+        transform = build_eval_transform(
+            model.config.image_size, mean=processor.image_mean, std=processor.image_std,
+            crop_pct=args.crop_pct, interpolation=args.interpolation,
+        )
+    dataset = build_dataset(args.data, args.split, transform)
+    order = label_order(model.config.id2label, dataset.classes)
+    if order is not None:
+        dataset.targets = [order[t] for t in dataset.targets]
+    loader = DataLoader(
+        dataset, batch_size=args.batch_size, sampler=ShardedEvalSampler(len(dataset)),
+        num_workers=args.num_workers, persistent_workers=False,
+    )
+    metrics = evaluate(model, loader, device=args.device, dtype=_DTYPES[args.dtype])
+    if dataset.num_corrupt:
+        print(f"deit eval: skipped {dataset.num_corrupt} corrupt image(s): {', '.join(dataset.corrupt_files()[:5])}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"model": args.model, "data": args.data, "split": args.split, "transform": args.transform,
+                          "corrupt_images": dataset.num_corrupt, **metrics}, indent=2))
+    else:
+        print(f"{args.model} on {args.data} ({args.split}, {args.transform} transform)")
+        print(format_metrics(metrics))
+    return 0

@@ -1,0 +1,57 @@
+"""``deit export MODEL --onnx OUT.onnx [--pt2 OUT.pt2]``: the model as a graph with a dynamic batch axis."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("export", help="export a model to ONNX and/or a torch.export program")
+    p.add_argument("model", metavar="MODEL", help="checkpoint folder, weights file or Hub name")
+    p.add_argument("--onnx", metavar="OUT.onnx", help="write one self-contained ONNX file here")
+    p.add_argument("--pt2", metavar="OUT.pt2", help="write a torch.export program here (torch.export.load reads it)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--no-check", action="store_true", help="skip running the ONNX file with onnxruntime against PyTorch")
+    p.add_argument("--atol", type=float, default=1e-4, help="largest difference from PyTorch the check accepts (default 1e-4)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..auto import AutoModelAsSaved
+    from ..export import compare_onnx, export_onnx, export_program
+    from ..io import atomic_write_bytes
+
+    if not args.onnx and not args.pt2:
+        raise ValueError("nothing to do: give --onnx OUT.onnx and/or --pt2 OUT.pt2")
+    if args.onnx and (importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxscript") is None):
+        raise ValueError("ONNX export needs the onnx and onnxscript packages: pip install 'deit[onnx]'")
+    model = AutoModelAsSaved.from_pretrained(args.model, torch_dtype="float32")
+    name = type(model).__name__
+    if args.pt2:
+        # Saved through a buffer: torch.export.save wants a path ending in .pt2, and the atomic
+        # temporary file beside the target has another suffix.
+        buffer = io.BytesIO()
+        torch.export.save(export_program(model), buffer)
+        atomic_write_bytes(args.pt2, buffer.getvalue())
+        print(f"wrote torch.export program of {name} to {args.pt2}")
+    if args.onnx:
+        export_onnx(model, args.onnx, opset=args.opset)
+        print(f"wrote ONNX graph of {name} to {args.onnx} (input pixel_values: batch x {model.config.num_channels} x "
+              f"{model.config.image_size} x {model.config.image_size}, dynamic batch)")
+        if args.no_check:
+            return 0
+        if importlib.util.find_spec("onnxruntime") is None:
+            print("onnxruntime is not installed; skipped the check against PyTorch (pip install onnxruntime)")
+            return 0
+        differences = compare_onnx(model, args.onnx)
+        report = ", ".join(f"batch {b}: {d:.2e}" for b, d in differences.items())
+        print(f"onnxruntime vs PyTorch, largest absolute difference: {report}")
+        if max(differences.values()) > args.atol:
+            print(f"deit export: error: the ONNX graph differs from PyTorch by more than --atol {args.atol:g}", file=sys.stderr)
+            return 1
+    return 0

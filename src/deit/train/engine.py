@@ -1,0 +1,436 @@
+"""The training loop: ``fit(TrainConfig(...))`` runs the DeiT recipe, with or without a teacher.
+
+Exactness is designed in, not hoped for: the data order, every sample's augmentation and the
+main process's random state at every batch are functions of (seed, epoch, position), and the
+learning rate is a function of the optimizer step. A checkpoint therefore only has to record
+*where* the run is, and a resumed run (even one killed in the middle of an epoch) trains the
+same steps on the same data as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..losses import DistillationLoss, LabelSmoothingCrossEntropy, StudentCriterion
+from ..modeling import DeiTPreTrainedModel
+from . import checkpointing
+from .distributed import DistributedContext, barrier, init_distributed, shutdown_distributed
+from .ema import ModelEma
+from .epoch_order import seed_everything, step_seed
+from .loaders import RunData, build_run_data
+from .metrics import CURVES_NAME, METRICS_NAME, RunningMean, all_reduce_sum, plot_curves, write_metrics
+from .optim import WarmupCosineSchedule, build_optimizer, scaled_lr
+from .recipe import RESUMABLE_CHANGES, TrainConfig
+from .student import build_student, student_image_size
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped and its last good checkpoint was kept."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model: DeiTPreTrainedModel  # the trained weights (not the EMA)
+    ema_model: nn.Module | None
+    history: list[dict[str, Any]]  # one entry per finished epoch, as in metrics.jsonl
+    step_losses: list[float] = field(default_factory=list)  # mean loss over all ranks, per optimizer step of this call
+    best_acc1: float = -math.inf
+    completed: bool = True  # False when stop_after_steps ended the run early
+    is_main: bool = True  # rank 0 (the process that wrote the files)
+
+    @property
+    def final_metrics(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+@dataclass
+class _Position:
+    """Where the run is: the epoch, the batches of it already trained on, optimizer steps so far."""
+
+    epoch: int = 0
+    batches_done: int = 0
+    global_step: int = 0
+
+
+class Trainer:
+    """One run of :func:`fit`; all state that a checkpoint must restore lives here."""
+
+    def __init__(self, config: TrainConfig, ctx: DistributedContext, *, teacher: nn.Module | None = None,
+                 train_set: Any = None, val_set: Any = None) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.output_dir = Path(config.output)
+        self.device = ctx.device
+        self.amp_dtype = AMP_DTYPES.get(config.amp)
+
+        self.image_size = student_image_size(config)
+        self.data: RunData = build_run_data(config, ctx, self.image_size, train_set, val_set)
+        seed_everything(config.seed)  # the same initial weights on every rank
+        student = build_student(config, self.data.id2label).to(self.device)
+        self.distillation_type = config.resolved_distillation_type
+        if self.distillation_type != "none" and student.num_prefix_tokens != 2:
+            raise ValueError(f"{config.model} has no distillation token: distillation needs a DeiT '-distilled' model")
+        self.model = student
+        self.train_model: nn.Module = student
+        if ctx.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(student, device_ids=device_ids)
+
+        self.teacher = self._prepare_teacher(teacher) if self.distillation_type != "none" else None
+        distillation = None
+        if self.distillation_type != "none":
+            distillation = DistillationLoss(self.distillation_type, alpha=config.distillation_alpha, tau=config.distillation_tau)
+        self.criterion = StudentCriterion(LabelSmoothingCrossEntropy(config.smoothing), distillation)
+        self.mixup = self._build_mixup() if config.uses_mixup else None
+
+        self.global_batch = config.batch_size * ctx.world_size * config.accum_steps
+        self.peak_lr = scaled_lr(config.lr, self.global_batch)
+        self.optimizer = build_optimizer(student, self.peak_lr, config.weight_decay)
+        self.steps_per_epoch = self.data.batches_per_epoch // config.accum_steps
+        self.schedule = WarmupCosineSchedule(
+            self.optimizer, peak_lr=self.peak_lr, epochs=config.epochs, steps_per_epoch=self.steps_per_epoch,
+            warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr, min_lr=config.min_lr, per_step=config.lr_per_step,
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        self.ema = ModelEma(student, config.model_ema_decay) if config.model_ema else None
+        self.position = _Position()
+        self.history: list[dict[str, Any]] = []
+        self.best_acc1 = -math.inf
+        self.step_losses: list[float] = []
+
+    # ------------------------------------------------------------------ setup helpers
+    def _prepare_teacher(self, teacher: nn.Module | None) -> nn.Module:
+        from .teacher import adapt_teacher_head, load_teacher
+
+        config = self.config
+        num_classes = len(self.data.id2label)
+        if teacher is None:
+            finetune = config.teacher_finetune_epochs > 0
+            teacher = load_teacher(
+                config.teacher, num_classes=None if finetune else num_classes, device=self.device,
+                student_mean=config.mean, student_std=config.std, input_size=config.teacher_input_size,
+                mean=config.teacher_mean, std=config.teacher_std, weights_path=config.teacher_weights,
+                student_input_size=self.image_size, interpolation=config.interpolation,
+            )
+            if finetune and teacher.num_classes != num_classes:
+                # Seeded and on epoch 0's order, so a resumed run adapts the head to the same weights.
+                seed_everything(config.seed)
+                self.data.order.set_epoch(0)
+                log = print if self.ctx.is_main else (lambda message: None)
+                teacher = adapt_teacher_head(
+                    teacher, self.data.train_loader, num_classes, config.teacher_finetune_epochs,
+                    config.teacher_finetune_lr, self.device, log=log,
+                )
+        teacher = teacher.to(self.device).eval()
+        for parameter in teacher.parameters():
+            parameter.requires_grad_(False)
+        self._check_teacher_classes(teacher, num_classes)
+        return teacher
+
+    def _check_teacher_classes(self, teacher: nn.Module, num_classes: int) -> None:
+        """One forward pass on a validation image: the teacher must predict the student's classes."""
+        image = self.data.val_set[0][0]
+        with torch.no_grad():
+            logits = teacher(image.unsqueeze(0).to(self.device))
+        if logits.shape[-1] != num_classes:
+            raise ValueError(
+                f"the teacher predicts {logits.shape[-1]} classes but the data has {num_classes}: use a teacher trained "
+                "on these classes, or adapt its head first with --teacher-finetune-epochs N"
+            )
+
+    def _build_mixup(self) -> Any:
+        from .transforms import MixupCutmix
+
+        config = self.config
+        return MixupCutmix(
+            len(self.data.id2label), mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+            switch_prob=config.mixup_switch_prob, label_smoothing=config.smoothing,
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "world_size": self.ctx.world_size,
+            "epoch": self.position.epoch,
+            "batches_done": self.position.batches_done,
+            "global_step": self.position.global_step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": checkpointing.capture_rng_state(),
+            "history": self.history,
+            "best_acc1": self.best_acc1,
+        }
+
+    def save_checkpoint(self) -> None:
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise NonFiniteLossError(self._non_finite_message("the weights"))
+        if self.ctx.is_main:
+            checkpointing.save_checkpoint(self.output_dir / checkpointing.CHECKPOINT_NAME, self._checkpoint_state())
+        barrier()
+
+    def resume(self, path: str) -> None:
+        state = checkpointing.load_checkpoint(checkpointing.resolve_resume_path(path, self.output_dir))
+        changed = sorted(k for k, v in state["config"].items() if k not in RESUMABLE_CHANGES and not _same(getattr(self.config, k, v), v))
+        if changed:
+            warnings.warn(f"resuming with settings that differ from the checkpoint's: {', '.join(changed)}; the run will not match an uninterrupted one", stacklevel=2)
+        if state["batches_done"] and state["world_size"] != self.ctx.world_size:
+            raise ValueError(
+                f"the checkpoint was written in the middle of an epoch by {state['world_size']} process(es); resume it with "
+                f"{state['world_size']} (this run has {self.ctx.world_size}), or from an end-of-epoch checkpoint"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if state["ema"] is None:
+                warnings.warn("the checkpoint has no EMA weights; the EMA starts again from the current weights", stacklevel=2)
+                self.ema = ModelEma(self.model, self.config.model_ema_decay)
+            else:
+                self.ema.load_state_dict(state["ema"])
+        checkpointing.restore_rng_state(state["rng"])
+        self.position = _Position(state["epoch"], state["batches_done"], state["global_step"])
+        self.history = list(state["history"])
+        self.best_acc1 = state["best_acc1"]
+
+    def _save_hf(self, model: nn.Module, name: str) -> None:
+        c = self.config
+        checkpointing.save_hf_model(model, self.output_dir / name, mean=c.mean, std=c.std, crop_pct=c.crop_pct)
+
+    # ------------------------------------------------------------------ training
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _non_finite_message(self, what: str) -> str:
+        p = self.position
+        kept = self.output_dir / checkpointing.CHECKPOINT_NAME
+        where = f"the last good checkpoint is kept at {kept}" if kept.is_file() else "no checkpoint had been written yet"
+        return (
+            f"{what} became non-finite at epoch {p.epoch + 1}, optimizer step {p.global_step}; training stopped and {where}. "
+            "Lower --lr, set --clip-grad, or use --amp bf16 instead of fp16"
+        )
+
+    def _train_batch(self, images: torch.Tensor, labels: torch.Tensor, sync: bool) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        targets = labels.to(self.device, non_blocking=True)
+        if self.mixup is not None:
+            images, targets = self.mixup(images, targets)
+        with self._autocast():
+            teacher_logits = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(images)
+            outputs = self.train_model(images)
+            loss = self.criterion(outputs, targets, teacher_logits)
+        no_sync = self.train_model.no_sync() if isinstance(self.train_model, DistributedDataParallel) and not sync else contextlib.nullcontext()
+        if torch.isfinite(loss):
+            with no_sync:
+                self.scaler.scale(loss / self.config.accum_steps).backward()
+        return loss.detach()
+
+    def _optimizer_step(self) -> None:
+        if self.config.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def train_epoch(self) -> dict[str, float] | None:
+        """Train the rest of the current epoch; None when ``stop_after_steps`` ended it early."""
+        from tqdm.auto import tqdm
+
+        config, position = self.config, self.position
+        accum = config.accum_steps
+        batches_per_epoch = self.steps_per_epoch * accum
+        self.data.order.set_epoch(position.epoch, skip=position.batches_done * config.batch_size)
+        self.train_model.train()
+        running = RunningMean()
+        bar = tqdm(
+            total=self.steps_per_epoch, initial=position.batches_done // accum, desc=f"epoch {position.epoch + 1}/{config.epochs}",
+            unit="step", disable=not (config.progress and self.ctx.is_main), dynamic_ncols=True, file=sys.stderr,
+        )
+        step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        tick, images_seen, lr = time.perf_counter(), 0, math.nan
+        for images, labels in self.data.train_loader:
+            if position.batches_done >= batches_per_epoch:
+                break  # micro-batches that do not fill a last accumulation step
+            micro = position.batches_done % accum
+            if micro == 0:
+                lr = self.schedule.apply(position.global_step)
+            # The random state of this batch (mixup, stochastic depth) depends on where it is only.
+            seed_everything(step_seed(config.seed, self.ctx.rank, position.epoch * batches_per_epoch + position.batches_done))
+            loss = self._train_batch(images, labels, sync=micro == accum - 1)
+            step_loss += loss.double() * images.shape[0]
+            position.batches_done += 1
+            images_seen += images.shape[0]
+            if micro != accum - 1:
+                continue
+            local_loss = step_loss.item()
+            total, count, bad = all_reduce_sum([local_loss, images.shape[0] * accum, float(not math.isfinite(local_loss))], self.device)
+            if bad:
+                bar.close()
+                raise NonFiniteLossError(self._non_finite_message("the loss"))
+            self._optimizer_step()
+            step_loss.zero_()
+            position.global_step += 1
+            self.step_losses.append(total / count)
+            running.add(total / count, int(count))
+            elapsed = time.perf_counter() - tick
+            bar.set_postfix(loss=f"{running.mean:.4f}", lr=f"{lr:.2e}", img_s=f"{images_seen * self.ctx.world_size / max(elapsed, 1e-9):.0f}", refresh=False)
+            bar.update(1)
+            if position.batches_done >= batches_per_epoch:
+                continue  # the epoch's end writes its own checkpoint
+            if config.checkpoint_every_steps and position.global_step % config.checkpoint_every_steps == 0:
+                self.save_checkpoint()
+            if self._should_stop():
+                self.save_checkpoint()
+                bar.close()
+                return None
+        bar.close()
+        elapsed = time.perf_counter() - tick
+        return {
+            "train_loss": running.mean,
+            "lr": lr,
+            "train_images_per_s": images_seen * self.ctx.world_size / max(elapsed, 1e-9),
+            "train_time_s": elapsed,
+        }
+
+    def _should_stop(self) -> bool:
+        limit = self.config.stop_after_steps
+        return limit is not None and self.position.global_step >= limit
+
+    def evaluate(self) -> dict[str, float]:
+        from .evaluate import evaluate
+
+        results = {f"val_{k}": v for k, v in evaluate(self.model, self.data.val_loader, device=self.device, dtype=self.amp_dtype).items()}
+        if self.ema is not None:
+            ema_results = evaluate(self.ema.module, self.data.val_loader, device=self.device, dtype=self.amp_dtype)
+            results.update({f"ema_{k}": v for k, v in ema_results.items()})
+        return results
+
+    def _corrupt_image_counts(self) -> dict[str, int]:
+        """Images skipped as unreadable so far, over all ranks (a collective: every rank calls it)."""
+        from .data import count_corrupt
+
+        return {
+            f"{split}_corrupt_images": count_corrupt(dataset)
+            for split, dataset in (("train", self.data.train_set), ("val", self.data.val_set))
+            if hasattr(dataset, "num_corrupt")
+        }
+
+    def _end_epoch(self, train_stats: dict[str, float]) -> None:
+        position = self.position
+        entry = {"epoch": position.epoch, "global_step": position.global_step, **train_stats, **self.evaluate(), **self._corrupt_image_counts()}
+        self.history.append(entry)
+        improved = entry.get("val_acc1", -math.inf) > self.best_acc1
+        if improved:
+            self.best_acc1 = entry["val_acc1"]
+        position.epoch += 1
+        position.batches_done = 0
+        if self.ctx.is_main:
+            if improved:
+                self._save_hf(self.model, "best")
+            last_epoch = position.epoch == self.config.epochs
+            if self.config.save_hf_every_epoch or last_epoch:
+                self._save_hf(self.model, "last")
+                if self.ema is not None:
+                    self._save_hf(self.ema.module, "ema")
+            write_metrics(self.output_dir / METRICS_NAME, self.history)
+            plot_curves({"": self.history}, self.output_dir / CURVES_NAME, title=f"{self.config.model} on {self.config.data}")
+        self.save_checkpoint()
+
+    def run(self) -> TrainResult:
+        if self.config.resume:
+            self.resume(self.config.resume)
+        if self.ctx.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        completed = True
+        while self.position.epoch < self.config.epochs:
+            stats = self.train_epoch()
+            if stats is None:
+                completed = False
+                break
+            self._end_epoch(stats)
+            if self._should_stop() and self.position.epoch < self.config.epochs:
+                completed = False
+                break
+        ema_model = self.ema.module if self.ema is not None else None
+        return TrainResult(self.output_dir, self.model, ema_model, self.history, self.step_losses, self.best_acc1, completed, self.ctx.is_main)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal up to the tuple/list difference that a round trip through a checkpoint introduces."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@contextlib.contextmanager
+def _determinism(enabled: bool):
+    previous = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def fit(config: TrainConfig | None = None, *, teacher: nn.Module | None = None, train_dataset: Any = None,
+        val_dataset: Any = None, **overrides: Any) -> TrainResult:
+    """Train a DeiT with the recipe of Touvron et al. (2021); see :class:`TrainConfig` for the settings.
+
+    ``fit(TrainConfig(data="mnist5k", epochs=10))`` or ``fit(data="mnist5k", epochs=10)``.
+    ``teacher`` (an ``nn.Module`` mapping the student's normalised batch to logits) replaces
+    ``config.teacher``; ``train_dataset``/``val_dataset`` (``(tensor, label)`` items, with a
+    ``.classes`` list, transforms applied) replace ``config.data``. Under ``torchrun`` every
+    process calls ``fit`` and rank 0 writes the files.
+    """
+    config = dataclasses.replace(config or TrainConfig(), **overrides)
+    if teacher is not None and config.teacher is None:
+        config = dataclasses.replace(config, teacher="<module>")
+    config.validate()
+    if (train_dataset is None) != (val_dataset is None):
+        raise ValueError("pass both train_dataset and val_dataset, or neither")
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    ctx = init_distributed(config.device)
+    try:
+        with _determinism(config.deterministic), warnings.catch_warnings():
+            # The [CLS] and [DIST] tokens are concatenated, so their gradients are strided views;
+            # DDP copies them into its buckets correctly and only warns about the copy.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            trainer = Trainer(config, ctx, teacher=teacher, train_set=train_dataset, val_set=val_dataset)
+            return trainer.run()
+    finally:
+        if owns_group:
+            shutdown_distributed()

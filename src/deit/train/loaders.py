@@ -1,0 +1,95 @@
+"""The data side of a run: data sets with the recipe's transforms, samplers, and DataLoaders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+
+from .distributed import DistributedContext
+from .epoch_order import EpochOrder, SeededSamples
+from .recipe import TrainConfig
+
+
+@dataclass
+class RunData:
+    train_set: Dataset
+    val_set: Dataset
+    train_loader: DataLoader
+    val_loader: DataLoader
+    order: EpochOrder
+    id2label: dict[int, str]
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches of a whole epoch on this rank (the loader's length shrinks while skipping)."""
+        return len(self.order.sampler) // self.train_loader.batch_sampler.batch_size
+
+
+def class_names(dataset: Dataset) -> list[str]:
+    classes = getattr(dataset, "classes", None)
+    if classes is None:
+        raise ValueError(f"{type(dataset).__name__} has no .classes: the run needs the label names")
+    return [str(name) for name in classes]
+
+
+def build_datasets(train: TrainConfig, image_size: int) -> tuple[Dataset, Dataset]:
+    """The training data with the recipe's augmentation, the validation data with the eval transform."""
+    from .data import build_dataset
+    from .transforms import build_eval_transform, build_train_transform
+
+    rand_augment = None if train.aa in (None, "", "none") else train.aa
+    train_transform = build_train_transform(
+        image_size, mean=train.mean, std=train.std, scale=train.scale, hflip=train.hflip, rand_augment=rand_augment,
+        interpolation=train.interpolation, re_prob=train.reprob, re_mode=train.remode, color_jitter=train.color_jitter,
+    )
+    eval_transform = build_eval_transform(image_size, mean=train.mean, std=train.std, crop_pct=train.crop_pct)
+    train_set = build_dataset(train.data, "train", train_transform, image_size=image_size)
+    val_set = build_dataset(train.val_data or train.data, "val", eval_transform, image_size=image_size)
+    if class_names(train_set) != class_names(val_set):
+        raise ValueError(
+            f"the training data has classes {class_names(train_set)[:5]}... but the validation data has "
+            f"{class_names(val_set)[:5]}...: both must list the same classes in the same order"
+        )
+    return train_set, val_set
+
+
+def build_train_sampler(train: TrainConfig, dataset_len: int, ctx: DistributedContext) -> Any:
+    """This rank's share of an epoch: repeated augmentation (the recipe) or plain shuffling."""
+    if train.repeated_aug:
+        from .samplers import RASampler
+
+        return RASampler(dataset_len, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, num_repeats=train.num_repeats, seed=train.seed)
+    # DistributedSampler only needs the length; it works without a process group when told the ranks.
+    return DistributedSampler(range(dataset_len), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=train.seed)
+
+
+def build_run_data(train: TrainConfig, ctx: DistributedContext, image_size: int, train_set: Dataset | None = None, val_set: Dataset | None = None) -> RunData:
+    if train_set is None or val_set is None:
+        train_set, val_set = build_datasets(train, image_size)
+    names = class_names(train_set)
+    order = EpochOrder(build_train_sampler(train, len(train_set), ctx), seed=train.seed, rank=ctx.rank, world_size=ctx.world_size)
+    per_step = train.batch_size * train.accum_steps
+    if len(order) < per_step:
+        raise ValueError(
+            f"{len(order)} training samples per process per epoch do not fill one step of {train.batch_size} x {train.accum_steps} "
+            f"(batch size x accumulation steps){' x ' + str(ctx.world_size) + ' processes' if ctx.enabled else ''}: "
+            "lower --batch-size or add data"
+        )
+    loader_options: dict[str, Any] = dict(
+        num_workers=train.num_workers, pin_memory=ctx.device.type == "cuda", persistent_workers=train.num_workers > 0,
+    )
+    train_loader = DataLoader(
+        SeededSamples(train_set), batch_sampler=BatchSampler(order, train.batch_size, drop_last=True),
+        # Its own generator: making an iterator must not draw from the global random state,
+        # or a resumed run would see other random numbers than an uninterrupted one.
+        generator=torch.Generator().manual_seed(train.seed), **loader_options,
+    )
+    # Every validation image exactly once over all ranks (no padding that would count some twice).
+    from .samplers import ShardedEvalSampler
+
+    val_sampler = ShardedEvalSampler(len(val_set), num_replicas=ctx.world_size, rank=ctx.rank)
+    val_loader = DataLoader(val_set, batch_size=train.batch_size, sampler=val_sampler, **loader_options)
+    return RunData(train_set, val_set, train_loader, val_loader, order, dict(enumerate(names)))

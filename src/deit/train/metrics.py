@@ -1,0 +1,95 @@
+"""Run metrics: reduction across ranks, per-epoch JSON lines, and a PNG of the curves."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..io import atomic_path, atomic_write_text
+
+METRICS_NAME = "metrics.jsonl"
+CURVES_NAME = "curves.png"
+
+
+def all_reduce_sum(values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
+    """Sum of ``values`` over all ranks (the values themselves on one process), in float64."""
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+class RunningMean:
+    """Mean of a per-sample quantity over a number of samples, reducible across ranks."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, value: float, count: int = 1) -> None:
+        self.total += value * count
+        self.count += count
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else math.nan
+
+    def reduced(self, device: torch.device | str = "cpu") -> float:
+        total, count = all_reduce_sum([self.total, self.count], device)
+        return total / count if count else math.nan
+
+
+def write_metrics(path: str | os.PathLike, history: Sequence[dict[str, Any]]) -> None:
+    """Rewrite the JSON-lines file from the run's history (one object per epoch).
+
+    Rewriting, not appending, keeps the file right after a resume: an epoch whose line was
+    written before a crash but whose checkpoint was not is not listed twice.
+    """
+    atomic_write_text(path, "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in history))
+
+
+def plot_curves(runs: Mapping[str, Sequence[dict[str, Any]]], path: str | os.PathLike, title: str | None = None) -> None:
+    """Training loss and validation top-1 per epoch, side by side, as a PNG; one or more runs.
+
+    ``runs`` maps a run's name (empty for a single run) to its history.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4), dpi=100)
+    loss_axes, acc_axes = figure.subplots(1, 2)
+    # One colour per run; the line style tells the curves of a run apart.
+    for colour, (run, history) in enumerate(runs.items()):
+        prefix = f"{run}: " if run else ""
+        epochs = [entry["epoch"] + 1 for entry in history]
+
+        def curve(axes: Any, key: str, label: str, style: str) -> None:
+            if any(key in entry for entry in history):
+                values = [entry.get(key, math.nan) for entry in history]
+                axes.plot(epochs, values, style, color=f"C{colour}", marker=".", label=f"{prefix}{label}")
+
+        curve(loss_axes, "train_loss", "training", "-")
+        curve(loss_axes, "val_loss", "validation", "--")
+        curve(acc_axes, "val_acc1", "averaged heads" if any("val_acc1_cls" in e for e in history) else "top-1", "-")
+        curve(acc_axes, "val_acc1_cls", "CLS head", "--")
+        curve(acc_axes, "val_acc1_dist", "DIST head", ":")
+        curve(acc_axes, "ema_acc1", "EMA", "-.")
+    loss_axes.set_xlabel("epoch")
+    loss_axes.set_ylabel("loss")
+    loss_axes.legend(fontsize="small")
+    acc_axes.set_xlabel("epoch")
+    acc_axes.set_ylabel("validation top-1 (%)")
+    acc_axes.legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")

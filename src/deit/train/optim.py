@@ -1,0 +1,116 @@
+"""AdamW with the DeiT parameter groups, and the warm-up + cosine learning-rate schedule.
+
+The learning rate is a pure function of the optimizer step, so a resumed run follows exactly
+the schedule of an uninterrupted one (the authors' resumed runs are shifted by one epoch).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# Parameters that are not weights of a linear map: decaying them only fights the model.
+NO_DECAY_NAMES = ("cls_token", "distillation_token", "mask_token", "position_embeddings")
+
+# The DeiT recipe quotes its learning rate for a global batch of 512 images.
+REFERENCE_BATCH_SIZE = 512
+
+
+def scaled_lr(base_lr: float, global_batch_size: int) -> float:
+    """The linear scaling rule of the recipe: ``base_lr * global_batch / 512``."""
+    return base_lr * global_batch_size / REFERENCE_BATCH_SIZE
+
+
+def is_decayed(name: str, parameter: torch.Tensor) -> bool:
+    """Weight decay on matrices and kernels only: not on biases, norms, tokens, positions."""
+    if parameter.ndim <= 1:
+        return False
+    return not any(part in NO_DECAY_NAMES for part in name.split("."))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (decay if is_decayed(name, parameter) else no_decay).append(parameter)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+
+
+class WarmupCosineSchedule:
+    """Linear warm-up from ``warmup_lr`` to ``peak_lr``, then cosine decay to ``min_lr``.
+
+    Time is measured in epochs: per step, ``t = step / steps_per_epoch``; per epoch, the lr
+    changes only at epoch boundaries (``t = step // steps_per_epoch``), as in the authors' runs.
+    The cosine covers the epochs after the warm-up, so the last step trains at ``min_lr``.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        peak_lr: float,
+        epochs: int,
+        steps_per_epoch: int,
+        warmup_epochs: float = 5.0,
+        warmup_lr: float = 1e-6,
+        min_lr: float = 1e-5,
+        per_step: bool = True,
+    ) -> None:
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
+        if epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {epochs}")
+        self.optimizer = optimizer
+        self.peak_lr = peak_lr
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must not be negative, got {warmup_epochs}")
+        self.warmup_epochs = warmup_epochs
+        self.warmup_lr = warmup_lr
+        self.min_lr = min_lr
+        self.per_step = per_step
+        self.step_count = 0
+
+    def lr_at(self, step: int) -> float:
+        t = step / self.steps_per_epoch if self.per_step else float(step // self.steps_per_epoch)
+        if t < self.warmup_epochs:
+            return self.warmup_lr + (self.peak_lr - self.warmup_lr) * t / self.warmup_epochs
+        decay_epochs = self.epochs - self.warmup_epochs
+        if not self.per_step:
+            decay_epochs -= 1  # the last epoch index is epochs - 1
+        progress = min((t - self.warmup_epochs) / decay_epochs, 1.0) if decay_epochs > 0 else 1.0
+        return self.min_lr + 0.5 * (self.peak_lr - self.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+    def apply(self, step: int) -> float:
+        """Set every param group's lr for optimizer step ``step`` (0-based) and return it."""
+        self.step_count = step
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    def state_dict(self) -> dict:
+        return {
+            "step_count": self.step_count, "peak_lr": self.peak_lr, "epochs": self.epochs,
+            "steps_per_epoch": self.steps_per_epoch, "warmup_epochs": self.warmup_epochs,
+            "warmup_lr": self.warmup_lr, "min_lr": self.min_lr, "per_step": self.per_step,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the position; refuse a schedule of another shape (a changed run would silently drift)."""
+        mine = self.state_dict()
+        changed = [k for k in mine if k != "step_count" and k in state and state[k] != mine[k]]
+        if changed:
+            details = ", ".join(f"{k}: checkpoint {state[k]!r} vs now {mine[k]!r}" for k in changed)
+            raise ValueError(f"the learning-rate schedule differs from the checkpoint's ({details}); resume with the same settings")
+        self.step_count = int(state["step_count"])

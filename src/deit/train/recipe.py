@@ -1,0 +1,145 @@
+"""``TrainConfig``: every setting of a training run, with the DeiT authors' defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+AMP_CHOICES = ("none", "bf16", "fp16")
+DISTILLATION_CHOICES = ("none", "soft", "hard")
+
+
+@dataclass
+class TrainConfig:
+    # ---- model: a preset name (fresh weights) or a checkpoint to fine-tune from
+    model: str = "deit-tiny-distilled-patch16-224"
+    image_size: int | None = None  # new resolution: position embeddings are resampled
+    patch_size: int | None = None  # the tiny-model overrides below build a fresh model only
+    hidden_size: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    mlp_ratio: float = 4.0  # intermediate_size = mlp_ratio * hidden_size when hidden_size is set
+    drop_path: float = 0.1
+
+    # ---- data
+    data: str = "mnist5k"  # "mnist5k", an ImageFolder path, or "hf:PATH" (datasets.save_to_disk)
+    val_data: str | None = None  # default: the "val" split of `data`
+    num_workers: int = 4
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    crop_pct: float = 0.875  # eval transform: resize the shorter side to size / crop_pct, center crop
+
+    # ---- optimisation
+    epochs: int = 300
+    batch_size: int = 64  # per process; global batch = batch_size * processes * accum_steps
+    accum_steps: int = 1
+    lr: float = 5e-4  # for a global batch of 512, scaled linearly
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    warmup_epochs: float = 5.0
+    lr_per_step: bool = False  # False: the lr changes at epoch boundaries, as in the authors' runs
+    weight_decay: float = 0.05
+    clip_grad: float | None = None
+    amp: str = "none"  # "bf16" | "fp16" (with a gradient scaler)
+
+    # ---- augmentation and regularisation
+    smoothing: float = 0.1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    aa: str | None = "rand-m9-mstd0.5-inc1"  # RandAugment; None or "none" turns it off
+    color_jitter: float = 0.3  # used only without RandAugment
+    reprob: float = 0.25
+    remode: str = "pixel"
+    hflip: float = 0.5
+    scale: tuple[float, float] = (0.08, 1.0)
+    interpolation: str = "bicubic"
+    repeated_aug: bool = True
+    num_repeats: int = 3
+    model_ema: bool = True
+    model_ema_decay: float = 0.99996
+
+    # ---- distillation
+    teacher: str | None = None
+    teacher_weights: str | None = None
+    teacher_input_size: int | None = None
+    teacher_mean: tuple[float, ...] | None = None
+    teacher_std: tuple[float, ...] | None = None
+    distillation_type: str | None = None  # default: "hard" with a teacher, "none" without
+    distillation_alpha: float = 0.5
+    distillation_tau: float = 1.0
+    teacher_finetune_epochs: int = 0
+    teacher_finetune_lr: float = 1e-3
+
+    # ---- run
+    output: str = "runs/train"
+    resume: str | None = None  # a checkpoint file or folder; "auto": OUTPUT/checkpoint.pt
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    checkpoint_every_steps: int = 0  # also checkpoint inside epochs (0: at epoch ends only)
+    stop_after_steps: int | None = None  # stop (with a checkpoint) after this many optimizer steps
+    save_hf_every_epoch: bool = True  # `last/` in the Hugging Face layout after every epoch
+    progress: bool = True
+
+    @property
+    def resolved_distillation_type(self) -> str:
+        if self.distillation_type is not None:
+            return self.distillation_type
+        return "hard" if self.teacher else "none"
+
+    @property
+    def uses_mixup(self) -> bool:
+        return self.mixup_prob > 0 and (self.mixup > 0 or self.cutmix > 0)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting that cannot describe a run."""
+        positive = ("epochs", "batch_size", "accum_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "distillation_tau", "model_ema_decay", "crop_pct"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("drop_path", "smoothing", "reprob", "hflip", "mixup_prob", "mixup_switch_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0 or (name in ("drop_path", "smoothing") and value == 1.0):
+                raise ValueError(f"{name} must be a probability, got {value}")
+        if not 0.0 <= self.distillation_alpha <= 1.0:
+            raise ValueError(f"distillation_alpha must be in [0, 1], got {self.distillation_alpha}")
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
+        kind = self.resolved_distillation_type
+        if kind not in DISTILLATION_CHOICES:
+            raise ValueError(f"distillation_type must be one of {DISTILLATION_CHOICES}, got {kind!r}")
+        if kind != "none" and not self.teacher:
+            raise ValueError(f"{kind} distillation needs a teacher (--teacher)")
+        if self.teacher_finetune_epochs < 0 or self.num_workers < 0 or self.checkpoint_every_steps < 0 or self.weight_decay < 0:
+            raise ValueError("teacher_finetune_epochs, num_workers, checkpoint_every_steps and weight_decay must not be negative")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise ValueError(f"clip_grad must be positive, got {self.clip_grad}")
+        if self.stop_after_steps is not None and self.stop_after_steps < 1:
+            raise ValueError(f"stop_after_steps must be at least 1, got {self.stop_after_steps}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+        return cls(**data)
+
+
+# Settings that may change between a run and its resumption without breaking exactness
+# of the remaining steps (where files go, how progress is shown, when to stop or checkpoint).
+RESUMABLE_CHANGES = frozenset({
+    "output", "resume", "progress", "num_workers", "stop_after_steps", "checkpoint_every_steps",
+    "save_hf_every_epoch", "device",
+})

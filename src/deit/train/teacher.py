@@ -1,0 +1,467 @@
+"""Teachers for distillation: load any classifier, run it frozen on the student's batch.
+
+:func:`load_teacher` reads a teacher from
+
+- our checkpoint (a folder, or a weights file beside its ``config.json``): its ``logits``, which
+  for a distilled DeiT are the averaged CLS and DIST heads;
+- ``torchvision:NAME``: any torchvision classification model, weights from ``weights_path``;
+- ``timm:NAME`` (when timm is installed): ``timm.create_model(NAME, pretrained=False)`` + weights;
+- a TorchScript file (``.pt``, ``.ts``, ...: ``torch.jit.load``) or a ``torch.export`` file
+  (``.pt2``: ``torch.export.load``);
+- ``module:callable``: the callable is imported and called without arguments and must return an
+  ``nn.Module`` (``weights_path``, if given, is then loaded into it).
+
+Weights files are safetensors or plain PyTorch pickles read with ``torch.load(weights_only=True)``.
+A torchvision/timm model is built with the class count found in the weights' classifier.
+
+:class:`Teacher` wraps the model in eval mode without gradients. It receives the student's
+batch (normalised with the student's mean/std, at the student's size) and converts it: undo the
+student's normalisation, apply the teacher's, resize (antialiased) to the teacher's input size
+when that is set and differs. The teacher's mean/std/size come from the arguments, else from the
+source (our ``preprocessor_config.json`` and ``config.json``; torchvision: ImageNet statistics;
+timm: the model's ``pretrained_cfg``; a ``.pt2`` file: its static input size), else the student's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import re
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PREPROCESSOR_CONFIG_NAME
+
+__all__ = ["Teacher", "load_teacher", "adapt_teacher_head", "SmallConvNet", "logits_of"]
+
+logger = logging.getLogger("deit")
+
+_MODULE_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_EXPORT_SUFFIXES = (".pt2",)
+_TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".jit", ".torchscript")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits in a model's output: a tensor, ``.logits``, ``["logits"]`` or the first element."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if getattr(output, "logits", None) is not None:
+        return output.logits
+    if isinstance(output, dict) and "logits" in output:
+        return output["logits"]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"cannot find logits in a teacher output of type {type(output).__name__}")
+
+
+def _freeze_eval(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        model.eval()
+    except NotImplementedError:
+        pass  # torch.export modules are traced in eval mode already and refuse .eval()
+
+
+def _stats(values: Sequence[float], what: str) -> torch.Tensor:
+    t = torch.as_tensor([float(v) for v in values], dtype=torch.float32)
+    if t.numel() == 1:
+        t = t.repeat(3)
+    if t.numel() != 3:
+        raise ValueError(f"{what} needs 1 or 3 values, got {len(values)}")
+    return t.view(1, 3, 1, 1)
+
+
+class Teacher(nn.Module):
+    """A frozen classifier that takes the student's normalised batch and returns logits.
+
+    ``input = (x * student_std + student_mean - mean) / std``, computed as one scale and shift,
+    then resized to ``input_size`` x ``input_size`` (antialiased ``interpolation``) when set and
+    different from the batch's size. ``mean``/``std`` default to the student's (no conversion).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        student_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        student_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        input_size: int | None = None,
+        interpolation: str = "bicubic",
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        if interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+        self.model = model
+        _freeze_eval(model)
+        s_mean, s_std = _stats(student_mean, "student_mean"), _stats(student_std, "student_std")
+        t_mean = _stats(mean, "teacher mean") if mean is not None else s_mean
+        t_std = _stats(std, "teacher std") if std is not None else s_std
+        self.register_buffer("scale", s_std / t_std, persistent=False)
+        self.register_buffer("shift", (s_mean - t_mean) / t_std, persistent=False)
+        self.convert_stats = not (torch.allclose(self.scale, torch.ones(1)) and torch.allclose(self.shift, torch.zeros(1)))
+        self.input_size = input_size
+        self.interpolation = interpolation
+        self.name = name or type(model).__name__
+        self.num_classes: int | None = None
+        self.training = False
+
+    def train(self, mode: bool = True) -> Teacher:
+        # The wrapped model stays in eval mode whatever the caller does (BatchNorm statistics and
+        # dropout of a teacher must not change); torch.export modules refuse train()/eval() anyway.
+        self.training = False
+        return self
+
+    def prepare(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The student's batch in the teacher's normalisation and size."""
+        x = pixel_values
+        if self.convert_stats:
+            x = x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
+        size = self.input_size
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode=self.interpolation, align_corners=False, antialias=True)
+        return x
+
+    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Logits with autograd left as the caller has it (used to train an adapted head)."""
+        return logits_of(self.model(self.prepare(pixel_values)))
+
+    @torch.no_grad()
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.logits(pixel_values)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, input_size={self.input_size}, convert_stats={self.convert_stats}, num_classes={self.num_classes}"
+
+
+# --------------------------------------------------------------------------------- sources
+@dataclass
+class _Loaded:
+    model: nn.Module
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    input_size: int | None = None
+    probe_batch: int = 1
+
+
+def output_linears(model: nn.Module, num_outputs: int | None = None) -> list[str]:
+    """Names of the classification layers: the ``nn.Linear`` modules with ``num_outputs`` outputs
+    (both heads of a distilled DeiT), or the last ``nn.Linear`` when ``num_outputs`` is None."""
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if num_outputs is None:
+        return [linears[-1][0]] if linears else []
+    return [name for name, m in linears if m.out_features == num_outputs]
+
+
+def _load_weights(model: nn.Module, weights_path: str | Path, rebuild: Callable[[int], nn.Module] | None) -> nn.Module:
+    """Load a state dict; rebuild the model first when the file's classifier has another class count."""
+    from ..checkpoint import read_state_dict
+
+    state = read_state_dict(weights_path)
+    heads = output_linears(model)
+    if rebuild is not None and heads:
+        head = model.get_submodule(heads[0])
+        weight = state.get(f"{heads[0]}.weight")
+        if weight is not None and weight.ndim == 2 and weight.shape[0] != head.out_features:
+            model = rebuild(int(weight.shape[0]))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{weights_path}: the weights do not fit the teacher model: {str(err).splitlines()[0]} {_short(err)}") from None
+    return model
+
+
+def _short(err: Exception, limit: int = 400) -> str:
+    text = " ".join(str(err).split("\n")[1:]).strip()
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def _no_weights_warning(spec: str) -> None:
+    warnings.warn(f"teacher {spec} has random weights: no weights file was given (--teacher-weights)", stacklevel=3)
+
+
+def _from_torchvision(name: str, weights_path: str | None, num_classes: int | None) -> _Loaded:
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        raise ValueError(f"torchvision:{name}: not a torchvision classification model (e.g. {', '.join(sorted(known)[:8])}, ...)")
+
+    def build(n: int) -> nn.Module:
+        return torchvision.models.get_model(name, weights=None, num_classes=n)
+
+    if weights_path is None:
+        _no_weights_warning(f"torchvision:{name}")
+        model = build(num_classes or 1000)
+    else:
+        model = _load_weights(build(1000), weights_path, build)
+    # Models with a fixed input size (vision transformers) say so; convnets take any size.
+    size = getattr(model, "image_size", None)
+    return _Loaded(model, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, size if isinstance(size, int) else None)
+
+
+def _from_timm(name: str, weights_path: str | None, num_classes: int | None) -> _Loaded:
+    try:
+        import timm
+    except ImportError:
+        raise ValueError(f"timm:{name}: timm is not installed (pip install timm)") from None
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes if weights_path is None else None)  # None: timm's default
+    except RuntimeError as err:  # timm's "Unknown model"
+        raise ValueError(f"timm:{name}: {err}") from None
+    if weights_path is None:
+        _no_weights_warning(f"timm:{name}")
+    else:
+        model = _load_weights(model, weights_path, lambda n: timm.create_model(name, pretrained=False, num_classes=n))
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size")
+    return _Loaded(model, cfg.get("mean"), cfg.get("std"), int(size[-1]) if size else None)
+
+
+def _from_our_checkpoint(path: Path) -> _Loaded:
+    from ..auto import AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(str(path))
+    folder = path if path.is_dir() else path.parent
+    mean = std = None
+    processor_file = folder / PREPROCESSOR_CONFIG_NAME
+    if processor_file.is_file():
+        settings = json.loads(processor_file.read_text())
+        mean, std = settings.get("image_mean"), settings.get("image_std")
+    return _Loaded(model, mean, std, model.config.image_size)
+
+
+def _from_export(path: Path) -> _Loaded:
+    try:
+        program = torch.export.load(str(path))
+    except Exception as err:  # the loader raises many kinds for a file that is not an export
+        raise ValueError(f"{path}: not a torch.export file ({type(err).__name__}: {err})") from None
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    shape = placeholders[program.graph_signature.user_inputs[0]].meta["val"].shape
+    static = [d if isinstance(d, int) else None for d in shape]
+    size = static[-1] if static[-1] is not None and static[-1] == static[-2] else None
+    batch = static[0] or 1
+    if static[0] is not None:
+        warnings.warn(
+            f"{path}: the exported teacher only accepts batches of {static[0]} images; export it with a dynamic batch "
+            "dimension (dynamic_shapes) to train and evaluate with any batch size",
+            stacklevel=3,
+        )
+    return _Loaded(program.module(), input_size=size, probe_batch=batch)
+
+
+def _from_torchscript(path: Path) -> _Loaded:
+    try:
+        return _Loaded(torch.jit.load(str(path), map_location="cpu"))
+    except RuntimeError as err:
+        raise ValueError(
+            f"{path}: not a TorchScript file ({str(err).splitlines()[0]}). A plain weights file needs its model: "
+            "pass torchvision:NAME, timm:NAME or module:callable with --teacher-weights FILE"
+        ) from None
+
+
+def _from_callable(spec: str, weights_path: str | None) -> _Loaded:
+    module_name, _, attr_path = spec.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"teacher {spec}: cannot import {module_name!r} ({err})") from None
+    for attr in attr_path.split("."):
+        if not hasattr(target, attr):
+            raise ValueError(f"teacher {spec}: {module_name!r} has no attribute {attr_path!r}")
+        target = getattr(target, attr)
+    model = target()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"teacher {spec}: calling it returned {type(model).__name__}, not a torch.nn.Module")
+    if weights_path is not None:
+        model = _load_weights(model, weights_path, rebuild=None)
+    return _Loaded(model)
+
+
+def _load(spec: str, weights_path: str | None, num_classes: int | None) -> _Loaded:
+    if spec.startswith("torchvision:"):
+        return _from_torchvision(spec.partition(":")[2], weights_path, num_classes)
+    if spec.startswith("timm:"):
+        return _from_timm(spec.partition(":")[2], weights_path, num_classes)
+    path = Path(spec)
+    if path.exists():
+        if weights_path is not None:
+            raise ValueError(f"teacher {spec}: --teacher-weights applies to torchvision:, timm: and module: teachers, not to a file or folder")
+        if path.is_dir() or path.suffix.lower() in _WEIGHT_SUFFIXES:
+            return _from_our_checkpoint(path)
+        if path.suffix.lower() in _EXPORT_SUFFIXES:
+            return _from_export(path)
+        if path.suffix.lower() in _TORCHSCRIPT_SUFFIXES:
+            return _from_torchscript(path)
+        raise ValueError(f"teacher {spec}: unknown file type (expected a checkpoint folder, .safetensors/.bin/.pth, .pt TorchScript or .pt2 torch.export)")
+    if _MODULE_CALLABLE.match(spec):
+        return _from_callable(spec, weights_path)
+    raise FileNotFoundError(f"teacher {spec}: no such file or folder, and not torchvision:NAME, timm:NAME or module:callable")
+
+
+def load_teacher(
+    spec: str,
+    *,
+    num_classes: int | None,
+    device: str | torch.device = "cpu",
+    student_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    student_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    input_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    weights_path: str | None = None,
+    student_input_size: int | None = None,
+    interpolation: str = "bicubic",
+) -> Teacher:
+    """Load, wrap and check a teacher (see the module docstring for ``spec``).
+
+    A dry forward on a blank batch (at ``input_size``, else ``student_input_size``, else 224)
+    reads the teacher's class count (``teacher.num_classes``); a count other than ``num_classes``
+    raises ValueError. ``num_classes=None`` skips the check, for a teacher whose head
+    :func:`adapt_teacher_head` will replace. ``num_classes`` also sizes the (random) classifier of
+    a torchvision/timm teacher built without weights.
+    """
+    loaded = _load(spec, weights_path, num_classes)
+    teacher = Teacher(
+        loaded.model,
+        student_mean=student_mean,
+        student_std=student_std,
+        mean=mean if mean is not None else loaded.mean,
+        std=std if std is not None else loaded.std,
+        input_size=input_size if input_size is not None else loaded.input_size,
+        interpolation=interpolation,
+        name=spec,
+    ).to(device)
+    probe_size = teacher.input_size or student_input_size or 224
+    probe = torch.zeros(loaded.probe_batch, 3, probe_size, probe_size, device=device)
+    try:
+        teacher.num_classes = int(teacher(probe).shape[-1])
+    except Exception as err:  # whatever the foreign model raises, say what was tried
+        raise ValueError(
+            f"teacher {spec} failed on a {probe_size}x{probe_size} input ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            "set the teacher's input size (--teacher-input-size)"
+        ) from None
+    if num_classes is not None and teacher.num_classes != num_classes:
+        raise ValueError(
+            f"teacher {spec} predicts {teacher.num_classes} classes but the data set has {num_classes}; "
+            "use a teacher trained on these classes, or adapt its head first with --teacher-finetune-epochs N"
+        )
+    return teacher
+
+
+# ----------------------------------------------------------------------- head adaptation
+def _all_reduce_mean(tensors: Iterable[torch.Tensor]) -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        world = dist.get_world_size()
+        for t in tensors:
+            dist.all_reduce(t)
+            t.div_(world)
+
+
+def _broadcast_from_rank0(tensors: Iterable[torch.Tensor]) -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        for t in tensors:
+            dist.broadcast(t, src=0)
+
+
+def adapt_teacher_head(
+    teacher: Teacher,
+    train_loader: Iterable,
+    num_classes: int,
+    epochs: int,
+    lr: float = 1e-3,
+    device: str | torch.device = "cpu",
+    log: Callable[[str], None] | None = None,
+) -> Teacher:
+    """Replace the teacher's classification layer(s) by new ones for ``num_classes`` and train
+    only those for ``epochs`` epochs on ``train_loader`` (the student's training batches:
+    ``(pixel_values, labels)`` with class indices or soft targets). The rest of the teacher stays
+    frozen and in eval mode. Under torch.distributed the new heads start from rank 0's
+    initialisation and gradients are averaged over ranks, so every rank ends with the same head.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if isinstance(teacher.model, torch.jit.ScriptModule):
+        raise ValueError(f"teacher {teacher.name}: a TorchScript teacher's head cannot be replaced; export it with {num_classes} classes")
+    names = output_linears(teacher.model, teacher.num_classes)
+    if not names:
+        raise ValueError(
+            f"teacher {teacher.name}: no nn.Linear layer with {teacher.num_classes} outputs to replace "
+            "(torch.export and TorchScript teachers cannot be adapted; export one with the right class count)"
+        )
+    heads = []
+    for name in names:
+        old = teacher.model.get_submodule(name)
+        head = nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(device=device, dtype=old.weight.dtype)
+        teacher.model.set_submodule(name, head)
+        heads.append(head)
+    params = [p for head in heads for p in head.parameters()]
+    _broadcast_from_rank0(p.data for p in params)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    for epoch in range(epochs):
+        total_loss, correct, seen = 0.0, 0, 0
+        for images, targets in train_loader:
+            images, targets = images.to(device), targets.to(device)
+            with torch.enable_grad():
+                logits = teacher.logits(images)
+                loss = F.cross_entropy(logits, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            _all_reduce_mean(p.grad for p in params if p.grad is not None)
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(images)
+            seen += len(images)
+            hard = targets if targets.ndim == 1 else targets.argmax(-1)
+            correct += int((logits.argmax(-1) == hard).sum())
+        message = f"teacher head epoch {epoch + 1}/{epochs}: loss {total_loss / max(seen, 1):.4f}, train acc {100 * correct / max(seen, 1):.2f}%"
+        (log or logger.info)(message)
+    for p in params:
+        p.requires_grad_(False)
+    teacher.num_classes = num_classes
+    return teacher
+
+
+# ---------------------------------------------------------------------------- demo teacher
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallConvNet(nn.Module):
+    """A small convnet (five conv-BN-ReLU blocks, two of them stride 2, global average pooling,
+    a linear classifier): about 0.3 M parameters, made for 28-56 px digits. The demo's teacher."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_bn_relu(in_channels, 32, 1),
+            _conv_bn_relu(32, 64, 2),
+            _conv_bn_relu(64, 64, 1),
+            _conv_bn_relu(64, 128, 2),
+            _conv_bn_relu(128, 128, 1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Linear(128, num_classes)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(pixel_values))

@@ -1,0 +1,65 @@
+"""`deit bench`: each benchmark runs end to end in a tiny configuration and reports its table.
+Correctness only (no timed assertions); the FLOP count is checked against PyTorch's counter.
+One thread: on a shared machine two-thread parallel regions stall on every small op."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import deit
+from deit.bench.inference import model_flops
+from deit.cli import main
+
+
+def test_model_flops_matches_pytorch_flop_counter():
+    config = deit.DeiTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                             image_size=32, patch_size=8, num_labels=5, attn_implementation="eager")
+    model = deit.DeiTForImageClassificationWithTeacher(config).eval()  # eager: the counter skips SDPA
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        # Hidden states asked for: the full last layer runs, as the count assumes.
+        model(torch.randn(1, 3, 32, 32), output_hidden_states=True)
+    assert counter.get_total_flops() == model_flops(config)
+
+
+def test_inference_benchmark_runs_with_a_peer(capsys, tmp_path):
+    pytest.importorskip("timm")
+    raw = tmp_path / "raw.json"
+    code = main(["bench", "inference", "--sizes", "tiny", "--batch-sizes", "1", "--dtypes", "fp32", "--rounds", "1",
+                 "--peers", "timm", "--threads", "1", "--json", str(raw)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| DeiT-T | 1 | fp32 | ours (fp32, deit.optimize) |" in out
+    assert "| DeiT-T | 1 | fp32 | timm (fp32) |" in out and "Linear-only bound (F.linear)" in out
+    names = {row["implementation"] for row in json.loads(raw.read_text())["results"]}
+    assert {"ours", "timm"} <= names
+
+
+def test_loading_benchmark_reports_exact_match_with_transformers_pil(capsys):
+    pytest.importorskip("transformers")
+    code = main(["bench", "loading", "--images", "4", "--batch-size", "2", "--rounds", "1", "--workers", "0", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| ours vs transformers (PIL backend) | 0.000 | 0.0000 |" in out
+
+
+def test_training_benchmark_runs(capsys):
+    code = main(["bench", "training", "--batch-size", "2", "--dtypes", "fp32", "--rounds", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "| DeiT-T | 2 | fp32 | ours |" in out
+
+
+def test_agreement_benchmark_runs(capsys):
+    code = main(["bench", "agreement", "--size", "tiny", "--images", "4", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "| ours fp32 (deit.optimize) | 100.0% |" in out
+
+
+def test_ablation_benchmark_lists_every_step(capsys):
+    code = main(["bench", "ablation", "--size", "tiny", "--batch-sizes", "1", "--dtypes", "fp32", "--rounds", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.count("| DeiT-T | 1 | fp32 |") == 6 and "+ patch embedding as one GEMM" in out

@@ -1,0 +1,81 @@
+"""deit.loading: batched loading from files gives the image processor's tensors.
+
+The default output must equal DeiTImageProcessor's exactly (same Pillow resize, same lookup
+table) and transformers' PIL-backend processor within one 8-bit level; ``draft`` decoding of
+a large JPEG must stay within a few levels on average.
+"""
+
+from __future__ import annotations
+
+import matplotlib.cbook
+import pytest
+import torch
+from PIL import Image
+
+import deit
+from deit.bench.loading import level_difference
+from deit.loading import load_batches, to_model_input
+
+
+@pytest.fixture
+def files(tmp_path):
+    photo = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
+    paths = [tmp_path / "hopper.jpg", tmp_path / "gray.png", tmp_path / "broken.jpg", tmp_path / "rgba.png", tmp_path / "wide.jpg"]
+    photo.save(paths[0], quality=92)
+    photo.convert("L").resize((300, 200)).save(paths[1])
+    paths[2].write_text("not an image")
+    photo.convert("RGBA").resize((180, 240)).save(paths[3])
+    photo.resize((700, 300)).save(paths[4])
+    return paths
+
+
+def load_all(paths, processor, **kwargs):
+    pixels, order, failures = [], [], []
+    for batch in load_batches(paths, processor, batch_size=2, **kwargs):
+        if batch.indices:
+            pixels.append(to_model_input(batch.pixels, processor))
+        order += batch.indices
+        failures += batch.failures
+    return torch.cat(pixels), order, failures
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_same_tensors_as_the_processor_in_order_with_failures_named(files, workers):
+    processor = deit.DeiTImageProcessor()
+    pixels, order, failures = load_all(files, processor, num_workers=workers)
+    good = [0, 1, 3, 4]
+    assert order == good
+    assert [index for index, _ in failures] == [2] and failures[0][1] == "not an image file"
+    expected = processor([str(files[i]) for i in good], return_tensors="pt")["pixel_values"]
+    assert torch.equal(pixels, expected)
+
+
+def test_within_one_level_of_transformers_pil_processor(files):
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.DeiTImageProcessorPil(image_mean=list(deit.processing.IMAGENET_DEFAULT_MEAN), image_std=list(deit.processing.IMAGENET_DEFAULT_STD))
+    good = [files[i] for i in (0, 1, 3, 4)]
+    pixels, _, _ = load_all(good, deit.DeiTImageProcessor())
+    expected = theirs([Image.open(p).convert("RGB") for p in good], return_tensors="pt")["pixel_values"]
+    worst, _ = level_difference(pixels, expected)
+    assert worst <= 1.0
+
+
+def test_draft_decodes_large_jpegs_smaller_with_a_small_error(tmp_path):
+    photo = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
+    path = tmp_path / "large.jpg"
+    photo.resize((1200, 1400), Image.Resampling.BICUBIC).save(path, quality=92)
+    with Image.open(path) as img:  # what the loader asks the decoder for: >= 256 on both sides
+        img.draft("RGB", (256, 256))
+        assert img.size == (300, 350)
+    processor = deit.DeiTImageProcessor()
+    full, _, _ = load_all([path], processor)
+    draft, _, _ = load_all([path], processor, draft=True)
+    _, mean = level_difference(draft, full)
+    assert 0 < mean < 3.0
+
+
+def test_model_input_dtype_and_device(files):
+    processor = deit.DeiTImageProcessor()
+    batch = next(iter(load_batches(files[:1], processor)))
+    values = to_model_input(batch.pixels, processor, device="cpu", dtype=torch.bfloat16)
+    assert values.dtype == torch.bfloat16 and values.shape == (1, 3, 224, 224)

@@ -1,0 +1,150 @@
+"""deit.optimize: the fast CPU kernels give the plain model's outputs and gradients.
+
+Tolerances: float32 1e-5 absolute on outputs of order 1 (only the summation order changes);
+bfloat16 0.05 absolute against float32 (8-bit mantissa); float32 gradients 1e-4 relative to
+the largest gradient of each parameter; bf16-autocast gradients within twice the error of
+PyTorch's own autocast run of the plain model.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+
+import deit
+from deit.optimize import fast_kernels_available, optimize
+
+pytestmark = pytest.mark.skipif(not fast_kernels_available(), reason="PyTorch build without the oneDNN kernels")
+
+SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32, patch_size=8, num_labels=5)
+
+
+def build(cls=deit.DeiTForImageClassificationWithTeacher, **overrides):
+    torch.manual_seed(0)
+    model = cls(deit.DeiTConfig(**{**SMALL, **overrides}))
+    with torch.no_grad():  # non-trivial biases and tokens (the initialisation zeroes them)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+@pytest.fixture
+def pixels() -> torch.Tensor:
+    return torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("cls", [deit.DeiTForImageClassificationWithTeacher, deit.DeiTForImageClassification, deit.DeiTModel])
+def test_float32_outputs_match_plain_model(cls, pixels):
+    plain = build(cls)
+    fast = optimize(copy.deepcopy(plain))
+    with torch.inference_mode():
+        expected, got = plain(pixels), fast(pixels)
+    for name in ("logits", "last_hidden_state", "pooler_output"):
+        if name in expected:
+            assert (expected[name] - got[name]).abs().max() < 1e-5, name
+
+
+def test_attentions_head_mask_and_hidden_states_still_match(pixels):
+    plain, fast = build(attn_implementation="eager"), None
+    fast = optimize(copy.deepcopy(plain))
+    head_mask = torch.tensor([1.0, 0.0, 1.0, 0.5])
+    with torch.inference_mode():
+        expected = plain(pixels, head_mask=head_mask, output_attentions=True, output_hidden_states=True)
+        got = fast(pixels, head_mask=head_mask, output_attentions=True, output_hidden_states=True)
+    for a, b in zip(expected.attentions + expected.hidden_states, got.attentions + got.hidden_states):
+        assert (a - b).abs().max() < 1e-5
+
+
+def test_bfloat16_is_close_to_float32_and_autocast_works(pixels):
+    plain = build()
+    fast = optimize(copy.deepcopy(plain), dtype="bf16")
+    with torch.inference_mode():
+        expected = plain(pixels).logits
+        got = fast(pixels.bfloat16()).logits
+        fast32 = optimize(copy.deepcopy(plain))
+        with torch.autocast("cpu", torch.bfloat16):
+            autocast = fast32(pixels).logits
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - expected).abs().max() < 0.05
+    assert (autocast.float() - expected).abs().max() < 0.05
+
+
+def gradients(model: torch.nn.Module, pixels: torch.Tensor, autocast: bool) -> list[torch.Tensor]:
+    model.train().zero_grad()
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        model(pixels, labels=torch.tensor([0, 1, 2, 3, 4])).loss.backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def relative_errors(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
+    # Relative to each parameter's largest gradient, floored: some (e.g. the key bias, which
+    # softmax ignores) are zero up to rounding.
+    return torch.stack([(g - r).abs().max() / r.abs().max().clamp_min(1e-4) for g, r in zip(grads, reference)])
+
+
+def test_training_gradients_match_plain_model(pixels):
+    plain = build()
+    fast = optimize(copy.deepcopy(plain))
+    reference = gradients(plain, pixels, autocast=False)
+    assert relative_errors(gradients(fast, pixels, autocast=False), reference).max() < 1e-4
+    # bf16 autocast: ours is as close to the float32 gradients as PyTorch's own autocast.
+    plain_bf16 = relative_errors(gradients(plain, pixels, autocast=True), reference)
+    fast_bf16 = relative_errors(gradients(fast, pixels, autocast=True), reference)
+    assert fast_bf16.mean() < 2 * plain_bf16.mean() + 1e-3
+
+
+def test_state_dict_unchanged_and_new_weights_are_picked_up(pixels):
+    plain = build()
+    fast = optimize(copy.deepcopy(plain))
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    with torch.inference_mode():
+        fast(pixels)  # fills the packed-weight caches
+    other = build()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.5)
+    fast.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        assert (fast(pixels).logits - other(pixels).logits).abs().max() < 1e-5
+
+
+def test_copies_and_pickles(pixels):
+    fast = optimize(build())
+    with torch.inference_mode():
+        expected = fast(pixels).logits
+        for clone in (copy.deepcopy(fast), pickle.loads(pickle.dumps(fast))):
+            assert (clone(pixels).logits - expected).abs().max() == 0
+
+
+def test_optimized_model_still_exports(pixels):
+    from deit.export import export_program
+
+    fast = optimize(build())
+    program = export_program(fast)
+    with torch.inference_mode():
+        (exported,) = program.module()(pixels)
+        assert (exported - fast(pixels).logits).abs().max() < 1e-5
+
+
+def test_last_layer_tokens_gives_the_leading_tokens_of_the_full_run(pixels):
+    model = build(deit.DeiTModel)
+    with torch.inference_mode():
+        full = model(pixels).last_hidden_state
+        partial = model(pixels, last_layer_tokens=2).last_hidden_state
+        fast = optimize(copy.deepcopy(model))(pixels, last_layer_tokens=2).last_hidden_state
+    assert partial.shape == (5, 2, 64)
+    assert (partial - full[:, :2]).abs().max() < 1e-5
+    assert (fast - full[:, :2]).abs().max() < 1e-5
+
+
+def test_other_input_sizes_with_interpolated_positions():
+    plain = build()
+    fast = optimize(copy.deepcopy(plain))
+    pixels = torch.randn(2, 3, 44, 36)  # not whole patches: the trailing pixels are ignored
+    with torch.inference_mode():
+        expected = plain(pixels, interpolate_pos_encoding=True).logits
+        got = fast(pixels, interpolate_pos_encoding=True).logits
+    assert (expected - got).abs().max() < 1e-5

@@ -1,0 +1,89 @@
+"""Two gloo processes under torchrun train like one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fit_helpers import datasets, tiny_config
+
+from deit.train import checkpointing
+from deit.train.engine import fit
+
+HERE = Path(__file__).parent
+SRC = HERE.parents[1] / "src"
+GLOBAL_BATCH = 8
+
+# Per-sample augmentation stays on (its randomness follows the sample's global position, not
+# the rank); mixup and stochastic depth draw per process, so they are off for this comparison.
+SETTINGS = dict(epochs=2, mixup=0.0, cutmix=0.0, drop_path=0.0, model_ema=True, model_ema_decay=0.9)
+
+WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    sys.path[:0] = [{helpers!r}, {src!r}]
+    rank = int(os.environ["RANK"])
+    replaced = []
+    if rank != 0:
+        # Record every file this rank would write: all our writes end with an atomic rename.
+        real_replace = os.replace
+        def recording_replace(src, dst, *args, **kwargs):
+            replaced.append(str(dst))
+            return real_replace(src, dst, *args, **kwargs)
+        os.replace = recording_replace
+    from fit_helpers import datasets, tiny_config
+    from deit.train.engine import fit
+
+    output, repeated_aug = sys.argv[1], sys.argv[2] == "ra"
+    train_set, val_set = datasets()
+    config = tiny_config(output, batch_size={per_rank}, repeated_aug=repeated_aug, **{settings!r})
+    result = fit(config, train_dataset=train_set, val_dataset=val_set)
+    report = {{"step_losses": result.step_losses, "history": result.history, "replaced": replaced}}
+    with open(os.path.join(sys.argv[3], f"rank{{rank}}.json"), "w") as f:
+        json.dump(report, f)
+    """
+)
+
+
+@pytest.mark.parametrize("sampler", ["plain", "ra"])
+def test_two_gloo_processes_match_one_process(tmp_path, sampler):
+    train_set, val_set = datasets()
+    alone = fit(tiny_config(str(tmp_path / "alone"), batch_size=GLOBAL_BATCH, repeated_aug=sampler == "ra", **SETTINGS), train_dataset=train_set, val_dataset=val_set)
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(helpers=str(HERE), src=str(SRC), per_rank=GLOBAL_BATCH // 2, settings=SETTINGS))
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(script), str(tmp_path / "ddp"), sampler, str(reports)]
+    # A session of its own, so that a hung run can be stopped with all its worker processes.
+    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    assert process.returncode == 0, err[-3000:]
+    rank0 = json.loads((reports / "rank0.json").read_text())
+    rank1 = json.loads((reports / "rank1.json").read_text())
+
+    # The same loss per optimizer step, reduced over the ranks (float tolerance: sums in another order).
+    assert len(rank0["step_losses"]) == len(alone.step_losses) == 2 * len(train_set) // GLOBAL_BATCH
+    np.testing.assert_allclose(rank0["step_losses"], alone.step_losses, rtol=1e-5, atol=1e-6)
+    assert rank0["step_losses"] == rank1["step_losses"]
+    # Validation metrics count every image once over both ranks.
+    for key in ("val_acc1", "val_acc1_cls", "val_acc1_dist", "ema_acc1"):
+        assert [h[key] for h in rank0["history"]] == pytest.approx([h[key] for h in alone.history], abs=1e-9), key
+    # Only rank 0 wrote files; what it wrote is a complete run.
+    assert rank1["replaced"] == []
+    assert (tmp_path / "ddp" / "metrics.jsonl").read_text().count("\n") == 2
+    state = checkpointing.load_checkpoint(tmp_path / "ddp")
+    assert state["world_size"] == 2 and state["global_step"] == len(alone.step_losses)

@@ -1,0 +1,110 @@
+"""A run stopped or killed in the middle of an epoch and resumed ends with the weights of an
+uninterrupted run (same seed, CPU, deterministic algorithms)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fit_helpers import datasets, max_abs_difference, tiny_config
+from safetensors.torch import load_file
+
+from deit.train import checkpointing
+from deit.train.engine import fit
+
+HERE = Path(__file__).parent
+SRC = HERE.parents[1] / "src"
+
+# Everything random in the recipe is on: repeated augmentation, mixup/cutmix, stochastic depth,
+# per-sample augmentation drawing from torch, NumPy and Python, EMA, a per-step schedule.
+RANDOM_RECIPE = dict(
+    repeated_aug=True, mixup=0.8, cutmix=1.0, drop_path=0.2, model_ema=True, model_ema_decay=0.9,
+    lr_per_step=True, deterministic=True, epochs=2, clip_grad=1.0,
+)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_stop_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_path, num_workers):
+    train_set, val_set = datasets()
+    settings = dict(RANDOM_RECIPE, num_workers=num_workers)
+    whole = fit(tiny_config(str(tmp_path / "whole"), **settings), train_dataset=train_set, val_dataset=val_set)
+    steps_per_epoch = len(whole.step_losses) // 2
+
+    stop_at = steps_per_epoch + 3  # in the middle of the second epoch
+    first = fit(tiny_config(str(tmp_path / "cut"), stop_after_steps=stop_at, **settings), train_dataset=train_set, val_dataset=val_set)
+    assert not first.completed
+    state = checkpointing.load_checkpoint(tmp_path / "cut")
+    assert (state["epoch"], state["global_step"]) == (1, stop_at) and state["batches_done"] == 3
+
+    rest = fit(tiny_config(str(tmp_path / "cut"), resume="auto", **settings), train_dataset=train_set, val_dataset=val_set)
+    assert rest.completed
+    assert first.step_losses + rest.step_losses == whole.step_losses
+    assert max_abs_difference(rest.model.state_dict(), whole.model.state_dict()) == 0.0
+    assert max_abs_difference(rest.ema_model.state_dict(), whole.ema_model.state_dict()) == 0.0
+    # The learning rate of the resumed epoch is the uninterrupted one, and the history is whole.
+    assert [h["lr"] for h in rest.history] == [h["lr"] for h in whole.history]
+    assert [h["val_acc1"] for h in rest.history] == [h["val_acc1"] for h in whole.history]
+
+
+def test_resume_refuses_a_changed_schedule(tmp_path):
+    train_set, val_set = datasets()
+    fit(tiny_config(str(tmp_path / "run"), stop_after_steps=2), train_dataset=train_set, val_dataset=val_set)
+    with pytest.raises(ValueError, match="schedule differs"), pytest.warns(UserWarning, match="differ from the checkpoint"):
+        fit(tiny_config(str(tmp_path / "run"), resume="auto", epochs=5), train_dataset=train_set, val_dataset=val_set)
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys
+    sys.path[:0] = [{helpers!r}, {src!r}]
+    import torch
+    torch.set_num_threads(1)
+    from fit_helpers import datasets, tiny_config
+    from deit.train.engine import fit
+
+    output, resume = sys.argv[1], sys.argv[2] == "resume"
+    train_set, val_set = datasets(train_size=192)
+    config = tiny_config(output, checkpoint_every_steps=1, resume="auto" if resume else None, **{recipe!r})
+    fit(config, train_dataset=train_set, val_dataset=val_set)
+    """
+)
+
+
+def start_worker(script: Path, output: Path, mode: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(script), str(output), mode], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(helpers=str(HERE), src=str(SRC), recipe=dict(RANDOM_RECIPE, epochs=1)))
+
+    whole = start_worker(script, tmp_path / "whole", "fresh")
+    killed = start_worker(script, tmp_path / "killed", "fresh")
+    checkpoint = tmp_path / "killed" / checkpointing.CHECKPOINT_NAME
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and killed.poll() is None:
+        if checkpoint.exists() and checkpointing.load_checkpoint(checkpoint)["global_step"] >= 4:
+            break
+        time.sleep(0.05)
+    assert killed.poll() is None, f"the run ended before it could be killed: {killed.stderr.read()}"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    state = checkpointing.load_checkpoint(checkpoint)
+    assert 0 < state["batches_done"] < 192 // 8, "killed in the middle of the epoch"
+
+    resumed = start_worker(script, tmp_path / "killed", "resume")
+    for process in (whole, resumed):
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+    final_whole = load_file(tmp_path / "whole" / "last" / "model.safetensors")
+    final_resumed = load_file(tmp_path / "killed" / "last" / "model.safetensors")
+    assert max_abs_difference(final_whole, final_resumed) <= 1e-6
+    assert torch.equal(checkpointing.load_checkpoint(tmp_path / "killed")["model"]["deit.layernorm.weight"], final_resumed["deit.layernorm.weight"])

@@ -1,0 +1,223 @@
+"""Teachers: every kind of source, the normalisation/size conversion against a hand computation,
+the class-count check, and adapting a teacher's head to new classes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from deit import DeiTConfig, DeiTForImageClassificationWithTeacher
+from deit.processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from deit.train.teacher import SmallConvNet, Teacher, adapt_teacher_head, load_teacher
+
+HERE = Path(__file__).parent
+STUDENT_MEAN, STUDENT_STD = (0.1307, 0.2, 0.3), (0.3081, 0.25, 0.5)
+ATOL = 1e-5  # float32, same ops in the same order: differences are rounding only
+
+
+def student_batch(size: int = 16, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def by_hand(x: torch.Tensor, mean, std, size: int | None = None, mode: str = "bicubic") -> torch.Tensor:
+    """Undo the student's normalisation, apply the teacher's, resize: step by step."""
+    view = lambda v: torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1)  # noqa: E731
+    pixels = x * view(STUDENT_STD) + view(STUDENT_MEAN)
+    out = (pixels - view(mean)) / view(std)
+    if size is not None:
+        out = F.interpolate(out, size=(size, size), mode=mode, align_corners=False, antialias=True)
+    return out
+
+
+class Echo(nn.Module):
+    """Returns its input, so a Teacher's output is exactly what it fed the model."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_conversion_matches_the_hand_computation():
+    x = student_batch()
+    teacher = Teacher(Echo(), student_mean=STUDENT_MEAN, student_std=STUDENT_STD, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4))
+    torch.testing.assert_close(teacher(x), by_hand(x, (0.5, 0.4, 0.3), (0.2, 0.3, 0.4)), atol=ATOL, rtol=0)
+    resized = Teacher(Echo(), student_mean=STUDENT_MEAN, student_std=STUDENT_STD, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, input_size=24)
+    torch.testing.assert_close(resized(x), by_hand(x, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 24), atol=ATOL, rtol=0)
+    # A uniform image stays uniform through the (antialiased) resize: exact per-channel values.
+    flat = torch.ones(1, 3, 16, 16) * torch.tensor([0.5, -1.0, 2.0]).view(1, 3, 1, 1)
+    down = Teacher(Echo(), student_mean=STUDENT_MEAN, student_std=STUDENT_STD, mean=(0, 0, 0), std=(1, 1, 1), input_size=5, interpolation="bilinear")
+    expected = torch.tensor([0.5 * 0.3081 + 0.1307, -1.0 * 0.25 + 0.2, 2.0 * 0.5 + 0.3]).view(1, 3, 1, 1).expand(1, 3, 5, 5)
+    torch.testing.assert_close(down(flat), expected, atol=ATOL, rtol=0)
+    same = Teacher(Echo(), student_mean=STUDENT_MEAN, student_std=STUDENT_STD)
+    assert not same.convert_stats and torch.equal(same(x), x)
+
+
+def test_teacher_stays_frozen_and_in_eval_mode():
+    teacher = Teacher(SmallConvNet(3))
+    teacher.train()
+    assert not teacher.training and not teacher.model.training
+    assert all(not p.requires_grad for p in teacher.parameters())
+    x = student_batch().requires_grad_()
+    assert not teacher(x).requires_grad
+
+
+def save_resnet18(path: Path, num_classes: int) -> nn.Module:
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=num_classes).eval()
+    if path.suffix == ".safetensors":
+        save_file(model.state_dict(), str(path))
+    else:
+        torch.save(model.state_dict(), path)
+    return model
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_torchvision_teacher_from_a_weights_file(tmp_path, suffix):
+    reference = save_resnet18(tmp_path / f"r18{suffix}", num_classes=10)
+    teacher = load_teacher("torchvision:resnet18", num_classes=10, weights_path=str(tmp_path / f"r18{suffix}"),
+                           student_mean=STUDENT_MEAN, student_std=STUDENT_STD, student_input_size=16)
+    assert teacher.num_classes == 10 and teacher.input_size is None  # convnet: any size
+    x = student_batch()
+    with torch.no_grad():
+        expected = reference(by_hand(x, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
+    torch.testing.assert_close(teacher(x), expected, atol=ATOL, rtol=0)
+
+
+def test_class_count_mismatch_is_refused(tmp_path):
+    save_resnet18(tmp_path / "r18.safetensors", num_classes=10)
+    with pytest.raises(ValueError, match="predicts 10 classes but the data set has 5.*--teacher-finetune-epochs"):
+        load_teacher("torchvision:resnet18", num_classes=5, weights_path=str(tmp_path / "r18.safetensors"), student_input_size=16)
+    # num_classes=None: loaded unchecked, for adapt_teacher_head.
+    assert load_teacher("torchvision:resnet18", num_classes=None, weights_path=str(tmp_path / "r18.safetensors"), student_input_size=16).num_classes == 10
+
+
+def test_torchvision_errors_and_random_weights_warning(tmp_path):
+    with pytest.raises(ValueError, match="not a torchvision classification model"):
+        load_teacher("torchvision:no_such_net", num_classes=10)
+    with pytest.warns(UserWarning, match="random weights"):
+        assert load_teacher("torchvision:resnet18", num_classes=3, student_input_size=16).num_classes == 3
+    torch.save({"something": torch.zeros(2)}, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="do not fit"):
+        load_teacher("torchvision:resnet18", num_classes=10, weights_path=str(tmp_path / "wrong.pth"))
+
+
+def test_timm_teacher_uses_its_pretrained_cfg(tmp_path):
+    timm = pytest.importorskip("timm")
+    reference = timm.create_model("test_resnet", pretrained=False, num_classes=7).eval()
+    save_file(reference.state_dict(), str(tmp_path / "w.safetensors"))
+    teacher = load_teacher("timm:test_resnet", num_classes=7, weights_path=str(tmp_path / "w.safetensors"),
+                           student_mean=STUDENT_MEAN, student_std=STUDENT_STD, input_size=32)
+    cfg = reference.pretrained_cfg
+    x = student_batch()
+    with torch.no_grad():
+        expected = reference(by_hand(x, cfg["mean"], cfg["std"], 32))
+    torch.testing.assert_close(teacher(x), expected, atol=ATOL, rtol=0)
+    assert load_teacher("timm:test_resnet", num_classes=7, weights_path=str(tmp_path / "w.safetensors")).input_size == cfg["input_size"][-1]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_torchscript_teacher(tmp_path):
+    model = SmallConvNet(num_classes=4).eval()
+    torch.jit.script(model).save(str(tmp_path / "t.pt"))
+    teacher = load_teacher(str(tmp_path / "t.pt"), num_classes=4, student_input_size=16)
+    x = student_batch()
+    torch.testing.assert_close(teacher(x), model(x).detach(), atol=ATOL, rtol=0)
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match="not a TorchScript file"):
+        load_teacher(str(tmp_path / "weights.pt"), num_classes=4)
+
+
+def test_torch_export_teacher_reads_its_input_size(tmp_path):
+    model = SmallConvNet(num_classes=4).eval()
+    example = torch.randn(2, 3, 12, 12)
+    program = torch.export.export(model, (example,), dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}})
+    torch.export.save(program, str(tmp_path / "t.pt2"))
+    teacher = load_teacher(str(tmp_path / "t.pt2"), num_classes=4, student_mean=STUDENT_MEAN, student_std=STUDENT_STD)
+    assert teacher.input_size == 12
+    x = student_batch(size=16, batch=3)  # resized to the exported 12 px
+    with torch.no_grad():
+        expected = model(by_hand(x, STUDENT_MEAN, STUDENT_STD, 12))
+    torch.testing.assert_close(teacher(x), expected, atol=ATOL, rtol=0)
+
+
+def test_module_callable_teacher(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))
+    teacher = load_teacher("teacher_factory:make_teacher", num_classes=4, student_input_size=16)
+    assert isinstance(teacher.model, SmallConvNet) and teacher.num_classes == 4
+    trained = SmallConvNet(num_classes=4).eval()
+    save_file(trained.state_dict(), str(tmp_path / "w.safetensors"))
+    with_weights = load_teacher("teacher_factory:make_teacher", num_classes=4, weights_path=str(tmp_path / "w.safetensors"), student_input_size=16)
+    x = student_batch()
+    torch.testing.assert_close(with_weights(x), trained(x).detach(), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="not a torch.nn.Module"):
+        load_teacher("teacher_factory:make_not_a_module", num_classes=4)
+    with pytest.raises(ValueError, match="cannot import"):
+        load_teacher("no_such_module_here:make", num_classes=4)
+    with pytest.raises(FileNotFoundError):
+        load_teacher("no/such/teacher/folder", num_classes=4)
+
+
+def tiny_deit(num_labels: int = 5) -> DeiTForImageClassificationWithTeacher:
+    config = DeiTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        image_size=32, patch_size=8, num_labels=num_labels)
+    torch.manual_seed(0)
+    return DeiTForImageClassificationWithTeacher(config).eval()
+
+
+def test_our_checkpoint_teacher_uses_its_config_and_processor(tmp_path):
+    model = tiny_deit()
+    model.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.25] * 3}))
+    teacher = load_teacher(str(tmp_path / "ckpt"), num_classes=5, student_mean=STUDENT_MEAN, student_std=STUDENT_STD)
+    assert teacher.input_size == 32
+    x = student_batch(size=16)
+    with torch.no_grad():
+        output = model(by_hand(x, (0.5,) * 3, (0.25,) * 3, 32))
+    # A distilled DeiT teaches with its prediction: the mean of its two heads.
+    torch.testing.assert_close(teacher(x), (output.cls_logits + output.distillation_logits) / 2, atol=ATOL, rtol=0)
+
+
+def colour_batches(num_classes: int = 3, per_class: int = 8, size: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Images of class c are mostly colour c: an easy task for any frozen feature extractor."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(num_classes).repeat(per_class)
+    images = 0.3 * torch.randn(len(labels), 3, size, size, generator=g)
+    images[torch.arange(len(labels)), labels] += 2.0
+    return [(images[i : i + 8], labels[i : i + 8]) for i in range(0, len(labels), 8)]
+
+
+def test_adapt_teacher_head_trains_only_a_new_head():
+    torch.manual_seed(0)
+    teacher = Teacher(SmallConvNet(num_classes=10))
+    teacher.num_classes = 10
+    body_before = {k: v.clone() for k, v in teacher.model.state_dict().items() if not k.startswith("classifier")}
+    data = colour_batches()
+    adapt_teacher_head(teacher, data, num_classes=3, epochs=6, lr=0.1, log=lambda _: None)
+    assert teacher.num_classes == 3 and teacher.model.classifier.out_features == 3
+    body_after = {k: v for k, v in teacher.model.state_dict().items() if not k.startswith("classifier")}
+    assert all(torch.equal(body_before[k], body_after[k]) for k in body_before)  # incl. BatchNorm statistics
+    assert all(not p.requires_grad for p in teacher.parameters()) and not teacher.model.training
+    correct = sum(int((teacher(x).argmax(-1) == y).sum()) for x, y in data)
+    assert correct / 24 >= 0.9
+
+
+def test_adapt_replaces_both_heads_of_a_distilled_deit(tmp_path):
+    tiny_deit(num_labels=5).save_pretrained(tmp_path / "ckpt")
+    teacher = load_teacher(str(tmp_path / "ckpt"), num_classes=None)
+    adapt_teacher_head(teacher, colour_batches(size=32), num_classes=3, epochs=1, log=lambda _: None)
+    assert teacher.model.cls_classifier.out_features == teacher.model.distillation_classifier.out_features == 3
+    assert teacher(student_batch(size=32)).shape == (2, 3)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_adapt_refuses_torchscript(tmp_path):
+    torch.jit.script(SmallConvNet(num_classes=4).eval()).save(str(tmp_path / "t.pt"))
+    teacher = load_teacher(str(tmp_path / "t.pt"), num_classes=None, student_input_size=16)
+    with pytest.raises(ValueError, match="TorchScript"):
+        adapt_teacher_head(teacher, colour_batches(), num_classes=3, epochs=1)
