@@ -10,8 +10,10 @@ AVX-512 speed. :func:`optimize` switches the modules to oneDNN kernels:
   into the query rows), followed by attention computed two samples at a time so the scores
   stay in cache -- about twice as fast as PyTorch's fused SDPA kernel at DeiT's 198 tokens
   in bfloat16 on CPUs without AMX;
-* in training (gradients on), each Linear's forward and both backward matmuls run on oneDNN
-  too, through a small autograd function; everything else keeps its PyTorch kernels.
+* the patch embedding (a convolution with stride = kernel) is one GEMM over the patches;
+* in training (gradients on), the Linear layers' forward and both backward matmuls run on
+  oneDNN too, through a small autograd function, and attention is the same chunked
+  computation (autograd through it); GELU, LayerNorm and the rest keep PyTorch's kernels.
 
 The parameters stay where they are, with their Hugging Face names, so ``state_dict``,
 ``save_pretrained`` and ``load_state_dict`` see no difference, and outputs match the plain
@@ -49,7 +51,8 @@ def fast_kernels_available() -> bool:
 
 def _fast_dtypes() -> frozenset[torch.dtype]:
     # oneDNN runs bfloat16 at speed only with AVX-512 BF16 / AMX; elsewhere it would emulate it.
-    bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None) if torch.backends.mkldnn.is_available() else None
+    bf16 = supported is not None and supported()
     return frozenset({torch.float32, torch.bfloat16} if bf16 else {torch.float32})
 
 
@@ -122,8 +125,9 @@ class _PackedLinear:
                  activation: tuple[str, str] = ("none", "")) -> torch.Tensor:
         dtype = _compute_dtype(x)
         rows = x.numel() // x.shape[-1]  # packing is chosen for this many rows; others still work
-        packed = self.weight.get(weights, lambda w: torch.ops.mkldnn._reorder_linear_weight(self.prepare(w).to(dtype), rows), dtype)
-        bias = None if biases is None else self.bias.get(biases, lambda b: self.prepare(b).to(dtype), dtype)
+        # ``prepare`` runs in float32 so that, e.g., a folded scale rounds once, to ``dtype``.
+        packed = self.weight.get(weights, lambda w: torch.ops.mkldnn._reorder_linear_weight(self.prepare(w.float()).to(dtype), rows), dtype)
+        bias = None if biases is None else self.bias.get(biases, lambda b: self.prepare(b.float()).to(dtype), dtype)
         return _matmul(x.to(dtype), packed, bias, activation)
 
 

@@ -6,7 +6,8 @@ Every candidate turns the same list of files into normalized (n, 3, 224, 224) fl
   fed PIL images opened from the files as ``transformers.image_utils.load_image`` would;
 * ours: :func:`deit.loading.load_batches` (decode/resize/crop in DataLoader workers, uint8) and
   :func:`deit.loading.to_model_input` (lookup-table normalize of the whole batch), with and
-  without the reduced-size JPEG decode (``draft``), and in the main process alone.
+  without the reduced-size JPEG decode (``draft``), in the main process alone, and with
+  threads instead of worker processes.
 
 Accuracy is reported in 8-bit levels: the largest and mean per-pixel difference of the outputs
 mapped back to the 0..255 scale, against the transformers outputs and (for ``draft``) against
@@ -15,6 +16,7 @@ our default output.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -70,15 +72,18 @@ def benchmark_loading(
         log(f"{len(paths)} JPEG files, batch {batch_size}")
         batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
 
-        def ours(draft: bool, workers: int | None) -> Callable[[], list[torch.Tensor]]:
+        def ours(draft: bool, workers: int | None, threads: int = 1) -> Callable[[], list[torch.Tensor]]:
             def run() -> list[torch.Tensor]:
-                return [to_model_input(b.pixels, processor) for b in load_batches(paths, processor, batch_size, workers, draft=draft)]
+                batches = load_batches(paths, processor, batch_size, workers, draft=draft, threads=threads)
+                return [to_model_input(b.pixels, processor) for b in batches]
             return run
 
         def theirs(process: Callable[[list[Image.Image]], torch.Tensor]) -> Callable[[], list[torch.Tensor]]:
             return lambda: [process([_open_rgb(p) for p in batch]) for batch in batches]
 
-        candidates = {"ours": ours(False, num_workers), "ours (draft)": ours(True, num_workers), "ours (main process only)": ours(False, 0)}
+        cores = os.cpu_count() or 1
+        candidates = {"ours": ours(False, num_workers), "ours (draft)": ours(True, num_workers), "ours (main process only)": ours(False, 0),
+                      f"ours ({cores} threads in the main process)": ours(False, 0, cores)}
         hf = _hf_processors()
         candidates.update({label: theirs(fn) for label, fn in hf.items()})
         outputs = {name: torch.cat(fn()) for name, fn in candidates.items()}

@@ -246,9 +246,10 @@ class Trainer:
             outputs = self.train_model(images)
             loss = self.criterion(outputs, targets, teacher_logits)
         no_sync = self.train_model.no_sync() if isinstance(self.train_model, DistributedDataParallel) and not sync else contextlib.nullcontext()
-        if torch.isfinite(loss):
-            with no_sync:
-                self.scaler.scale(loss / self.config.accum_steps).backward()
+        # Backward even for a non-finite loss: under DDP every rank must join the gradient
+        # all-reduce. The step that follows is refused by train_epoch, so NaN gradients do no harm.
+        with no_sync:
+            self.scaler.scale(loss / self.config.accum_steps).backward()
         return loss.detach()
 
     def _optimizer_step(self) -> None:
@@ -302,7 +303,8 @@ class Trainer:
             self.step_losses.append(total / count)
             running.add(total / count, int(count))
             elapsed = time.perf_counter() - tick
-            bar.set_postfix(loss=f"{running.mean:.4f}", lr=f"{lr:.2e}", img_s=f"{images_seen * self.ctx.world_size / max(elapsed, 1e-9):.0f}", refresh=False)
+            throughput = images_seen * self.ctx.world_size / max(elapsed, 1e-9)
+            bar.set_postfix({"loss": f"{running.mean:.4f}", "lr": f"{lr:.2e}", "img/s": f"{throughput:.0f}"}, refresh=False)
             bar.update(1)
             if position.batches_done >= batches_per_epoch:
                 continue  # the epoch's end writes its own checkpoint
