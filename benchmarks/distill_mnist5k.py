@@ -38,8 +38,11 @@ def main() -> int:
     parser.add_argument("--teacher-epochs", type=int, default=DEFAULT_TEACHER_EPOCHS)
     parser.add_argument("--out", default="runs/bench-distill-mnist5k", help="where the runs are written")
     parser.add_argument("--markdown", help="also write the table and the command to this file")
+    parser.add_argument("--threads", type=int, default=1, help="torch compute threads (default 1, as deit demo)")
+    parser.add_argument("--num-workers", type=int, default=1, help="DataLoader workers (default 1, as deit demo)")
     args = parser.parse_args()
 
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     teacher_acc: list[float] = []
     students: dict[str, dict[str, list[float]]] = {kind: {"cls": [], "dist": [], "avg": []} for kind in KINDS}
@@ -50,7 +53,7 @@ def main() -> int:
         teacher_acc.append(teacher.acc1)
         print(f"seed {seed}: teacher {teacher.acc1:.2f}%", flush=True)
         for kind in KINDS:
-            config = student_config(f"{args.out}/seed{seed}-{kind}", kind, epochs=args.epochs, seed=seed)
+            config = student_config(f"{args.out}/seed{seed}-{kind}", kind, epochs=args.epochs, seed=seed, num_workers=args.num_workers)
             result = fit(config, teacher=teacher.model if kind != "none" else None, train_dataset=train_set, val_dataset=val_set)
             for head, value in head_accuracies(result.final_metrics).items():
                 students[kind][head].append(value)
@@ -59,7 +62,7 @@ def main() -> int:
     names = {"none": "no distillation", "soft": "soft distillation", "hard": "hard distillation"}
     lines = [
         f"Validation top-1 (%) on mnist5k (1,000 held-out digits), mean ± std over seeds {', '.join(map(str, args.seeds))}; "
-        f"student: DeiT 4 blocks x 96 wide, 3 heads, patch 4 on 28 px, {args.epochs} epochs; teacher: SmallConvNet, {args.teacher_epochs} epochs.",
+        f"student: DeiT 4 blocks x 96 wide, 3 heads, patch 4 on 28 px, batch 32, {args.epochs} epochs; teacher: SmallConvNet, {args.teacher_epochs} epochs.",
         "",
         "| model | CLS head | DIST head | averaged heads | per seed (averaged) |",
         "|---|---:|---:|---:|---|",

@@ -31,7 +31,7 @@ def student_config(output: str, distillation_type: str, *, epochs: int = 20, see
     return TrainConfig(
         model="deit-tiny-distilled-patch16-224", image_size=28, patch_size=4, hidden_size=96, depth=4, heads=3, mlp_ratio=2.0,
         drop_path=0.0, data="mnist5k", num_workers=num_workers, mean=MNIST_MEAN, std=MNIST_STD,
-        epochs=epochs, batch_size=64, lr=1.6e-2, warmup_epochs=1, lr_per_step=True, min_lr=1e-5, weight_decay=0.05,
+        epochs=epochs, batch_size=32, lr=3.2e-2, warmup_epochs=1, lr_per_step=True, min_lr=1e-5, weight_decay=0.05,
         smoothing=0.1, mixup=0.0, cutmix=0.0, aa=None, reprob=0.0, hflip=0.0, scale=(0.6, 1.0), color_jitter=0.0,
         repeated_aug=False, model_ema=False, distillation_type=distillation_type,
         teacher="SmallConvNet" if distillation_type != "none" else None,
