@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import Dataset
 
@@ -46,6 +47,16 @@ class ColourImages(Dataset):
             if random.random() < 0.5:
                 image = image.flip(1)
         return image, int(self.labels[index])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: a second thread gains nothing, and on a busy machine OpenMP threads
+    waiting for each other make a run many times slower. Restored after each test."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def tiny_config(output: str, **overrides) -> TrainConfig:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fit_helpers import datasets, tiny_config
+from fit_helpers import datasets, one_thread, tiny_config  # noqa: F401 (one_thread: autouse fixture)
 
 from deit.train import checkpointing
 from deit.train.engine import fit

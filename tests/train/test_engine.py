@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from fit_helpers import IMAGE_SIZE, datasets, max_abs_difference, tiny_config
+from fit_helpers import IMAGE_SIZE, datasets, max_abs_difference, one_thread, tiny_config  # noqa: F401 (one_thread: autouse fixture)
 
 from deit import DeiTConfig, DeiTForImageClassificationWithTeacher
 from deit.train import checkpointing

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fit_helpers import datasets, max_abs_difference, tiny_config
+from fit_helpers import datasets, max_abs_difference, one_thread, tiny_config  # noqa: F401 (one_thread: autouse fixture)
 from safetensors.torch import load_file
 
 from deit.train import checkpointing

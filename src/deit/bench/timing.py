@@ -2,8 +2,9 @@
 
 Other work on the machine slows whatever runs at the same moment, so candidates are never timed
 one after another: each round runs every candidate once, in a rotating order, and a candidate's
-score is its fastest round (noise only ever adds time). Ratios between candidates of one run
-are then fair even on a busy machine.
+score is its fastest round (noise only ever adds time). Where the OS reports CPU use (Linux),
+rounds during which other processes used more than a few percent of the CPUs are set aside and
+the best of the quiet rounds counts; the number of quiet rounds is reported with the result.
 """
 
 from __future__ import annotations
@@ -20,19 +21,54 @@ import torch
 __all__ = ["Timing", "interleaved", "synchronize", "machine_summary", "load_average", "wait_for_quiet", "set_threads"]
 
 
+# Other processes' share of all CPUs above which a round counts as disturbed.
+BUSY_SHARE = 0.05
+
+
 @dataclass
 class Timing:
-    """Seconds per call of one candidate over the rounds of an interleaved run."""
+    """Seconds per call of one candidate over the rounds of an interleaved run, and which rounds
+    were quiet (no other process used the CPUs meanwhile)."""
 
     seconds: list[float]
+    quiet: list[bool]
+
+    @property
+    def usable(self) -> list[float]:
+        quiet = [s for s, q in zip(self.seconds, self.quiet) if q]
+        return quiet or self.seconds
 
     @property
     def best(self) -> float:
-        return min(self.seconds)
+        return min(self.usable)
 
     @property
     def median(self) -> float:
-        return statistics.median(self.seconds)
+        return statistics.median(self.usable)
+
+    @property
+    def quiet_rounds(self) -> int:
+        return sum(self.quiet)
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds used by all processes, by this one and its finished children), or None."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(ticks[:8]) - ticks[3] - ticks[4]  # all but idle and iowait (guest time is inside user)
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system + own.children_user + own.children_system
+
+
+def _others_share(before: tuple[float, float] | None, after: tuple[float, float] | None, wall: float) -> float:
+    """Share of all CPUs that other processes used between two readings (0 when unknown)."""
+    if before is None or after is None or wall <= 0:
+        return 0.0
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return max(others, 0.0) / (wall * (os.cpu_count() or 1))
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -51,15 +87,20 @@ def interleaved(
         for _ in range(warmup):
             candidates[name]()
     synchronize(device)
-    seconds: dict[str, list[float]] = {name: [] for name in names}
+    timings = {name: Timing([], []) for name in names}
     for r in range(rounds):
         shift = r % len(names)
+        round_start, cpu_before = time.perf_counter(), _cpu_seconds()
         for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
             candidates[name]()
             synchronize(device)
-            seconds[name].append(time.perf_counter() - start)
-    return {name: Timing(values) for name, values in seconds.items()}
+            timings[name].seconds.append(time.perf_counter() - start)
+        # Judged per round: /proc/stat counts in 10 ms ticks, too coarse for one short call.
+        quiet = _others_share(cpu_before, _cpu_seconds(), time.perf_counter() - round_start) <= BUSY_SHARE
+        for timing in timings.values():
+            timing.quiet.append(quiet)
+    return timings
 
 
 def load_average() -> float | None:

@@ -60,6 +60,8 @@ def save_samples(out: Path, seed: int) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..cli import main as deit_main
     from ..io import atomic_write_text
     from ..train.checkpointing import save_hf_model
@@ -67,23 +69,25 @@ def run(args: argparse.Namespace) -> int:
     from ..train.metrics import plot_curves
     from ..train.mnist5k_recipe import head_accuracies, load_data, student_config, train_teacher
 
-    import torch
-
     start = time.perf_counter()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    base = student_config(str(out / "student-none"), "none", epochs=args.epochs, seed=args.seed, num_workers=args.num_workers)
-    train_set, val_set = load_data(base)
+    labels = {"none": "no distillation", "hard": "hard distillation"}
+    configs = {
+        kind: student_config(str(out / f"student-{kind}"), kind, epochs=args.epochs, seed=args.seed, num_workers=args.num_workers)
+        for kind in labels
+    }
+    train_set, val_set = load_data(configs["none"])  # the same data and transforms for both runs
     print(f"mnist5k: {len(train_set)} training and {len(val_set)} validation images, {len(train_set.classes)} classes")
 
     teacher = train_teacher(train_set, val_set, num_classes=len(train_set.classes), epochs=args.teacher_epochs, seed=args.seed)
     print(f"teacher (SmallConvNet): {teacher.acc1:.2f}% top-1 after {args.teacher_epochs} epochs ({teacher.seconds:.0f} s)")
 
     runs, histories = {}, {}
-    for kind, label in (("none", "no distillation"), ("hard", "hard distillation")):
-        config = student_config(str(out / f"student-{kind}"), kind, epochs=args.epochs, seed=args.seed, num_workers=args.num_workers)
+    for kind, label in labels.items():
+        config = configs[kind]
         run_start = time.perf_counter()
         result = fit(config, teacher=teacher.model if kind != "none" else None, train_dataset=train_set, val_dataset=val_set)
         runs[label] = head_accuracies(result.final_metrics)
@@ -94,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
     table = format_table(teacher.acc1, runs)
     plot_curves(histories, out / "curves.png", title="DeiT student on mnist5k: no distillation vs hard distillation")
-    print("\nvalidation top-1 (%) on mnist5k, same student and budget with and without the teacher:\n")
+    print("\nvalidation top-1 (%) on mnist5k, same student and budget with and without the teacher")
+    print("(without a teacher both heads learn the labels; with one, the DIST head learns the teacher's predictions):\n")
     print(table)
     print(f"\ndistilled student saved to {out / 'student'}; curves in {out / 'curves.png'}")
 
