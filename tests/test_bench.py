@@ -63,3 +63,10 @@ def test_ablation_benchmark_lists_every_step(capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert out.count("| DeiT-T | 1 | fp32 |") == 6 and "+ patch embedding as one GEMM" in out
+
+
+def test_timing_uses_quiet_rounds_and_falls_back_to_all():
+    from deit.bench.timing import Timing
+
+    assert Timing([3.0, 1.0, 2.0], [True, False, True]).best == 2.0  # the 1.0 s round was disturbed
+    assert Timing([3.0, 1.0], [False, False]).best == 1.0

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..config import PRESETS, DeiTConfig
+from ..config import DeiTConfig
 from ..modeling import DeiTForImageClassificationWithTeacher
 from ..optimize import PARTS, fast_kernels_available, install_fast_kernels, optimize
 from .timing import interleaved
@@ -209,7 +209,8 @@ def benchmark_cell(
     rows = []
     for key, timing in timings.items():
         name, setting, seconds = meta[key]
-        rows.append(Row(cell, name, setting, cell.batch_size / timing.best, seconds, {"median_images_per_s": cell.batch_size / timing.median}))
+        rows.append(Row(cell, name, setting, cell.batch_size / timing.best, seconds,
+                        {"median_images_per_s": cell.batch_size / timing.median, "quiet_rounds": timing.quiet_rounds, "rounds": rounds}))
     return rows
 
 
@@ -231,8 +232,9 @@ def format_table(rows: list[Row], device: torch.device) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         gpu_peak = next((v for k, v in GPU_BF16_PEAK_TFLOPS.items() if k in name), None)
-    header = "| model | batch | dtype | implementation (best setting) | images/s | vs best peer | GFLOP/s | of F.linear bound | of oneDNN bound |"
-    lines = [header, "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    header = ("| model | batch | dtype | implementation (best setting) | images/s | vs best peer | GFLOP/s | of F.linear bound "
+              "| of oneDNN bound | quiet rounds |")
+    lines = [header, "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for (size, batch, dtype), cell_rows in cells.items():
         flops = model_flops(preset_config(size))
         best = best_by_implementation(cell_rows)
@@ -252,7 +254,8 @@ def format_table(rows: list[Row], device: torch.device) -> str:
             label = f"{row.name} ({row.setting})"
             if row.compile_s is not None:
                 label += f", compile {row.compile_s:.0f} s"
-            lines.append(f"| DeiT-{size[0].upper()} | {batch} | {dtype} | {label} | {row.images_per_s:.1f} | {ratio} | {gflops_text} | {frac_t} | {frac_d} |")
+            quiet = f"{row.details['quiet_rounds']}/{row.details['rounds']}"
+            lines.append(f"| DeiT-{size[0].upper()} | {batch} | {dtype} | {label} | {row.images_per_s:.1f} | {ratio} | {gflops_text} | {frac_t} | {frac_d} | {quiet} |")
     return "\n".join(lines)
 
 
@@ -282,17 +285,19 @@ def benchmark_ablation(cell: Cell, device: torch.device, rounds: int = 5, compil
         candidates["+ torch.compile"], compile_seconds = _compiled(optimize(copy.deepcopy(reference)), lambda m: _caller(m, x, autocast=False))
     log(f"ablation {cell.size} batch {cell.batch_size} {cell.dtype}: {len(candidates)} steps x {rounds} rounds")
     timings = interleaved(candidates, rounds=rounds, device=device)
-    return [Row(cell, name, cell.dtype, cell.batch_size / t.best, compile_seconds if name == "+ torch.compile" else None)
-            for name, t in timings.items()]
+    return [Row(cell, name, cell.dtype, cell.batch_size / t.best, compile_seconds if name == "+ torch.compile" else None,
+                {"quiet_rounds": t.quiet_rounds, "rounds": rounds}) for name, t in timings.items()]
 
 
 def format_ablation(rows: list[Row]) -> str:
-    lines = ["| model | batch | dtype | step | images/s | vs previous step | vs plain |", "|---|---|---|---|---:|---:|---:|"]
+    lines = ["| model | batch | dtype | step | images/s | vs previous step | vs plain | quiet rounds |", "|---|---|---|---|---:|---:|---:|---:|"]
     first = previous = None
     for row in rows:
         first = first or row.images_per_s
         change = f"{row.images_per_s / previous:.2f}x" if previous else ""
         name = row.name + (f" (compile {row.compile_s:.0f} s)" if row.compile_s is not None else "")
-        lines.append(f"| DeiT-{row.cell.size[0].upper()} | {row.cell.batch_size} | {row.cell.dtype} | {name} | {row.images_per_s:.1f} | {change} | {row.images_per_s / first:.2f}x |")
+        quiet = f"{row.details['quiet_rounds']}/{row.details['rounds']}"
+        lines.append(f"| DeiT-{row.cell.size[0].upper()} | {row.cell.batch_size} | {row.cell.dtype} | {name} | {row.images_per_s:.1f} | {change} "
+                     f"| {row.images_per_s / first:.2f}x | {quiet} |")
         previous = row.images_per_s
     return "\n".join(lines)

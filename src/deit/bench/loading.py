@@ -90,16 +90,19 @@ def benchmark_loading(
         log(f"timing {len(candidates)} candidates x {rounds} rounds")
         timings = interleaved(candidates, rounds=rounds, warmup=0)
     rates = {name: len(paths) / t.best for name, t in timings.items()}
+    quiet = next(iter(timings.values())).quiet_rounds
     accuracy = {f"ours vs {label}": level_difference(outputs["ours"], outputs[label]) for label in hf}
     accuracy["ours (draft) vs ours"] = level_difference(outputs["ours (draft)"], outputs["ours"])
-    return {"images": len(paths), "batch_size": batch_size, "rates": rates, "accuracy": accuracy, "outputs": outputs}
+    return {"images": len(paths), "batch_size": batch_size, "rates": rates, "accuracy": accuracy, "outputs": outputs,
+            "quiet_rounds": f"{quiet}/{rounds}"}
 
 
 def format_loading_table(result: dict[str, object]) -> str:
     rates: dict[str, float] = result["rates"]
     peers = [v for k, v in rates.items() if k.startswith("transformers")]
     best_peer = max(peers) if peers else None
-    lines = ["| loader | images/s | vs best transformers |", "|---|---:|---:|"]
+    lines = [f"{result['images']} JPEG files, batch {result['batch_size']}, quiet rounds {result['quiet_rounds']}", "",
+             "| loader | images/s | vs best transformers |", "|---|---:|---:|"]
     for name, rate in sorted(rates.items(), key=lambda kv: -kv[1]):
         ratio = f"{rate / best_peer:.2f}x" if best_peer else ""
         lines.append(f"| {name} | {rate:.1f} | {ratio} |")

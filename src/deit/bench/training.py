@@ -79,7 +79,7 @@ def benchmark_training(
         timings = interleaved(candidates, rounds=rounds, device=device)
         for name, timing in timings.items():
             results.append({"implementation": name, "dtype": dtype, "images_per_s": batch_size / timing.best,
-                            "median_images_per_s": batch_size / timing.median})
+                            "median_images_per_s": batch_size / timing.median, "quiet_rounds": f"{timing.quiet_rounds}/{rounds}"})
     flops = 3 * model_flops(config)  # forward + backward (about twice the forward)
     for row in results:
         row["gflops"] = row["images_per_s"] * flops / 1e9
@@ -87,12 +87,13 @@ def benchmark_training(
 
 
 def format_training_table(results: list[dict[str, object]], size: str, batch_size: int) -> str:
-    lines = ["| model | batch | precision | implementation | images/s | vs timm | GFLOP/s (3x forward) |", "|---|---|---|---|---:|---:|---:|"]
+    lines = ["| model | batch | precision | implementation | images/s | vs timm | GFLOP/s (3x forward) | quiet rounds |", "|---|---|---|---|---:|---:|---:|---:|"]
     for dtype in dict.fromkeys(r["dtype"] for r in results):
         rows = [r for r in results if r["dtype"] == dtype]
         timm_rate = next((r["images_per_s"] for r in rows if r["implementation"] == "timm"), None)
         precision = "bf16 autocast" if dtype == "bf16" else dtype
         for r in rows:
             ratio = f"{r['images_per_s'] / timm_rate:.2f}x" if timm_rate else ""
-            lines.append(f"| DeiT-{size[0].upper()} | {batch_size} | {precision} | {r['implementation']} | {r['images_per_s']:.1f} | {ratio} | {r['gflops']:.0f} |")
+            lines.append(f"| DeiT-{size[0].upper()} | {batch_size} | {precision} | {r['implementation']} | {r['images_per_s']:.1f} | {ratio} "
+                         f"| {r['gflops']:.0f} | {r['quiet_rounds']} |")
     return "\n".join(lines)
