@@ -24,6 +24,7 @@ from deit.train.engine import fit
 from deit.train.mnist5k_recipe import head_accuracies, load_data, student_config, train_teacher
 
 KINDS = ("none", "soft", "hard")
+NAMES = {"none": "no distillation", "soft": "soft distillation", "hard": "hard distillation"}
 
 
 def mean_std(values: list[float]) -> str:
@@ -57,9 +58,8 @@ def main() -> int:
             result = fit(config, teacher=teacher.model if kind != "none" else None, train_dataset=train_set, val_dataset=val_set)
             for head, value in head_accuracies(result.final_metrics).items():
                 students[kind][head].append(value)
-            print(f"seed {seed}: student, {kind} distillation: {students[kind]['avg'][-1]:.2f}% (averaged heads)", flush=True)
+            print(f"seed {seed}: student, {NAMES[kind]}: {students[kind]['avg'][-1]:.2f}% (averaged heads)", flush=True)
 
-    names = {"none": "no distillation", "soft": "soft distillation", "hard": "hard distillation"}
     lines = [
         f"Validation top-1 (%) on mnist5k (1,000 held-out digits), mean ± std over seeds {', '.join(map(str, args.seeds))}; "
         f"student: DeiT 4 blocks x 96 wide, 3 heads, patch 4 on 28 px, batch 32, {args.epochs} epochs; teacher: SmallConvNet, {args.teacher_epochs} epochs.",
@@ -70,7 +70,7 @@ def main() -> int:
     ]
     for kind in KINDS:
         acc = students[kind]
-        lines.append(f"| student, {names[kind]} | {mean_std(acc['cls'])} | {mean_std(acc['dist'])} | {mean_std(acc['avg'])} | {', '.join(f'{v:.2f}' for v in acc['avg'])} |")
+        lines.append(f"| student, {NAMES[kind]} | {mean_std(acc['cls'])} | {mean_std(acc['dist'])} | {mean_std(acc['avg'])} | {', '.join(f'{v:.2f}' for v in acc['avg'])} |")
     table = "\n".join(lines)
     elapsed = time.perf_counter() - start
     print("\n" + table)

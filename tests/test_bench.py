@@ -43,7 +43,7 @@ def test_loading_benchmark_reports_exact_match_with_transformers_pil(capsys):
     code = main(["bench", "loading", "--images", "4", "--batch-size", "2", "--rounds", "1", "--workers", "0", "--threads", "1"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "| ours vs transformers (PIL backend) | 0.000 | 0.0000 |" in out
+    assert "| ours, pil resize vs transformers (PIL backend) | 0.000 | 0.0000 |" in out
 
 
 def test_training_benchmark_runs(capsys):

@@ -79,3 +79,13 @@ def test_model_input_dtype_and_device(files):
     batch = next(iter(load_batches(files[:1], processor)))
     values = to_model_input(batch.pixels, processor, device="cpu", dtype=torch.bfloat16)
     assert values.dtype == torch.bfloat16 and values.shape == (1, 3, 224, 224)
+
+
+def test_torch_resize_matches_transformers_default_processor(files):
+    transformers = pytest.importorskip("transformers")
+    stats = dict(image_mean=list(deit.processing.IMAGENET_DEFAULT_MEAN), image_std=list(deit.processing.IMAGENET_DEFAULT_STD))
+    good = [files[i] for i in (0, 1, 3, 4)]
+    pixels, _, _ = load_all(good, deit.DeiTImageProcessor(), resize="torch")
+    expected = transformers.DeiTImageProcessor(**stats)([Image.open(p).convert("RGB") for p in good], return_tensors="pt")["pixel_values"]
+    worst, _ = level_difference(pixels, expected)
+    assert worst <= 1.0

@@ -5,7 +5,8 @@ Every candidate turns the same list of files into normalized (n, 3, 224, 224) fl
 * transformers' DeiT image processors (the torchvision backend, its default, and the PIL one),
   fed PIL images opened from the files as ``transformers.image_utils.load_image`` would;
 * ours: :func:`deit.loading.load_batches` (decode/resize/crop in DataLoader workers, uint8) and
-  :func:`deit.loading.to_model_input` (lookup-table normalize of the whole batch), with and
+  :func:`deit.loading.to_model_input` (lookup-table normalize of the whole batch), with each
+  resize kernel (Pillow's, or torchvision's as transformers' default processor uses), with and
   without the reduced-size JPEG decode (``draft``), in the main process alone, and with
   threads instead of worker processes.
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps
 
-from ..loading import load_batches, to_model_input
+from ..loading import RESIZE_KERNELS, load_batches, to_model_input
 from ..processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, DeiTImageProcessor
 from .photos import write_jpeg_set
 from .timing import interleaved
@@ -72,9 +73,9 @@ def benchmark_loading(
         log(f"{len(paths)} JPEG files, batch {batch_size}")
         batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
 
-        def ours(draft: bool, workers: int | None, threads: int = 1) -> Callable[[], list[torch.Tensor]]:
+        def ours(resize: str, draft: bool = False, workers: int | None = num_workers, threads: int = 1) -> Callable[[], list[torch.Tensor]]:
             def run() -> list[torch.Tensor]:
-                batches = load_batches(paths, processor, batch_size, workers, draft=draft, threads=threads)
+                batches = load_batches(paths, processor, batch_size, workers, draft=draft, threads=threads, resize=resize)
                 return [to_model_input(b.pixels, processor) for b in batches]
             return run
 
@@ -82,8 +83,12 @@ def benchmark_loading(
             return lambda: [process([_open_rgb(p) for p in batch]) for batch in batches]
 
         cores = os.cpu_count() or 1
-        candidates = {"ours": ours(False, num_workers), "ours (draft)": ours(True, num_workers), "ours (main process only)": ours(False, 0),
-                      f"ours ({cores} threads in the main process)": ours(False, 0, cores)}
+        candidates = {}
+        for resize in RESIZE_KERNELS:
+            candidates[f"ours, {resize} resize"] = ours(resize)
+            candidates[f"ours, {resize} resize, draft"] = ours(resize, draft=True)
+            candidates[f"ours, {resize} resize, main process only"] = ours(resize, workers=0)
+            candidates[f"ours, {resize} resize, {cores} threads in the main process"] = ours(resize, workers=0, threads=cores)
         hf = _hf_processors()
         candidates.update({label: theirs(fn) for label, fn in hf.items()})
         outputs = {name: torch.cat(fn()) for name, fn in candidates.items()}
@@ -91,8 +96,10 @@ def benchmark_loading(
         timings = interleaved(candidates, rounds=rounds, warmup=0)
     rates = {name: len(paths) / t.best for name, t in timings.items()}
     quiet = next(iter(timings.values())).quiet_rounds
-    accuracy = {f"ours vs {label}": level_difference(outputs["ours"], outputs[label]) for label in hf}
-    accuracy["ours (draft) vs ours"] = level_difference(outputs["ours (draft)"], outputs["ours"])
+    accuracy = {f"ours, {resize} resize vs {label}": level_difference(outputs[f"ours, {resize} resize"], outputs[label])
+                for resize in RESIZE_KERNELS for label in hf}
+    for resize in RESIZE_KERNELS:
+        accuracy[f"ours, {resize} resize, draft vs without draft"] = level_difference(outputs[f"ours, {resize} resize, draft"], outputs[f"ours, {resize} resize"])
     return {"images": len(paths), "batch_size": batch_size, "rates": rates, "accuracy": accuracy, "outputs": outputs,
             "quiet_rounds": f"{quiet}/{rounds}"}
 
