@@ -66,19 +66,6 @@ def test_deterministic_per_seed_and_epoch():
     assert list(unshuffled) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
 
 
-def test_resume_mid_epoch_from_state_dict():
-    sampler = RASampler(40, 2, 0, seed=5)
-    sampler.set_epoch(2)
-    full = list(sampler)
-    resumed = RASampler(40, 2, 0, seed=0)
-    resumed.load_state_dict({**sampler.state_dict(), "start_index": 7})
-    assert list(resumed) == full[7:] and len(resumed) == len(full) - 7
-    resumed.set_epoch(3)
-    assert len(list(resumed)) == len(full)
-    with pytest.raises(ValueError):
-        resumed.load_state_dict({"epoch": 0, "start_index": 999})
-
-
 def test_bad_arguments():
     with pytest.raises(ValueError):
         RASampler(0)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch.utils.data import Sampler
@@ -48,9 +47,8 @@ class RASampler(Sampler[int]):
     every image ``num_repeats`` times per epoch: ``ceil(dataset_len * num_repeats / num_replicas)``
     per rank.
 
-    ``state_dict()`` holds the epoch, the seed and ``start_index``: ``load_state_dict`` with a
-    ``start_index`` k makes the next iteration skip the first k indices of this rank's epoch (for
-    resuming mid-epoch); the following ``set_epoch`` clears it.
+    Resuming mid-epoch is not the sampler's job: :class:`deit.train.epoch_order.EpochOrder`
+    skips the batches already trained on, for this sampler or any other.
     """
 
     def __init__(
@@ -74,13 +72,12 @@ class RASampler(Sampler[int]):
         self.seed = seed
         self.full_epoch = full_epoch
         self.epoch = 0
-        self.start_index = 0
         # Every rank gets the same count, so no rank waits on another at the end of an epoch.
         self.per_rank_total = math.ceil(self.dataset_len * num_repeats / self.num_replicas)
         self.num_samples = self.per_rank_total if full_epoch else math.ceil(self.dataset_len / self.num_replicas)
 
     def epoch_indices(self) -> list[int]:
-        """This rank's indices for the current epoch (before ``start_index`` is applied)."""
+        """This rank's indices for the current epoch."""
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.dataset_len, generator=generator)
@@ -93,25 +90,13 @@ class RASampler(Sampler[int]):
         return repeated[self.rank : total : self.num_replicas][: self.num_samples]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_indices()[self.start_index :])
+        return iter(self.epoch_indices())
 
     def __len__(self) -> int:
-        return self.num_samples - self.start_index
+        return self.num_samples
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
-        self.start_index = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "seed": self.seed, "start_index": self.start_index}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.seed = int(state.get("seed", self.seed))
-        self.epoch = int(state["epoch"])
-        start = int(state.get("start_index", 0))
-        if not 0 <= start <= self.num_samples:
-            raise ValueError(f"start_index {start} is outside this sampler's epoch of {self.num_samples} indices")
-        self.start_index = start
 
 
 class ShardedEvalSampler(Sampler[int]):
