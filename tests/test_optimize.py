@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import deit
-from deit.optimize import fast_kernels_available, optimize
+from deit.optimize import bf16_matmul_is_fast, fast_kernels_available, install_fast_kernels, optimize
 
 pytestmark = pytest.mark.skipif(not fast_kernels_available(), reason="PyTorch build without the oneDNN kernels")
 
@@ -70,6 +70,48 @@ def test_bfloat16_is_close_to_float32_and_autocast_works(pixels):
     assert got.dtype == torch.bfloat16
     assert (got.float() - expected).abs().max() < 0.05
     assert (autocast.float() - expected).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp32", "auto"])
+def test_bf16_matmul_modes_compute_the_bf16_linear(mode, pixels):
+    """Every mode gives a bf16 Linear's result: products of the bf16 operands summed in float32
+    and rounded to bf16 once (so within one bf16 step of that, only the summation order differs),
+    and a whole model within the bf16 tolerance of float32."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 80).bfloat16()
+    x = torch.randn(7, 96).bfloat16()
+    expected = (x.float() @ linear.weight.float().T + linear.bias.float()).bfloat16().float()
+    fast = copy.deepcopy(linear)
+    install_fast_kernels(fast, bf16_matmul=mode)
+    with torch.inference_mode():
+        got = fast(x)
+    assert got.dtype == torch.bfloat16
+    one_step = expected.abs() * 2.0**-7  # one bf16 unit in the last place, at most
+    assert ((got.float() - expected).abs() <= one_step).all()
+
+    plain = build()
+    model = optimize(copy.deepcopy(plain), dtype="bf16", bf16_matmul=mode)
+    with torch.inference_mode():
+        logits = model(pixels.bfloat16()).logits
+        reference = plain(pixels).logits
+    assert logits.dtype == torch.bfloat16
+    assert (logits.float() - reference).abs().max() < 0.05
+
+
+def test_bf16_matmul_choice_is_validated_and_can_be_forced(monkeypatch):
+    with pytest.raises(ValueError, match="bf16_matmul must be one of auto, bf16, fp32, got 'int8'"):
+        optimize(build(), bf16_matmul="int8")
+    for forced, fast in (("bf16", True), ("fp32", False)):
+        monkeypatch.setenv("DEIT_BF16_MATMUL", forced)
+        bf16_matmul_is_fast.cache_clear()
+        assert bf16_matmul_is_fast() is fast
+    monkeypatch.setenv("DEIT_BF16_MATMUL", "fast")
+    bf16_matmul_is_fast.cache_clear()
+    with pytest.raises(ValueError, match="DEIT_BF16_MATMUL must be one of auto, bf16, fp32, got 'fast'"):
+        bf16_matmul_is_fast()
+    monkeypatch.delenv("DEIT_BF16_MATMUL")
+    bf16_matmul_is_fast.cache_clear()
+    assert isinstance(bf16_matmul_is_fast(), bool)
 
 
 def gradients(model: torch.nn.Module, pixels: torch.Tensor, autocast: bool) -> list[torch.Tensor]:

@@ -13,7 +13,15 @@ AVX-512 speed. :func:`optimize` switches the modules to oneDNN kernels:
 * the patch embedding (a convolution with stride = kernel) is one GEMM over the patches;
 * in training (gradients on), the Linear layers' forward and both backward matmuls run on
   oneDNN too, through a small autograd function, and attention is the same chunked
-  computation (autograd through it); GELU, LayerNorm and the rest keep PyTorch's kernels.
+  computation (autograd through it); GELU, LayerNorm and the rest keep PyTorch's kernels;
+* in bfloat16 inference, on CPUs where oneDNN multiplies bfloat16 matrices more slowly than
+  float32 ones (Intel CPUs with AVX-512 BF16 but no AMX: the bf16 dot-product instruction has
+  half the issue ports of the float32 FMA), the matrix products take their bf16 operands
+  widened to float32 -- exactly, so each product is the one the bf16 kernel computes, and the
+  sum is accumulated in float32 as there -- and each Linear's result is rounded back to
+  bfloat16. Attention, between the q/k/v and the output projection, then runs in float32.
+  Which CPUs these are is measured once per process (:func:`bf16_matmul_is_fast`); the
+  ``bf16_matmul`` argument of :func:`optimize` fixes the choice.
 
 The parameters stay where they are, with their Hugging Face names, so ``state_dict``,
 ``save_pretrained`` and ``load_state_dict`` see no difference, and outputs match the plain
@@ -25,6 +33,9 @@ concatenated) weights are rebuilt when their parameter changes (an optimizer ste
 
 from __future__ import annotations
 
+import functools
+import os
+import time
 from typing import Any, Callable
 
 import torch
@@ -32,7 +43,7 @@ from torch import nn
 
 from .modeling import DeiTIntermediate, DeiTPatchEmbeddings, DeiTPreTrainedModel, DeiTSelfAttention
 
-__all__ = ["optimize", "fast_kernels_available", "install_fast_kernels", "PARTS"]
+__all__ = ["optimize", "fast_kernels_available", "install_fast_kernels", "bf16_matmul_is_fast", "PARTS", "BF16_MATMUL_MODES"]
 
 # oneDNN post-op (attr, algorithm) of the activations it can fuse after a matmul.
 _FUSED_ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "gelu_pytorch_tanh": ("gelu", "tanh"),
@@ -57,6 +68,42 @@ def _fast_dtypes() -> frozenset[torch.dtype]:
 
 
 _FAST_DTYPES = _fast_dtypes()
+
+
+# How bfloat16 inference matmuls are computed: "bf16" (oneDNN's bf16 kernel), "fp32" (float32
+# arithmetic on the widened bf16 operands, result rounded to bf16), or "auto" (the faster here).
+BF16_MATMUL_MODES = ("auto", "bf16", "fp32")
+
+
+@functools.cache
+def bf16_matmul_is_fast() -> bool:
+    """Whether oneDNN multiplies bfloat16 matrices faster than float32 ones on this CPU.
+
+    Measured once per process (about 50 ms) on a matmul of DeiT's shapes, best of five each:
+    on AMX or AMD Zen 4 CPUs bf16 wins by 2x or more, on Intel AVX-512 BF16 without AMX it loses
+    by about 1.8x, so the margin either way is wide. The environment variable
+    ``DEIT_BF16_MATMUL=bf16|fp32`` skips the measurement.
+    """
+    forced = os.environ.get("DEIT_BF16_MATMUL", "auto")
+    if forced not in BF16_MATMUL_MODES:
+        raise ValueError(f"DEIT_BF16_MATMUL must be one of {', '.join(BF16_MATMUL_MODES)}, got {forced!r}")
+    if forced != "auto":
+        return forced == "bf16"
+    if torch.bfloat16 not in _FAST_DTYPES:
+        return False
+    seconds = {}
+    x32 = torch.randn(1024, 384)
+    w32 = torch.randn(1536, 384)
+    for dtype in (torch.float32, torch.bfloat16):
+        x, w = x32.to(dtype), torch.ops.mkldnn._reorder_linear_weight(w32.to(dtype), x32.shape[0])
+        _matmul(x, w)  # warm-up: oneDNN builds its kernel on the first call
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            _matmul(x, w)
+            best = min(best, time.perf_counter() - start)
+        seconds[dtype] = best
+    return seconds[torch.bfloat16] < seconds[torch.float32]
 
 
 def _fast(x: torch.Tensor) -> bool:
@@ -116,19 +163,31 @@ class _DerivedTensor:
 class _PackedLinear:
     """The inference kernel of one (possibly concatenated) Linear: packed weight and cast bias."""
 
-    def __init__(self, prepare: Callable[[torch.Tensor], torch.Tensor] = _identity) -> None:
+    def __init__(self, bf16_matmul: str, prepare: Callable[[torch.Tensor], torch.Tensor] = _identity) -> None:
+        self.bf16_matmul = bf16_matmul  # one of BF16_MATMUL_MODES
         self.prepare = prepare  # applied to the joined weight and bias before packing
         self.weight = _DerivedTensor()
         self.bias = _DerivedTensor()
 
+    def arithmetic_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype the matmul runs in for a Linear computing in ``dtype``."""
+        if dtype != torch.bfloat16 or self.bf16_matmul == "bf16":
+            return dtype
+        return torch.float32 if self.bf16_matmul == "fp32" or not bf16_matmul_is_fast() else dtype
+
     def __call__(self, x: torch.Tensor, weights: tuple[torch.Tensor, ...], biases: tuple[torch.Tensor, ...] | None,
-                 activation: tuple[str, str] = ("none", "")) -> torch.Tensor:
+                 activation: tuple[str, str] = ("none", ""), round_result: bool = True) -> torch.Tensor:
+        """The Linear's result in its compute dtype, or, with ``round_result=False``, in the
+        matmul's arithmetic dtype (float32 for bfloat16 computed in float32)."""
         dtype = _compute_dtype(x)
+        arithmetic = self.arithmetic_dtype(dtype)
         rows = x.numel() // x.shape[-1]  # packing is chosen for this many rows; others still work
-        # ``prepare`` runs in float32 so that, e.g., a folded scale rounds once, to ``dtype``.
-        packed = self.weight.get(weights, lambda w: torch.ops.mkldnn._reorder_linear_weight(self.prepare(w.float()).to(dtype), rows), dtype)
-        bias = None if biases is None else self.bias.get(biases, lambda b: self.prepare(b.float()).to(dtype), dtype)
-        return _matmul(x.to(dtype), packed, bias, activation)
+        # ``prepare`` runs in float32 and the result rounds once, to ``dtype``: a folded scale is
+        # rounded as the bf16 kernel would see it, even when the arithmetic is float32.
+        packed = self.weight.get(weights, lambda w: torch.ops.mkldnn._reorder_linear_weight(self.prepare(w.float()).to(dtype).to(arithmetic), rows), (dtype, arithmetic))
+        bias = None if biases is None else self.bias.get(biases, lambda b: self.prepare(b.float()).to(dtype).to(arithmetic), (dtype, arithmetic))
+        result = _matmul(x.to(dtype).to(arithmetic), packed, bias, activation)
+        return result.to(dtype) if round_result else result
 
 
 class _OneDNNLinearFunction(torch.autograd.Function):
@@ -177,8 +236,8 @@ def _trainable_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 class _OptimizedLinear(nn.Linear):
     """``nn.Linear`` on oneDNN kernels (same parameters)."""
 
-    def _init_fast(self) -> None:
-        self._kernel = _PackedLinear()
+    def _init_fast(self, bf16_matmul: str) -> None:
+        self._kernel = _PackedLinear(bf16_matmul)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _fast(x):
@@ -191,8 +250,8 @@ class _OptimizedLinear(nn.Linear):
 class _OptimizedIntermediate(DeiTIntermediate):
     """The MLP's first Linear with its activation fused into the matmul (inference)."""
 
-    def _init_fast(self) -> None:
-        self._kernel = _PackedLinear()
+    def _init_fast(self, bf16_matmul: str) -> None:
+        self._kernel = _PackedLinear(bf16_matmul)
         self._activation = _FUSED_ACTIVATIONS[self.hidden_act]
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -205,8 +264,8 @@ class _OptimizedIntermediate(DeiTIntermediate):
 class _OptimizedSelfAttention(DeiTSelfAttention):
     """Query, key and value as one GEMM, then attention two samples at a time."""
 
-    def _init_fast(self) -> None:
-        self._kernel = _PackedLinear(prepare=self._scale_query)
+    def _init_fast(self, bf16_matmul: str) -> None:
+        self._kernel = _PackedLinear(bf16_matmul, prepare=self._scale_query)
 
     def _scale_query(self, stacked: torch.Tensor) -> torch.Tensor:
         """The q/k/v weight rows (or biases) with the query's multiplied by the softmax scale:
@@ -233,17 +292,20 @@ class _OptimizedSelfAttention(DeiTSelfAttention):
             # Concatenated on every call (cheap next to the matmuls) so gradients reach q, k, v.
             bias = None if biases is None else self._scale_query(torch.cat(biases))
             qkv = _trainable_linear(hidden_states, self._scale_query(torch.cat(weights)), bias)
-        else:
-            qkv = self._kernel(hidden_states, weights, biases)
-        return _chunked_attention(qkv, self.num_attention_heads, self.attention_head_size, query_tokens), None
+            return _chunked_attention(qkv, self.num_attention_heads, self.attention_head_size, query_tokens), None
+        # Attention in the matmul's arithmetic dtype (float32 for bf16 computed in float32: one
+        # rounding to bf16 at the end instead of three inside).
+        qkv = self._kernel(hidden_states, weights, biases, round_result=False)
+        context = _chunked_attention(qkv, self.num_attention_heads, self.attention_head_size, query_tokens)
+        return context.to(_compute_dtype(hidden_states)), None
 
 
 class _OptimizedPatchEmbeddings(DeiTPatchEmbeddings):
     """The stride-p, kernel-p convolution as what it is, one matmul over the flattened patches:
     a reshape copy plus a packed GEMM beats the oneDNN convolution about 3x (measured)."""
 
-    def _init_fast(self) -> None:
-        self._kernel = _PackedLinear()
+    def _init_fast(self, bf16_matmul: str) -> None:
+        self._kernel = _PackedLinear(bf16_matmul)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if not _fast(pixel_values):
@@ -287,17 +349,20 @@ _REPLACEMENTS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
 }
 
 
-def install_fast_kernels(model: nn.Module, parts: tuple[str, ...] = PARTS) -> None:
+def install_fast_kernels(model: nn.Module, parts: tuple[str, ...] = PARTS, bf16_matmul: str = "auto") -> None:
     """Switch the modules of the kinds in ``parts`` to the fast kernels (see :data:`PARTS`)."""
+    if bf16_matmul not in BF16_MATMUL_MODES:
+        raise ValueError(f"bf16_matmul must be one of {', '.join(BF16_MATMUL_MODES)}, got {bf16_matmul!r}")
     for module in model.modules():
         for part in parts:
             plain, fast = _REPLACEMENTS[part]
             if type(module) is plain and (part != "mlp" or module.hidden_act in _FUSED_ACTIVATIONS):
                 module.__class__ = fast
-                module._init_fast()
+                module._init_fast(bf16_matmul)
 
 
-def optimize(model: DeiTPreTrainedModel, dtype: torch.dtype | str | None = None, compile: bool = False) -> DeiTPreTrainedModel:
+def optimize(model: DeiTPreTrainedModel, dtype: torch.dtype | str | None = None, compile: bool = False,
+             bf16_matmul: str = "auto") -> DeiTPreTrainedModel:
     """Switch ``model`` to the fast CPU kernels (see the module docstring), in place; returns it.
 
     ``dtype``: cast the weights first (``torch.bfloat16`` / ``"bf16"`` is the fast inference
@@ -305,7 +370,9 @@ def optimize(model: DeiTPreTrainedModel, dtype: torch.dtype | str | None = None,
     autocast). Works in eval and in training mode; the mode is left as it is. On devices other
     than the CPU, or where PyTorch lacks the oneDNN kernels, the modules are left unchanged.
     ``compile=True`` also compiles the model with ``torch.compile`` (inductor; the first call
-    takes a while).
+    takes a while). ``bf16_matmul``: how bfloat16 inference matmuls run, ``"bf16"`` (oneDNN's
+    bf16 kernel), ``"fp32"`` (float32 arithmetic on the exact bf16 operands, result rounded to
+    bf16) or ``"auto"``, the faster of the two on this CPU (:func:`bf16_matmul_is_fast`).
     """
     if isinstance(dtype, str):
         if dtype not in _DTYPE_NAMES:
@@ -314,7 +381,7 @@ def optimize(model: DeiTPreTrainedModel, dtype: torch.dtype | str | None = None,
     if dtype is not None:
         model.to(dtype)
     if fast_kernels_available() and model.device.type == "cpu":
-        install_fast_kernels(model)
+        install_fast_kernels(model, bf16_matmul=bf16_matmul)
     if compile:
         model.compile()
     return model

@@ -22,13 +22,16 @@ import torch.nn.functional as F
 
 from ..config import DeiTConfig
 from ..modeling import DeiTForImageClassificationWithTeacher
-from ..optimize import PARTS, fast_kernels_available, install_fast_kernels, optimize
+from ..optimize import PARTS, bf16_matmul_is_fast, fast_kernels_available, install_fast_kernels, optimize
 from .timing import interleaved
 
 __all__ = ["SIZES", "Cell", "Row", "model_flops", "benchmark_cell", "format_table", "PEERS", "benchmark_ablation", "format_ablation"]
 
 SIZES = ("tiny", "small", "base")
 PEERS = ("transformers-sdpa", "transformers-eager", "timm")
+# Ours as deit.optimize sets it up, and (bf16 on the CPU) with the other bf16 matmul choice.
+OURS_ALTERNATIVE = "ours, other bf16 matmul"
+OURS = ("ours", OURS_ALTERNATIVE)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 # Dense bf16 peak (TFLOP/s) of GPUs, to report the fraction reached where a GPU runs this.
@@ -180,6 +183,13 @@ def benchmark_cell(
     ours = optimize(copy.deepcopy(reference), dtype=dtype)
     candidates["ours"] = _caller(ours, x.to(dtype), autocast=False)
     meta["ours"] = ("ours", f"{cell.dtype}, deit.optimize", None)
+    if dtype == torch.bfloat16 and device.type == "cpu" and fast_kernels_available():
+        # Show what deit.optimize chose for the bf16 matmuls here and time the other choice too.
+        chosen, other = ("bf16", "fp32") if bf16_matmul_is_fast() else ("fp32", "bf16")
+        meta["ours"] = ("ours", f"bf16, deit.optimize, matmuls in {chosen}", None)
+        alternative = optimize(copy.deepcopy(reference), dtype=dtype, bf16_matmul=other)
+        candidates["ours-alternative"] = _caller(alternative, x.to(dtype), autocast=False)
+        meta["ours-alternative"] = (OURS_ALTERNATIVE, f"bf16, bf16_matmul={other!r}", None)
     if compile_ours:
         ours_compiled = optimize(copy.deepcopy(reference), dtype=dtype)
         call, seconds = _compiled(ours_compiled, lambda m: _caller(m, x.to(dtype), autocast=False))
@@ -240,17 +250,18 @@ def format_table(rows: list[Row], device: torch.device) -> str:
         best = best_by_implementation(cell_rows)
         bound_torch = best.pop("Linear-only bound (F.linear)", None)
         bound_dnn = best.pop("Linear-only bound (oneDNN)", None)
-        peer_rows = [r for n, r in best.items() if n != "ours"]
+        peer_rows = [r for n, r in best.items() if n in PEERS]
         best_peer = max((r.images_per_s for r in peer_rows), default=None)
-        ordered = ([best["ours"]] if "ours" in best else []) + sorted(peer_rows, key=lambda r: -r.images_per_s)
+        ordered = [best[n] for n in OURS if n in best] + sorted(peer_rows, key=lambda r: -r.images_per_s)
         for row in ordered + [r for r in (bound_torch, bound_dnn) if r is not None]:
-            ratio = f"{row.images_per_s / best_peer:.2f}x" if best_peer and row.name in ("ours",) + PEERS else ""
-            gflops = row.images_per_s * flops / 1e9 if row.name in ("ours",) + PEERS else None
+            timed = row.name in OURS + PEERS
+            ratio = f"{row.images_per_s / best_peer:.2f}x" if best_peer and timed else ""
+            gflops = row.images_per_s * flops / 1e9 if timed else None
             gflops_text = f"{gflops:.0f}" if gflops is not None else ""
             if gflops is not None and gpu_peak:
                 gflops_text += f" ({gflops / (gpu_peak * 1e3):.0%} of peak)"
-            frac_t = f"{row.images_per_s / bound_torch.images_per_s:.0%}" if bound_torch and row.name in ("ours",) + PEERS else ""
-            frac_d = f"{row.images_per_s / bound_dnn.images_per_s:.0%}" if bound_dnn and row.name in ("ours",) + PEERS else ""
+            frac_t = f"{row.images_per_s / bound_torch.images_per_s:.0%}" if bound_torch and timed else ""
+            frac_d = f"{row.images_per_s / bound_dnn.images_per_s:.0%}" if bound_dnn and timed else ""
             label = f"{row.name} ({row.setting})"
             if row.compile_s is not None:
                 label += f", compile {row.compile_s:.0f} s"
