@@ -89,3 +89,51 @@ def test_torch_resize_matches_transformers_default_processor(files):
     expected = transformers.DeiTImageProcessor(**stats)([Image.open(p).convert("RGB") for p in good], return_tensors="pt")["pixel_values"]
     worst, _ = level_difference(pixels, expected)
     assert worst <= 1.0
+
+
+def test_simplejpeg_decode_gives_pillows_pixels_and_leaves_other_files_to_pillow(tmp_path, monkeypatch):
+    """The simplejpeg path must decode exactly as Pillow does (0 levels), and must not be used
+    where it would differ: EXIF-rotated, CMYK, non-JPEG, truncated files."""
+    pytest.importorskip("simplejpeg")
+    import numpy as np
+
+    from deit.loading import _decode_plain_jpeg
+
+    photo = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
+    cases = {
+        "420.jpg": dict(quality=90),
+        "444.jpg": dict(quality=95, subsampling=0),
+        "422.jpg": dict(quality=75, subsampling=1),
+        "progressive.jpg": dict(quality=85, progressive=True),
+        "odd.jpg": dict(quality=80),
+    }
+    for name, options in cases.items():
+        image = photo.resize((333, 257)) if name == "odd.jpg" else photo
+        image.save(tmp_path / name, **options)
+    photo.convert("L").save(tmp_path / "gray.jpg", quality=90)
+    for name in [*cases, "gray.jpg"]:
+        decoded = _decode_plain_jpeg(str(tmp_path / name))
+        with Image.open(tmp_path / name) as img:
+            assert decoded is not None and np.array_equal(decoded, np.asarray(img)), name
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise
+    photo.save(tmp_path / "rotated.jpg", exif=exif)
+    photo.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    photo.save(tmp_path / "photo.png")
+    for name in ("rotated.jpg", "cmyk.jpg", "photo.png"):
+        assert _decode_plain_jpeg(str(tmp_path / name)) is None, name
+
+    data = (tmp_path / "420.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError):
+        _decode_plain_jpeg(str(tmp_path / "truncated.jpg"))
+
+    # Through the loader: the same tensors as with Pillow alone, rotation applied, failure named.
+    paths = [tmp_path / n for n in ("420.jpg", "gray.jpg", "rotated.jpg", "cmyk.jpg", "truncated.jpg")]
+    processor = deit.DeiTImageProcessor()
+    pixels, order, failures = load_all(paths, processor, resize="torch")
+    monkeypatch.setattr("deit.loading._simplejpeg", lambda: None)
+    pillow_pixels, pillow_order, _ = load_all(paths[:4], processor, resize="torch")
+    assert order == pillow_order == [0, 1, 2, 3] and [i for i, _ in failures] == [4]
+    assert torch.equal(pixels, pillow_pixels)
