@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="inference precision")
-    p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: one per core when there is more than one batch)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="image decoding processes (default 0: decode with --threads threads in this process, the faster on few cores)")
+    p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8), help="image decoding threads per process (default: one per core, up to 8)")
+    p.add_argument("--resize", choices=("pil", "torch"), default="pil",
+                   help="pil: Pillow's bicubic, equal to DeiTImageProcessor bit for bit (default); torch: torchvision's, "
+                        "equal to transformers' default (torchvision-backend) processor, faster")
     p.add_argument("--draft", action="store_true", help="faster reduced-size JPEG decoding (outputs move by a few 8-bit levels)")
     p.set_defaults(func=run)
 
@@ -59,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.threads < 1 or args.workers < 0:
+        raise ValueError(f"--threads must be at least 1 and --workers at least 0, got {args.threads} and {args.workers}")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     model = optimize(AutoModelForImageClassification.from_pretrained(args.model, torch_dtype=dtype, device=args.device))
     processor = load_processor(args.model, model.config)
@@ -68,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.images)
     results: list[dict[str, Any]] = [{} for _ in paths]  # in the order of the paths
     failures = 0
-    for batch in load_batches(paths, processor, args.batch_size, args.workers, draft=args.draft):
+    for batch in load_batches(paths, processor, args.batch_size, args.workers, draft=args.draft, threads=args.threads, resize=args.resize):
         for index, reason in batch.failures:
             failures += 1
             print(f"deit predict: error: {paths[index]}: {reason}", file=sys.stderr)
