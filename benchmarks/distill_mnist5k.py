@@ -10,6 +10,7 @@ distillation type. Prints a markdown table and, with ``--markdown``, writes it w
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from deit.commands.demo import DEFAULT_EPOCHS, DEFAULT_TEACHER_EPOCHS
+from deit.bench.timing import cpu_name
 from deit.io import atomic_write_text
 from deit.train.engine import fit
 from deit.train.mnist5k_recipe import head_accuracies, load_data, student_config, train_teacher
@@ -77,7 +79,8 @@ def main() -> int:
     print(f"\n{elapsed / 60:.1f} min")
     if args.markdown:
         command = " ".join([".venv/bin/python", "benchmarks/distill_mnist5k.py", *sys.argv[1:]])
-        machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
+        machine = (f"{cpu_name()} ({platform.machine()}, {os.cpu_count()} logical cores), {torch.get_num_threads()} torch threads, "
+                   f"torch {torch.__version__}, Python {platform.python_version()}")
         text = (
             "# Distillation on mnist5k: none vs soft vs hard\n\n"
             f"Command: `{command}`\n\nMachine: {machine}; wall time {elapsed / 60:.1f} min.\n\n"

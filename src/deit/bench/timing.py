@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Timing", "interleaved", "synchronize", "machine_summary", "load_average", "wait_for_quiet", "set_threads"]
+__all__ = ["Timing", "interleaved", "synchronize", "machine_summary", "cpu_name", "load_average", "wait_for_quiet", "set_threads"]
 
 
 # Other processes' share of all CPUs above which a round counts as disturbed.
@@ -129,7 +129,8 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model name, as /proc/cpuinfo gives it where there is one."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -148,7 +149,7 @@ def machine_summary(device: torch.device | str = "cpu") -> str:
     else:
         capability = torch.backends.cpu.get_cpu_capability()
         bf16 = "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no bf16"
-        hardware = f"{_cpu_name()}, {os.cpu_count()} logical cores, {capability} ({bf16})"
+        hardware = f"{cpu_name()}, {os.cpu_count()} logical cores, {capability} ({bf16})"
     load = load_average()
     load_text = f", 1-min load {load:.2f}" if load is not None else ""
     return f"{hardware}; torch {torch.__version__}, {torch.get_num_threads()} threads{load_text}"
