@@ -127,9 +127,21 @@ def relative_errors(grads: list[torch.Tensor], reference: list[torch.Tensor]) ->
     return torch.stack([(g - r).abs().max() / r.abs().max().clamp_min(1e-4) for g, r in zip(grads, reference)])
 
 
-def test_training_gradients_match_plain_model(pixels):
+@pytest.fixture(params=["onednn-everywhere", "pytorch-fp32"])
+def training_kernels(request, monkeypatch):
+    """Both training set-ups, whichever this CPU would pick: all oneDNN kernels (AMD-like CPUs),
+    or PyTorch's own float32 kernels with oneDNN only for bf16 Linear layers (Intel-like)."""
+    from deit.optimize import onednn_fp32_is_fast
+    monkeypatch.setenv("DEIT_ONEDNN_FP32", "1" if request.param == "onednn-everywhere" else "0")
+    onednn_fp32_is_fast.cache_clear()
+    yield request.param
+    onednn_fp32_is_fast.cache_clear()
+
+
+@pytest.mark.parametrize("bf16_matmul", ["bf16", "fp32"])
+def test_training_gradients_match_plain_model(pixels, training_kernels, bf16_matmul):
     plain = build()
-    fast = optimize(copy.deepcopy(plain))
+    fast = optimize(copy.deepcopy(plain), bf16_matmul=bf16_matmul)
     reference = gradients(plain, pixels, autocast=False)
     assert relative_errors(gradients(fast, pixels, autocast=False), reference).max() < 1e-4
     # bf16 autocast: ours is as close to the float32 gradients as PyTorch's own autocast.

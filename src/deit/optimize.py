@@ -43,7 +43,8 @@ from torch import nn
 
 from .modeling import DeiTIntermediate, DeiTPatchEmbeddings, DeiTPreTrainedModel, DeiTSelfAttention
 
-__all__ = ["optimize", "fast_kernels_available", "install_fast_kernels", "bf16_matmul_is_fast", "PARTS", "BF16_MATMUL_MODES"]
+__all__ = ["optimize", "fast_kernels_available", "install_fast_kernels", "bf16_matmul_is_fast", "onednn_fp32_is_fast", "PARTS",
+           "BF16_MATMUL_MODES"]
 
 # oneDNN post-op (attr, algorithm) of the activations it can fuse after a matmul.
 _FUSED_ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "gelu_pytorch_tanh": ("gelu", "tanh"),
@@ -104,6 +105,40 @@ def bf16_matmul_is_fast() -> bool:
             best = min(best, time.perf_counter() - start)
         seconds[dtype] = best
     return seconds[torch.bfloat16] < seconds[torch.float32]
+
+
+@functools.cache
+def onednn_fp32_is_fast() -> bool:
+    """Whether oneDNN's float32 matmul beats PyTorch's default one (MKL) by 25 % or more here.
+
+    Measured once per process like :func:`bf16_matmul_is_fast`: on AMD CPUs MKL runs about 2x
+    below oneDNN, on Intel CPUs the two are even. Training uses the oneDNN kernels for float32,
+    and chunked attention and the patch GEMM, only where this holds; elsewhere PyTorch's own
+    kernels (SDPA with its fused backward) train faster. ``DEIT_ONEDNN_FP32=1|0`` skips the
+    measurement.
+    """
+    forced = os.environ.get("DEIT_ONEDNN_FP32")
+    if forced is not None:
+        return forced == "1"
+    x = torch.randn(1024, 384)
+    w = torch.randn(1536, 384)
+    packed = torch.ops.mkldnn._reorder_linear_weight(w, x.shape[0])
+    seconds = {}
+    for name, run in (("onednn", lambda: _matmul(x, packed)), ("default", lambda: torch.nn.functional.linear(x, w))):
+        run()
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - start)
+        seconds[name] = best
+    return seconds["onednn"] * 1.25 <= seconds["default"]
+
+
+def _fast_training(x: torch.Tensor, linear_only: bool = False) -> bool:
+    """Whether a module training on ``x`` should use the oneDNN training kernels: bfloat16
+    Linear layers always, everything else where :func:`onednn_fp32_is_fast`."""
+    return (linear_only and _compute_dtype(x) == torch.bfloat16) or onednn_fp32_is_fast()
 
 
 def _fast(x: torch.Tensor) -> bool:
@@ -191,26 +226,31 @@ class _PackedLinear:
 
 
 class _OneDNNLinearFunction(torch.autograd.Function):
-    """``x @ weight.T + bias`` with the forward and both backward matmuls on oneDNN."""
+    """``x @ weight.T + bias`` with the forward and both backward matmuls on oneDNN, each in
+    ``arithmetic`` (float32 for bf16 operands on CPUs where that is faster) and rounded to the
+    operands' dtype."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, arithmetic: torch.dtype) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _matmul(x, weight, bias)
+        ctx.arithmetic = arithmetic
+        bias = None if bias is None else bias.to(arithmetic)
+        return _matmul(x.to(arithmetic), weight.to(arithmetic), bias).to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
+        arithmetic = ctx.arithmetic
         grad_2d = grad_output.reshape(-1, grad_output.shape[-1])
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = _matmul(grad_2d, weight.t().contiguous()).view(x.shape)
+            grad_x = _matmul(grad_2d.to(arithmetic), weight.t().to(arithmetic).contiguous()).view(x.shape).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            grad_weight = _weight_gradient(grad_2d, x.reshape(-1, x.shape[-1]))
+            grad_weight = _weight_gradient(grad_2d.to(arithmetic), x.reshape(-1, x.shape[-1]).to(arithmetic)).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_2d.sum(0)
-        return grad_x, grad_weight, grad_bias
+        return grad_x, grad_weight, grad_bias, None
 
 
 def _weight_gradient(grad_2d: torch.Tensor, x_2d: torch.Tensor) -> torch.Tensor:
@@ -224,13 +264,13 @@ def _weight_gradient(grad_2d: torch.Tensor, x_2d: torch.Tensor) -> torch.Tensor:
     return _matmul(x_2d.t(), grad_2d.t()).t().contiguous()
 
 
-def _trainable_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _trainable_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kernel: "_PackedLinear") -> torch.Tensor:
     dtype = _compute_dtype(x)
     if dtype != weight.dtype or dtype != x.dtype:
         # What autocast does for F.linear; the casts are recorded, so gradients reach float32.
         x, weight = x.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
-    return _OneDNNLinearFunction.apply(x, weight, bias)
+    return _OneDNNLinearFunction.apply(x, weight, bias, kernel.arithmetic_dtype(dtype))
 
 
 class _OptimizedLinear(nn.Linear):
@@ -243,7 +283,9 @@ class _OptimizedLinear(nn.Linear):
         if not _fast(x):
             return super().forward(x)
         if torch.is_grad_enabled():
-            return _trainable_linear(x, self.weight, self.bias)
+            if not _fast_training(x, linear_only=True):
+                return super().forward(x)
+            return _trainable_linear(x, self.weight, self.bias, self._kernel)
         return self._kernel(x, (self.weight,), None if self.bias is None else (self.bias,))
 
 
@@ -283,7 +325,8 @@ class _OptimizedSelfAttention(DeiTSelfAttention):
         query_tokens: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         attention_dropout = self.training and self.dropout_prob > 0
-        if not _fast(hidden_states) or head_mask is not None or output_attentions or attention_dropout:
+        plain = head_mask is not None or output_attentions or attention_dropout
+        if not _fast(hidden_states) or plain or (torch.is_grad_enabled() and not _fast_training(hidden_states)):
             return super().forward(hidden_states, head_mask, output_attentions, use_sdpa, query_tokens)
         projections = (self.query, self.key, self.value)
         weights = tuple(p.weight for p in projections)
@@ -291,8 +334,10 @@ class _OptimizedSelfAttention(DeiTSelfAttention):
         if torch.is_grad_enabled():
             # Concatenated on every call (cheap next to the matmuls) so gradients reach q, k, v.
             bias = None if biases is None else self._scale_query(torch.cat(biases))
-            qkv = _trainable_linear(hidden_states, self._scale_query(torch.cat(weights)), bias)
-            return _chunked_attention(qkv, self.num_attention_heads, self.attention_head_size, query_tokens), None
+            qkv = _trainable_linear(hidden_states, self._scale_query(torch.cat(weights)), bias, self._kernel)
+            arithmetic = self._kernel.arithmetic_dtype(qkv.dtype)
+            context = _chunked_attention(qkv.to(arithmetic), self.num_attention_heads, self.attention_head_size, query_tokens)
+            return context.to(qkv.dtype), None
         # Attention in the matmul's arithmetic dtype (float32 for bf16 computed in float32: one
         # rounding to bf16 at the end instead of three inside).
         qkv = self._kernel(hidden_states, weights, biases, round_result=False)
@@ -308,7 +353,7 @@ class _OptimizedPatchEmbeddings(DeiTPatchEmbeddings):
         self._kernel = _PackedLinear(bf16_matmul)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if not _fast(pixel_values):
+        if not _fast(pixel_values) or (torch.is_grad_enabled() and not _fast_training(pixel_values)):
             return super().forward(pixel_values)
         batch_size, channels, height, width = pixel_values.shape
         p = self.patch_size
@@ -319,7 +364,7 @@ class _OptimizedPatchEmbeddings(DeiTPatchEmbeddings):
         conv = self.projection
         weight = conv.weight.reshape(conv.out_channels, -1)  # (out, C*p*p), the order of a patch row
         if torch.is_grad_enabled():
-            return _trainable_linear(patches, weight, conv.bias)
+            return _trainable_linear(patches, weight, conv.bias, self._kernel)
         return self._kernel(patches, (weight,), None if conv.bias is None else (conv.bias,))
 
 

@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
     labels = {"none": "no distillation", "hard": "hard distillation"}
     configs = {
-        kind: student_config(str(out / f"student-{kind}"), kind, epochs=args.epochs, seed=args.seed, num_workers=args.num_workers)
+        kind: student_config(str(out / f"student-{kind}"), kind, epochs=args.epochs, seed=args.seed, num_workers=args.num_workers,
+                             progress=True)
         for kind in labels
     }
     train_set, val_set = load_data(configs["none"])  # the same data and transforms for both runs

@@ -27,7 +27,8 @@ MNIST_MEAN = (0.1307, 0.1307, 0.1307)
 MNIST_STD = (0.3081, 0.3081, 0.3081)
 
 
-def student_config(output: str, distillation_type: str, *, epochs: int = 20, seed: int = 0, num_workers: int = 0) -> TrainConfig:
+def student_config(output: str, distillation_type: str, *, epochs: int = 20, seed: int = 0, num_workers: int = 0,
+                   progress: bool = False) -> TrainConfig:
     return TrainConfig(
         model="deit-tiny-distilled-patch16-224", image_size=28, patch_size=4, hidden_size=96, depth=4, heads=3, mlp_ratio=2.0,
         drop_path=0.0, data="mnist5k", num_workers=num_workers, mean=MNIST_MEAN, std=MNIST_STD,
@@ -35,7 +36,7 @@ def student_config(output: str, distillation_type: str, *, epochs: int = 20, see
         smoothing=0.1, mixup=0.0, cutmix=0.0, aa=None, reprob=0.0, hflip=0.0, scale=(0.6, 1.0), color_jitter=0.0,
         repeated_aug=False, model_ema=False, distillation_type=distillation_type,
         teacher="SmallConvNet" if distillation_type != "none" else None,
-        output=output, seed=seed, progress=False, save_hf_every_epoch=False,
+        output=output, seed=seed, progress=progress, save_hf_every_epoch=False,
     )
 
 
