@@ -36,8 +36,19 @@ def pixels() -> torch.Tensor:
     return torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
+@pytest.fixture(params=["onednn-everywhere", "pytorch-fp32"])
+def kernel_choice(request, monkeypatch):
+    """Both set-ups, whichever this CPU would pick: all oneDNN kernels (AMD-like CPUs), or
+    PyTorch's own float32 kernels with oneDNN for the GELU matmul and bf16 (Intel-like)."""
+    from deit.optimize import onednn_fp32_is_fast
+    monkeypatch.setenv("DEIT_ONEDNN_FP32", "1" if request.param == "onednn-everywhere" else "0")
+    onednn_fp32_is_fast.cache_clear()
+    yield request.param
+    onednn_fp32_is_fast.cache_clear()
+
+
 @pytest.mark.parametrize("cls", [deit.DeiTForImageClassificationWithTeacher, deit.DeiTForImageClassification, deit.DeiTModel])
-def test_float32_outputs_match_plain_model(cls, pixels):
+def test_float32_outputs_match_plain_model(cls, pixels, kernel_choice):
     plain = build(cls)
     fast = optimize(copy.deepcopy(plain))
     with torch.inference_mode():
@@ -127,19 +138,8 @@ def relative_errors(grads: list[torch.Tensor], reference: list[torch.Tensor]) ->
     return torch.stack([(g - r).abs().max() / r.abs().max().clamp_min(1e-4) for g, r in zip(grads, reference)])
 
 
-@pytest.fixture(params=["onednn-everywhere", "pytorch-fp32"])
-def training_kernels(request, monkeypatch):
-    """Both training set-ups, whichever this CPU would pick: all oneDNN kernels (AMD-like CPUs),
-    or PyTorch's own float32 kernels with oneDNN only for bf16 Linear layers (Intel-like)."""
-    from deit.optimize import onednn_fp32_is_fast
-    monkeypatch.setenv("DEIT_ONEDNN_FP32", "1" if request.param == "onednn-everywhere" else "0")
-    onednn_fp32_is_fast.cache_clear()
-    yield request.param
-    onednn_fp32_is_fast.cache_clear()
-
-
 @pytest.mark.parametrize("bf16_matmul", ["bf16", "fp32"])
-def test_training_gradients_match_plain_model(pixels, training_kernels, bf16_matmul):
+def test_training_gradients_match_plain_model(pixels, kernel_choice, bf16_matmul):
     plain = build()
     fast = optimize(copy.deepcopy(plain), bf16_matmul=bf16_matmul)
     reference = gradients(plain, pixels, autocast=False)
@@ -170,7 +170,9 @@ def test_copies_and_pickles(pixels):
     with torch.inference_mode():
         expected = fast(pixels).logits
         for clone in (copy.deepcopy(fast), pickle.loads(pickle.dumps(fast))):
-            assert (clone(pixels).logits - expected).abs().max() == 0
+            # Not bit-equal: MKL (PyTorch's float32 GEMM where oneDNN does not pay) picks its
+            # kernel by the memory alignment of the copied weights; one float32 rounding step.
+            assert (clone(pixels).logits - expected).abs().max() < 1e-6
 
 
 def test_optimized_model_still_exports(pixels):

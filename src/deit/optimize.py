@@ -14,7 +14,10 @@ AVX-512 speed. :func:`optimize` switches the modules to oneDNN kernels:
 * in training (gradients on), the Linear layers' forward and both backward matmuls run on
   oneDNN too, through a small autograd function, and attention is the same chunked
   computation (autograd through it); GELU, LayerNorm and the rest keep PyTorch's kernels;
-* in bfloat16 inference, on CPUs where oneDNN multiplies bfloat16 matrices more slowly than
+* on CPUs where MKL's float32 GEMM is as fast as oneDNN's (Intel), training uses PyTorch's
+  own kernels except for bf16 Linear layers: they train faster there (:func:`onednn_fp32_is_fast`);
+* in bfloat16 (inference, and the Linear layers under bf16 autocast in training), on CPUs
+  where oneDNN multiplies bfloat16 matrices more slowly than
   float32 ones (Intel CPUs with AVX-512 BF16 but no AMX: the bf16 dot-product instruction has
   half the issue ports of the float32 FMA), the matrix products take their bf16 operands
   widened to float32 -- exactly, so each product is the one the bf16 kernel computes, and the
@@ -112,10 +115,10 @@ def onednn_fp32_is_fast() -> bool:
     """Whether oneDNN's float32 matmul beats PyTorch's default one (MKL) by 25 % or more here.
 
     Measured once per process like :func:`bf16_matmul_is_fast`: on AMD CPUs MKL runs about 2x
-    below oneDNN, on Intel CPUs the two are even. Training uses the oneDNN kernels for float32,
-    and chunked attention and the patch GEMM, only where this holds; elsewhere PyTorch's own
-    kernels (SDPA with its fused backward) train faster. ``DEIT_ONEDNN_FP32=1|0`` skips the
-    measurement.
+    below oneDNN, on Intel CPUs the two are even. Where this does not hold, training (float32,
+    and attention and patches under bf16 autocast) runs PyTorch's own kernels, which then train
+    faster (SDPA has a fused backward); inference keeps the oneDNN kernels (fused q/k/v and GELU
+    still pay). ``DEIT_ONEDNN_FP32=1|0`` skips the measurement.
     """
     forced = os.environ.get("DEIT_ONEDNN_FP32")
     if forced is not None:
@@ -135,10 +138,17 @@ def onednn_fp32_is_fast() -> bool:
     return seconds["onednn"] * 1.25 <= seconds["default"]
 
 
-def _fast_training(x: torch.Tensor, linear_only: bool = False) -> bool:
-    """Whether a module training on ``x`` should use the oneDNN training kernels: bfloat16
-    Linear layers always, everything else where :func:`onednn_fp32_is_fast`."""
-    return (linear_only and _compute_dtype(x) == torch.bfloat16) or onednn_fp32_is_fast()
+def _use_kernel(x: torch.Tensor, part: str) -> bool:
+    """Whether a module of kind ``part`` ("linear", "attention", "patches") runs its oneDNN
+    kernel on ``x``. Inference always does. Training does for float32, and for attention and the
+    patch GEMM, only where oneDNN beats MKL (:func:`onednn_fp32_is_fast`): elsewhere PyTorch's
+    own kernels train faster (SDPA has a fused backward). bf16 Linear layers always use it: it
+    is also what computes them in float32 arithmetic where that is faster."""
+    if not _fast(x):
+        return False
+    if torch.is_grad_enabled() and (_compute_dtype(x) == torch.float32 or part != "linear"):
+        return onednn_fp32_is_fast()
+    return True
 
 
 def _fast(x: torch.Tensor) -> bool:
@@ -280,11 +290,9 @@ class _OptimizedLinear(nn.Linear):
         self._kernel = _PackedLinear(bf16_matmul)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _fast(x):
+        if not _use_kernel(x, "linear"):
             return super().forward(x)
         if torch.is_grad_enabled():
-            if not _fast_training(x, linear_only=True):
-                return super().forward(x)
             return _trainable_linear(x, self.weight, self.bias, self._kernel)
         return self._kernel(x, (self.weight,), None if self.bias is None else (self.bias,))
 
@@ -326,7 +334,7 @@ class _OptimizedSelfAttention(DeiTSelfAttention):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         attention_dropout = self.training and self.dropout_prob > 0
         plain = head_mask is not None or output_attentions or attention_dropout
-        if not _fast(hidden_states) or plain or (torch.is_grad_enabled() and not _fast_training(hidden_states)):
+        if plain or not _use_kernel(hidden_states, "attention"):
             return super().forward(hidden_states, head_mask, output_attentions, use_sdpa, query_tokens)
         projections = (self.query, self.key, self.value)
         weights = tuple(p.weight for p in projections)
@@ -353,7 +361,7 @@ class _OptimizedPatchEmbeddings(DeiTPatchEmbeddings):
         self._kernel = _PackedLinear(bf16_matmul)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if not _fast(pixel_values) or (torch.is_grad_enabled() and not _fast_training(pixel_values)):
+        if not _use_kernel(pixel_values, "patches"):
             return super().forward(pixel_values)
         batch_size, channels, height, width = pixel_values.shape
         p = self.patch_size
