@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from deit import DeiTConfig, DeiTForImageClassificationWithTeacher
 from deit.cli import main
+from deit.train.distributed import shutdown_distributed
 from deit.train.evaluate import evaluate, format_metrics
 from deit.train.samplers import ShardedEvalSampler
 
@@ -96,6 +98,7 @@ def _evaluate_on_rank(rank: int, world: int, init_file: str, out_dir: str) -> No
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    model = None
     try:
         dataset = TensorDataset(LOGITS, LABELS)
         loader = DataLoader(dataset, batch_size=2, sampler=ShardedEvalSampler(len(dataset)))
@@ -103,7 +106,13 @@ def _evaluate_on_rank(rank: int, world: int, init_file: str, out_dir: str) -> No
         model = nn.parallel.DistributedDataParallel(PassthroughWithWeight())
         Path(out_dir, f"{rank}.json").write_text(json.dumps(evaluate(model, loader)))
     finally:
-        dist.destroy_process_group()
+        del model
+        shutdown_distributed()
+    # Skip the interpreter's teardown: in about 1 run in 15 a spawned gloo process aborts there,
+    # after its work and destroy_process_group are done ("terminate called without an active
+    # exception" from a C++ thread destroyed at exit; seen with PyTorch 2.14.1, with or without
+    # destroy_process_group), which mp.spawn would report as a failure.
+    os._exit(0)
 
 
 def test_two_gloo_processes_give_the_single_process_numbers(tmp_path):
