@@ -14,8 +14,8 @@ Two resize kernels, both on 8-bit pixels:
   transformers' default (torchvision-backend) DeiT processor -- several times faster than
   Pillow's; it differs from Pillow's by at most a few 8-bit levels on a few pixels.
 
-With ``resize="torch"``, baseline RGB and grayscale JPEG files without an EXIF rotation are
-decoded by ``simplejpeg`` when it is installed (``pip install deit[fast]``): the same
+With ``resize="torch"``, RGB and grayscale JPEG files (baseline or progressive) without an
+EXIF rotation are decoded by ``simplejpeg`` when it is installed (``pip install deit[fast]``): the same
 libjpeg-turbo decode with the same settings as Pillow's (identical pixels, checked in the
 tests), written straight into a numpy array instead of into Pillow's image memory and copied
 out -- about a quarter less time per file. Everything else goes through Pillow.
@@ -29,6 +29,7 @@ A file that cannot be read does not stop the others: its error comes back with i
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -164,13 +165,16 @@ def _decode_plain_jpeg(path: str) -> np.ndarray | None:
     simplejpeg = _simplejpeg()
     if simplejpeg is None:
         return None
-    with Image.open(path) as img:  # reads the header only
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":  # not a JPEG: leave it to Pillow without reading it all
+            return None
+        f.seek(0)
+        data = f.read()
+    with Image.open(io.BytesIO(data)) as img:  # parses the header only
         if img.format != "JPEG" or img.mode not in ("RGB", "L"):
             return None
         if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:
             return None
-    with open(path, "rb") as f:
-        data = f.read()
     # Pillow's decode settings: accurate integer IDCT and fancy (smooth) chroma upsampling.
     pixels = simplejpeg.decode_jpeg(data, colorspace="RGB" if img.mode == "RGB" else "GRAY", fastdct=False, fastupsample=False, strict=True)
     return pixels[..., 0] if img.mode == "L" else pixels

@@ -95,18 +95,11 @@ def bf16_matmul_is_fast() -> bool:
         return forced == "bf16"
     if torch.bfloat16 not in _FAST_DTYPES:
         return False
+    x, w = _probe_operands()
     seconds = {}
-    x32 = torch.randn(1024, 384)
-    w32 = torch.randn(1536, 384)
     for dtype in (torch.float32, torch.bfloat16):
-        x, w = x32.to(dtype), torch.ops.mkldnn._reorder_linear_weight(w32.to(dtype), x32.shape[0])
-        _matmul(x, w)  # warm-up: oneDNN builds its kernel on the first call
-        best = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
-            _matmul(x, w)
-            best = min(best, time.perf_counter() - start)
-        seconds[dtype] = best
+        x_cast, packed = x.to(dtype), torch.ops.mkldnn._reorder_linear_weight(w.to(dtype), x.shape[0])
+        seconds[dtype] = _best_seconds(lambda: _matmul(x_cast, packed))
     return seconds[torch.bfloat16] < seconds[torch.float32]
 
 
@@ -123,19 +116,31 @@ def onednn_fp32_is_fast() -> bool:
     forced = os.environ.get("DEIT_ONEDNN_FP32")
     if forced is not None:
         return forced == "1"
-    x = torch.randn(1024, 384)
-    w = torch.randn(1536, 384)
+    x, w = _probe_operands()
     packed = torch.ops.mkldnn._reorder_linear_weight(w, x.shape[0])
-    seconds = {}
-    for name, run in (("onednn", lambda: _matmul(x, packed)), ("default", lambda: torch.nn.functional.linear(x, w))):
+    onednn = _best_seconds(lambda: _matmul(x, packed))
+    default = _best_seconds(lambda: torch.nn.functional.linear(x, w))
+    return onednn * 1.25 <= default
+
+
+def _probe_operands() -> tuple[torch.Tensor, torch.Tensor]:
+    """Input and weight of the probes' matmul: DeiT-S's first MLP Linear on 1024 tokens. Drawn
+    from their own generator: a probe runs on first use, maybe mid-training, and must not move
+    the global random state."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(1024, 384, generator=generator), torch.randn(1536, 384, generator=generator)
+
+
+def _best_seconds(run: Callable[[], object], repeats: int = 5) -> float:
+    """The fastest of ``repeats`` timed calls, after one untimed call (oneDNN builds its kernel
+    on the first)."""
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
         run()
-        best = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
-            run()
-            best = min(best, time.perf_counter() - start)
-        seconds[name] = best
-    return seconds["onednn"] * 1.25 <= seconds["default"]
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def _use_kernel(x: torch.Tensor, part: str) -> bool:
@@ -343,14 +348,14 @@ class _OptimizedSelfAttention(DeiTSelfAttention):
             # Concatenated on every call (cheap next to the matmuls) so gradients reach q, k, v.
             bias = None if biases is None else self._scale_query(torch.cat(biases))
             qkv = _trainable_linear(hidden_states, self._scale_query(torch.cat(weights)), bias, self._kernel)
-            arithmetic = self._kernel.arithmetic_dtype(qkv.dtype)
-            context = _chunked_attention(qkv.to(arithmetic), self.num_attention_heads, self.attention_head_size, query_tokens)
-            return context.to(qkv.dtype), None
+        else:
+            qkv = self._kernel(hidden_states, weights, biases, round_result=False)
         # Attention in the matmul's arithmetic dtype (float32 for bf16 computed in float32: one
         # rounding to bf16 at the end instead of three inside).
-        qkv = self._kernel(hidden_states, weights, biases, round_result=False)
-        context = _chunked_attention(qkv, self.num_attention_heads, self.attention_head_size, query_tokens)
-        return context.to(_compute_dtype(hidden_states)), None
+        dtype = _compute_dtype(hidden_states)
+        arithmetic = self._kernel.arithmetic_dtype(dtype)
+        context = _chunked_attention(qkv.to(arithmetic), self.num_attention_heads, self.attention_head_size, query_tokens)
+        return context.to(dtype), None
 
 
 class _OptimizedPatchEmbeddings(DeiTPatchEmbeddings):
@@ -423,7 +428,8 @@ def optimize(model: DeiTPreTrainedModel, dtype: torch.dtype | str | None = None,
     autocast). Works in eval and in training mode; the mode is left as it is. On devices other
     than the CPU, or where PyTorch lacks the oneDNN kernels, the modules are left unchanged.
     ``compile=True`` also compiles the model with ``torch.compile`` (inductor; the first call
-    takes a while). ``bf16_matmul``: how bfloat16 inference matmuls run, ``"bf16"`` (oneDNN's
+    takes a while). ``bf16_matmul``: how bfloat16 matmuls run (in inference, and
+    the Linear layers under bf16 autocast in training), ``"bf16"`` (oneDNN's
     bf16 kernel), ``"fp32"`` (float32 arithmetic on the exact bf16 operands, result rounded to
     bf16) or ``"auto"``, the faster of the two on this CPU (:func:`bf16_matmul_is_fast`).
     """
