@@ -109,6 +109,37 @@ def test_bf16_matmul_modes_compute_the_bf16_linear(mode, pixels):
     assert (logits.float() - reference).abs().max() < 0.05
 
 
+def test_bf16_in_float32_arithmetic_rounds_only_what_enters_the_residual_stream():
+    """With float32 arithmetic, a bf16 block hands the attention context and the MLP hidden
+    activation to the next Linear in float32 and rounds only the two branch outputs to bf16:
+    the block equals that computation written out in plain PyTorch (within 2 bf16 steps of the
+    result: the matmuls' summation order differs, then the value is rounded). Head size 16,
+    so the folded softmax scale 1/4 is exact in bf16."""
+    layer = build().deit.encoder.layer[0].bfloat16()
+    x = torch.randn(3, 17, 64, generator=torch.Generator().manual_seed(2)).bfloat16()
+    seen = []
+    fast = copy.deepcopy(layer)
+    install_fast_kernels(fast, bf16_matmul="fp32")
+    for linear in (fast.attention.output.dense, fast.output.dense):
+        linear.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+
+    def linear(t, module):  # float32 products and sums of the bf16 operands, no rounding
+        return t.float() @ module.weight.float().T + module.bias.float()
+
+    attention = layer.attention.attention
+    with torch.inference_mode():
+        got = fast(x)[0]
+        normed = layer.layernorm_before(x)
+        q, k, v = (linear(normed, p).view(3, 17, 4, 16).transpose(1, 2) for p in (attention.query, attention.key, attention.value))
+        context = torch.softmax(q @ k.transpose(-1, -2) / 4, -1) @ v
+        hidden = x + linear(context.transpose(1, 2).reshape(3, 17, 64), layer.attention.output.dense).bfloat16()
+        mlp = torch.nn.functional.gelu(linear(layer.layernorm_after(hidden), layer.intermediate.dense))
+        expected = hidden + linear(mlp, layer.output.dense).bfloat16()
+    assert seen == [torch.float32, torch.float32]
+    assert got.dtype == torch.bfloat16
+    assert ((got.float() - expected.float()).abs() <= expected.float().abs() * 2.0**-7 + 1e-6).all()
+
+
 def test_bf16_matmul_choice_is_validated_and_can_be_forced(monkeypatch):
     with pytest.raises(ValueError, match="bf16_matmul must be one of auto, bf16, fp32, got 'int8'"):
         optimize(build(), bf16_matmul="int8")

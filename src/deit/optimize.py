@@ -21,8 +21,11 @@ AVX-512 speed. :func:`optimize` switches the modules to oneDNN kernels:
   float32 ones (Intel CPUs with AVX-512 BF16 but no AMX: the bf16 dot-product instruction has
   half the issue ports of the float32 FMA), the matrix products take their bf16 operands
   widened to float32 -- exactly, so each product is the one the bf16 kernel computes, and the
-  sum is accumulated in float32 as there -- and each Linear's result is rounded back to
-  bfloat16. Attention, between the q/k/v and the output projection, then runs in float32.
+  sum is accumulated in float32 as there. Attention, between the q/k/v and the output
+  projection, then runs in float32, and in inference the attention context and the MLP's
+  hidden activation go on to the next matmul in float32: what is rounded to bfloat16 is what
+  the model keeps in bfloat16, the residual stream (each block's two branch outputs) and the
+  LayerNorm outputs.
   Which CPUs these are is measured once per process (:func:`bf16_matmul_is_fast`); the
   ``bf16_matmul`` argument of :func:`optimize` fixes the choice.
 
@@ -44,7 +47,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .modeling import DeiTIntermediate, DeiTPatchEmbeddings, DeiTPreTrainedModel, DeiTSelfAttention
+from .modeling import DeiTAttention, DeiTIntermediate, DeiTLayer, DeiTPatchEmbeddings, DeiTPreTrainedModel, DeiTSelfAttention
 
 __all__ = ["optimize", "fast_kernels_available", "install_fast_kernels", "bf16_matmul_is_fast", "onednn_fp32_is_fast", "PARTS",
            "BF16_MATMUL_MODES"]
@@ -230,13 +233,18 @@ class _PackedLinear:
         """The Linear's result in its compute dtype, or, with ``round_result=False``, in the
         matmul's arithmetic dtype (float32 for bfloat16 computed in float32)."""
         dtype = _compute_dtype(x)
+        handed_over = dtype == torch.float32 and weights[0].dtype == torch.bfloat16
+        if handed_over:
+            # A float32 activation from the kernel before (bf16 computed in float32, see
+            # install_fast_kernels): this Linear is still a bf16 one, its input is not rounded.
+            dtype = torch.bfloat16
         arithmetic = self.arithmetic_dtype(dtype)
         rows = x.numel() // x.shape[-1]  # packing is chosen for this many rows; others still work
         # ``prepare`` runs in float32 and the result rounds once, to ``dtype``: a folded scale is
         # rounded as the bf16 kernel would see it, even when the arithmetic is float32.
         packed = self.weight.get(weights, lambda w: torch.ops.mkldnn._reorder_linear_weight(self.prepare(w.float()).to(dtype).to(arithmetic), rows), (dtype, arithmetic))
         bias = None if biases is None else self.bias.get(biases, lambda b: self.prepare(b.float()).to(dtype).to(arithmetic), (dtype, arithmetic))
-        result = _matmul(x.to(dtype).to(arithmetic), packed, bias, activation)
+        result = _matmul((x if handed_over else x.to(dtype)).to(arithmetic), packed, bias, activation)
         return result.to(dtype) if round_result else result
 
 
@@ -308,12 +316,14 @@ class _OptimizedIntermediate(DeiTIntermediate):
     def _init_fast(self, bf16_matmul: str) -> None:
         self._kernel = _PackedLinear(bf16_matmul)
         self._activation = _FUSED_ACTIVATIONS[self.hidden_act]
+        self._hand_over_float32 = False  # set by install_fast_kernels when the next Linear is ours
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if not _fast(hidden_states) or torch.is_grad_enabled():
             return super().forward(hidden_states)  # training keeps the pre-activation for backward
         dense = self.dense
-        return self._kernel(hidden_states, (dense.weight,), None if dense.bias is None else (dense.bias,), self._activation)
+        return self._kernel(hidden_states, (dense.weight,), None if dense.bias is None else (dense.bias,), self._activation,
+                            round_result=not self._hand_over_float32)
 
 
 class _OptimizedSelfAttention(DeiTSelfAttention):
@@ -321,6 +331,7 @@ class _OptimizedSelfAttention(DeiTSelfAttention):
 
     def _init_fast(self, bf16_matmul: str) -> None:
         self._kernel = _PackedLinear(bf16_matmul, prepare=self._scale_query)
+        self._hand_over_float32 = False  # set by install_fast_kernels when the output Linear is ours
 
     def _scale_query(self, stacked: torch.Tensor) -> torch.Tensor:
         """The q/k/v weight rows (or biases) with the query's multiplied by the softmax scale:
@@ -350,11 +361,13 @@ class _OptimizedSelfAttention(DeiTSelfAttention):
             qkv = _trainable_linear(hidden_states, self._scale_query(torch.cat(weights)), bias, self._kernel)
         else:
             qkv = self._kernel(hidden_states, weights, biases, round_result=False)
-        # Attention in the matmul's arithmetic dtype (float32 for bf16 computed in float32: one
-        # rounding to bf16 at the end instead of three inside).
+        # Attention in the matmul's arithmetic dtype (float32 for bf16 computed in float32: no
+        # rounding inside; in inference none before the output projection either).
         dtype = _compute_dtype(hidden_states)
         arithmetic = self._kernel.arithmetic_dtype(dtype)
         context = _chunked_attention(qkv.to(arithmetic), self.num_attention_heads, self.attention_head_size, query_tokens)
+        if self._hand_over_float32 and not torch.is_grad_enabled():
+            return context, None
         return context.to(dtype), None
 
 
@@ -417,6 +430,15 @@ def install_fast_kernels(model: nn.Module, parts: tuple[str, ...] = PARTS, bf16_
             if type(module) is plain and (part != "mlp" or module.hidden_act in _FUSED_ACTIVATIONS):
                 module.__class__ = fast
                 module._init_fast(bf16_matmul)
+    # In bf16 inference with float32 arithmetic, the attention's context and the MLP's hidden
+    # activation go to the next Linear in float32, when that Linear is ours and takes them as
+    # they are: a bf16 model then rounds to bf16 only what enters the residual stream (saves
+    # four of the six bf16<->float32 conversions of a block, the MLP's the largest).
+    for module in model.modules():
+        if isinstance(module, DeiTAttention) and isinstance(module.attention, _OptimizedSelfAttention):
+            module.attention._hand_over_float32 = isinstance(module.output.dense, _OptimizedLinear)
+        if isinstance(module, DeiTLayer) and isinstance(module.intermediate, _OptimizedIntermediate):
+            module.intermediate._hand_over_float32 = isinstance(module.output.dense, _OptimizedLinear)
 
 
 def optimize(model: DeiTPreTrainedModel, dtype: torch.dtype | str | None = None, compile: bool = False,
@@ -430,8 +452,8 @@ def optimize(model: DeiTPreTrainedModel, dtype: torch.dtype | str | None = None,
     ``compile=True`` also compiles the model with ``torch.compile`` (inductor; the first call
     takes a while). ``bf16_matmul``: how bfloat16 matmuls run (in inference, and
     the Linear layers under bf16 autocast in training), ``"bf16"`` (oneDNN's
-    bf16 kernel), ``"fp32"`` (float32 arithmetic on the exact bf16 operands, result rounded to
-    bf16) or ``"auto"``, the faster of the two on this CPU (:func:`bf16_matmul_is_fast`).
+    bf16 kernel), ``"fp32"`` (float32 arithmetic on the exact bf16 operands, results rounded to
+    bf16 where they enter the residual stream) or ``"auto"``, the faster of the two on this CPU (:func:`bf16_matmul_is_fast`).
     """
     if isinstance(dtype, str):
         if dtype not in _DTYPE_NAMES:
