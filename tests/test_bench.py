@@ -5,6 +5,7 @@ One thread: on a shared machine two-thread parallel regions stall on every small
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -70,3 +71,22 @@ def test_timing_uses_quiet_rounds_and_falls_back_to_all():
 
     assert Timing([3.0, 1.0, 2.0], [True, False, True]).best == 2.0  # the 1.0 s round was disturbed
     assert Timing([3.0, 1.0], [False, False]).best == 1.0
+
+
+def test_short_calls_are_repeated_to_fill_a_turn():
+    from deit.bench.timing import interleaved
+
+    counts = {"short": 0, "long": 0}
+
+    def call(name, seconds):
+        def run():
+            counts[name] += 1
+            time.sleep(seconds)
+        return run
+
+    timings = interleaved({"short": call("short", 0.002), "long": call("long", 0.03)}, rounds=2, warmup=1, min_seconds=0.02)
+    # One warm-up call each, then about ten 2 ms calls per round for "short" and one for "long".
+    assert counts["long"] == 1 + 2
+    assert 1 + 2 * 4 <= counts["short"] <= 1 + 2 * 10
+    assert all(len(t.seconds) == 2 for t in timings.values())
+    assert 0.002 <= timings["short"].best < 0.01 and timings["long"].best >= 0.03

@@ -57,6 +57,9 @@ class Row:
     details: dict[str, float] = field(default_factory=dict)
 
 
+# Seconds of back-to-back calls per candidate and round: batch-1 calls take a few ms.
+TURN_SECONDS = 0.2
+
 def preset_config(size: str) -> DeiTConfig:
     return DeiTConfig.from_preset(f"deit-{size}-distilled-patch16-224")
 
@@ -215,7 +218,7 @@ def benchmark_cell(
             meta["linear-only oneDNN"] = ("Linear-only bound (oneDNN)", cell.dtype, None)
 
     log(f"{cell.size} batch {cell.batch_size} {cell.dtype}: timing {len(candidates)} candidates x {rounds} rounds")
-    timings = interleaved(candidates, rounds=rounds, device=device)
+    timings = interleaved(candidates, rounds=rounds, device=device, min_seconds=TURN_SECONDS)
     rows = []
     for key, timing in timings.items():
         name, setting, seconds = meta[key]
@@ -295,7 +298,7 @@ def benchmark_ablation(cell: Cell, device: torch.device, rounds: int = 5, compil
     if compile_step:
         candidates["+ torch.compile"], compile_seconds = _compiled(optimize(copy.deepcopy(reference)), lambda m: _caller(m, x, autocast=False))
     log(f"ablation {cell.size} batch {cell.batch_size} {cell.dtype}: {len(candidates)} steps x {rounds} rounds")
-    timings = interleaved(candidates, rounds=rounds, device=device)
+    timings = interleaved(candidates, rounds=rounds, device=device, min_seconds=TURN_SECONDS)
     return [Row(cell, name, cell.dtype, cell.batch_size / t.best, compile_seconds if name == "+ torch.compile" else None,
                 {"quiet_rounds": t.quiet_rounds, "rounds": rounds}) for name, t in timings.items()]
 

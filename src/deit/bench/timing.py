@@ -9,6 +9,7 @@ the best of the quiet rounds counts; the number of quiet rounds is reported with
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -79,23 +80,33 @@ def synchronize(device: torch.device | str) -> None:
 
 
 def interleaved(
-    candidates: Mapping[str, Callable[[], object]], rounds: int = 5, warmup: int = 1, device: torch.device | str = "cpu"
+    candidates: Mapping[str, Callable[[], object]], rounds: int = 5, warmup: int = 1, device: torch.device | str = "cpu",
+    min_seconds: float = 0.0,
 ) -> dict[str, Timing]:
-    """Time each candidate ``rounds`` times, one call of each per round, rotating the order."""
+    """Time each candidate ``rounds`` times, one turn of each per round, rotating the order.
+
+    A turn is one call, or, with ``min_seconds``, as many back-to-back calls as fill that time
+    (counted from the last warm-up call), and the turn's mean per call counts: a single call of
+    a few milliseconds (batch 1) measures mostly the noise of that moment."""
     names = list(candidates)
+    calls = dict.fromkeys(names, 1)
     for name in names:
         for _ in range(warmup):
+            start = time.perf_counter()
             candidates[name]()
-    synchronize(device)
+            synchronize(device)
+            once = time.perf_counter() - start
+            calls[name] = max(1, math.ceil(min_seconds / max(once, 1e-9)))
     timings = {name: Timing([], []) for name in names}
     for r in range(rounds):
         shift = r % len(names)
         round_start, cpu_before = time.perf_counter(), _cpu_seconds()
         for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            candidates[name]()
+            for _ in range(calls[name]):
+                candidates[name]()
             synchronize(device)
-            timings[name].seconds.append(time.perf_counter() - start)
+            timings[name].seconds.append((time.perf_counter() - start) / calls[name])
         # Judged per round: /proc/stat counts in 10 ms ticks, too coarse for one short call.
         quiet = _others_share(cpu_before, _cpu_seconds(), time.perf_counter() - round_start) <= BUSY_SHARE
         for timing in timings.values():
