@@ -16,7 +16,8 @@ AVX-512 speed. :func:`optimize` switches the modules to oneDNN kernels:
   oneDNN too, through a small autograd function, and attention is the same chunked
   computation (autograd through it); GELU, LayerNorm and the rest keep PyTorch's kernels;
 * on CPUs where MKL's float32 GEMM is as fast as oneDNN's (Intel), training uses PyTorch's
-  own kernels except for bf16 Linear layers: they train faster there (:func:`onednn_fp32_is_fast`);
+  own kernels except for bf16 Linear layers, q/k/v still as one GEMM, and attention on SDPA
+  (fused backward): they train faster there (:func:`onednn_fp32_is_fast`);
 * in bfloat16 (inference, and the Linear layers under bf16 autocast in training), on CPUs
   where oneDNN multiplies bfloat16 matrices more slowly than
   float32 ones (Intel CPUs with AVX-512 BF16 but no AMX: the bf16 dot-product instruction has
@@ -40,6 +41,7 @@ concatenated) weights are rebuilt when their parameter changes (an optimizer ste
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -148,11 +150,11 @@ def _best_seconds(run: Callable[[], object], repeats: int = 5) -> float:
 
 
 def _use_kernel(x: torch.Tensor, part: str) -> bool:
-    """Whether a module of kind ``part`` ("linear", "attention", "patches") runs its oneDNN
-    kernel on ``x``. Inference always does. Training does for float32, and for attention and the
-    patch GEMM, only where oneDNN beats MKL (:func:`onednn_fp32_is_fast`): elsewhere PyTorch's
-    own kernels train faster (SDPA has a fused backward). bf16 Linear layers always use it: it
-    is also what computes them in float32 arithmetic where that is faster."""
+    """Whether a module of kind ``part`` ("linear", "patches") runs its oneDNN kernel on ``x``.
+    Inference always does. Training does for float32, and for the patch GEMM, only where oneDNN
+    beats MKL (:func:`onednn_fp32_is_fast`): elsewhere PyTorch's own kernels train faster. bf16
+    Linear layers always use it: it is also what computes them in float32 arithmetic where that
+    is faster."""
     if not _fast(x):
         return False
     if torch.is_grad_enabled() and (_compute_dtype(x) == torch.float32 or part != "linear"):
@@ -362,15 +364,19 @@ class _OptimizedSelfAttention(DeiTSelfAttention):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         attention_dropout = self.training and self.dropout_prob > 0
         plain = head_mask is not None or output_attentions or attention_dropout
-        if plain or not _use_kernel(hidden_states, "attention"):
+        if plain or not _fast(hidden_states):
             return super().forward(hidden_states, head_mask, output_attentions, use_sdpa, query_tokens)
         projections = (self.query, self.key, self.value)
         weights = tuple(p.weight for p in projections)
         biases = None if self.query.bias is None else tuple(p.bias for p in projections)
         if torch.is_grad_enabled():
             # Concatenated on every call (cheap next to the matmuls) so gradients reach q, k, v.
+            weight = self._scale_query(torch.cat(weights))
             bias = None if biases is None else self._scale_query(torch.cat(biases))
-            qkv = _trainable_linear(hidden_states, self._scale_query(torch.cat(weights)), bias, self._kernel)
+            if _use_kernel(hidden_states, "linear"):
+                qkv = _trainable_linear(hidden_states, weight, bias, self._kernel)
+            else:  # float32 where PyTorch's own GEMM trains faster: still one GEMM, not three
+                qkv = torch.nn.functional.linear(hidden_states, weight, bias)
         else:
             qkv = self._kernel(hidden_states, weights, biases, round_result=False)
         # Attention in the matmul's arithmetic dtype (float32 for bf16 computed in float32: no
@@ -410,17 +416,20 @@ def _attention(qkv: torch.Tensor, num_heads: int, head_size: int, query_tokens: 
     """softmax(q k^T) v from (batch, tokens, 3 * hidden) projections with pre-scaled queries,
     for the first ``query_tokens`` queries (all by default), as (batch, queries, hidden).
 
-    Float32 inference runs PyTorch's fused SDPA kernel on strided views of the projections
-    (5-15 % faster than the chunked computation for DeiT-Ti/S/B at 198 tokens, measured on an
-    Intel AVX-512 CPU); bfloat16 and training run :func:`_chunked_attention` (about twice as
-    fast as SDPA in bf16 on AMD Zen 4; its training speed is what was measured there)."""
-    if qkv.dtype != torch.float32 or torch.is_grad_enabled():
+    Float32 runs PyTorch's fused SDPA kernel on strided views of the projections (5-15 % faster
+    than the chunked computation for DeiT-Ti/S/B at 198 tokens on an Intel AVX-512 CPU, and a
+    fused backward), in float32 also under autocast. bfloat16, and training where oneDNN's
+    float32 kernels are the fast ones (AMD), run :func:`_chunked_attention`: about twice as
+    fast as SDPA in bf16 on AMD Zen 4, and what was measured training there."""
+    if qkv.dtype != torch.float32 or (torch.is_grad_enabled() and onednn_fp32_is_fast()):
         return _chunked_attention(qkv, num_heads, head_size, query_tokens)
     batch_size, seq_len, _ = qkv.shape
     query, key, value = qkv.view(batch_size, seq_len, 3, num_heads, head_size).permute(2, 0, 3, 1, 4).unbind(0)
     if query_tokens is not None:
         query = query[:, :, :query_tokens]
-    context = torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=1.0)
+    autocast = torch.is_autocast_enabled(qkv.device.type)
+    with torch.autocast(qkv.device.type, enabled=False) if autocast else contextlib.nullcontext():
+        context = torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=1.0)
     return context.transpose(1, 2).reshape(batch_size, query.shape[2], num_heads * head_size)
 
 
