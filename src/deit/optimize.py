@@ -149,30 +149,25 @@ def _best_seconds(run: Callable[[], object], repeats: int = 5) -> float:
     return best
 
 
-def _use_kernel(x: torch.Tensor, part: str) -> bool:
-    """Whether a module of kind ``part`` ("linear", "patches") runs its oneDNN kernel on ``x``.
-    Inference always does. Training does for float32, and for the patch GEMM, only where oneDNN
-    beats MKL (:func:`onednn_fp32_is_fast`): elsewhere PyTorch's own kernels train faster. bf16
-    Linear layers always use it: it is also what computes them in float32 arithmetic where that
-    is faster."""
-    if not _fast(x):
-        return False
-    if torch.is_grad_enabled() and (_compute_dtype(x) == torch.float32 or part != "linear"):
-        return onednn_fp32_is_fast()
-    return True
+def _kernel_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype a module computes ``x`` in (autocast's when it is on, else ``x``'s) when the fast
+    kernels can run it: on the CPU, outside tracing, in a dtype oneDNN runs at speed; else None.
+    Python checks of global state and dtypes, not of tensor data, so tracing (compile/export)
+    sees the plain code; one function because every module call makes them (at batch 1 a
+    matmul takes only some 50 us)."""
+    if not x.is_cpu or torch.compiler.is_compiling():
+        return None
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    return dtype if dtype in _FAST_DTYPES else None
 
 
-def _fast(x: torch.Tensor) -> bool:
-    # Python checks of global state and dtypes, not of tensor data: tracing (compile/export) sees
-    # the plain code.
-    return x.device.type == "cpu" and not torch.compiler.is_compiling() and _compute_dtype(x) in _FAST_DTYPES
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype a Linear computes in: autocast's when it is on, else the input's."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
+def _trains_on_kernel(dtype: torch.dtype, part: str) -> bool:
+    """Whether training (gradients on) runs the oneDNN kernel of ``part`` ("linear", "patches")
+    in ``dtype``. Float32, and the patch GEMM, only where oneDNN beats MKL
+    (:func:`onednn_fp32_is_fast`): elsewhere PyTorch's own kernels train faster. bf16 Linear
+    layers always: the kernel is also what computes them in float32 arithmetic where that is
+    faster."""
+    return (dtype != torch.float32 and part == "linear") or onednn_fp32_is_fast()
 
 
 def _matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: tuple[str, str] = ("none", "")) -> torch.Tensor:
@@ -240,18 +235,18 @@ class _PackedLinear:
         packed = torch.ops.mkldnn._reorder_linear_weight(cast(weights), rows)
         return packed, None if biases is None else cast(biases)
 
-    def __call__(self, x: torch.Tensor, weights: tuple[torch.Tensor, ...], biases: tuple[torch.Tensor, ...] | None,
+    def __call__(self, x: torch.Tensor, dtype: torch.dtype, weights: tuple[torch.Tensor, ...], biases: tuple[torch.Tensor, ...] | None,
                  activation: tuple[str, str] = ("none", ""), round_result: bool = True) -> torch.Tensor:
-        """The Linear's result in its compute dtype, or, with ``round_result=False``, in the
-        matmul's arithmetic dtype (float32 for bfloat16 computed in float32)."""
-        dtype = _compute_dtype(x)
+        """The Linear's result in its compute dtype ``dtype`` (:func:`_kernel_dtype`), or, with
+        ``round_result=False``, in the matmul's arithmetic dtype (float32 for bfloat16 computed in
+        float32)."""
         handed_over = dtype == torch.float32 and weights[0].dtype == torch.bfloat16
         if handed_over:
             # A float32 activation from the kernel before (bf16 computed in float32, see
             # install_fast_kernels): this Linear is still a bf16 one, its input is not rounded.
             dtype = torch.bfloat16
         arithmetic = self.arithmetic_dtype(dtype)
-        # Checked on every call, in one pass: at batch 1 a matmul takes only some 50 us.
+        # Checked on every call, in one pass.
         sources = weights if biases is None else weights + biases
         key = (dtype, arithmetic, *[(t.data_ptr(), _version(t)) for t in sources])
         if key != self._key:
@@ -301,8 +296,7 @@ def _weight_gradient(grad_2d: torch.Tensor, x_2d: torch.Tensor) -> torch.Tensor:
     return _matmul(x_2d.t(), grad_2d.t()).t().contiguous()
 
 
-def _trainable_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kernel: "_PackedLinear") -> torch.Tensor:
-    dtype = _compute_dtype(x)
+def _trainable_linear(x: torch.Tensor, dtype: torch.dtype, weight: torch.Tensor, bias: torch.Tensor | None, kernel: "_PackedLinear") -> torch.Tensor:
     if dtype != weight.dtype or dtype != x.dtype:
         # What autocast does for F.linear; the casts are recorded, so gradients reach float32.
         x, weight = x.to(dtype), weight.to(dtype)
@@ -317,11 +311,12 @@ class _OptimizedLinear(nn.Linear):
         self._kernel = _PackedLinear(bf16_matmul)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _use_kernel(x, "linear"):
+        dtype = _kernel_dtype(x)
+        if dtype is None or (torch.is_grad_enabled() and not _trains_on_kernel(dtype, "linear")):
             return super().forward(x)
         if torch.is_grad_enabled():
-            return _trainable_linear(x, self.weight, self.bias, self._kernel)
-        return self._kernel(x, (self.weight,), None if self.bias is None else (self.bias,))
+            return _trainable_linear(x, dtype, self.weight, self.bias, self._kernel)
+        return self._kernel(x, dtype, (self.weight,), None if self.bias is None else (self.bias,))
 
 
 class _OptimizedIntermediate(DeiTIntermediate):
@@ -333,10 +328,11 @@ class _OptimizedIntermediate(DeiTIntermediate):
         self._hand_over_float32 = False  # set by install_fast_kernels when the next Linear is ours
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if not _fast(hidden_states) or torch.is_grad_enabled():
+        dtype = _kernel_dtype(hidden_states)
+        if dtype is None or torch.is_grad_enabled():
             return super().forward(hidden_states)  # training keeps the pre-activation for backward
         dense = self.dense
-        return self._kernel(hidden_states, (dense.weight,), None if dense.bias is None else (dense.bias,), self._activation,
+        return self._kernel(hidden_states, dtype, (dense.weight,), None if dense.bias is None else (dense.bias,), self._activation,
                             round_result=not self._hand_over_float32)
 
 
@@ -364,24 +360,24 @@ class _OptimizedSelfAttention(DeiTSelfAttention):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         attention_dropout = self.training and self.dropout_prob > 0
         plain = head_mask is not None or output_attentions or attention_dropout
-        if plain or not _fast(hidden_states):
+        dtype = None if plain else _kernel_dtype(hidden_states)
+        if dtype is None:
             return super().forward(hidden_states, head_mask, output_attentions, use_sdpa, query_tokens)
-        projections = (self.query, self.key, self.value)
-        weights = tuple(p.weight for p in projections)
-        biases = None if self.query.bias is None else tuple(p.bias for p in projections)
+        query, key, value = self.query, self.key, self.value
+        weights = (query.weight, key.weight, value.weight)
+        biases = None if query.bias is None else (query.bias, key.bias, value.bias)
         if torch.is_grad_enabled():
             # Concatenated on every call (cheap next to the matmuls) so gradients reach q, k, v.
             weight = self._scale_query(torch.cat(weights))
             bias = None if biases is None else self._scale_query(torch.cat(biases))
-            if _use_kernel(hidden_states, "linear"):
-                qkv = _trainable_linear(hidden_states, weight, bias, self._kernel)
+            if _trains_on_kernel(dtype, "linear"):
+                qkv = _trainable_linear(hidden_states, dtype, weight, bias, self._kernel)
             else:  # float32 where PyTorch's own GEMM trains faster: still one GEMM, not three
                 qkv = torch.nn.functional.linear(hidden_states, weight, bias)
         else:
-            qkv = self._kernel(hidden_states, weights, biases, round_result=False)
+            qkv = self._kernel(hidden_states, dtype, weights, biases, round_result=False)
         # Attention in the matmul's arithmetic dtype (float32 for bf16 computed in float32: no
         # rounding inside; in inference none before the output projection either).
-        dtype = _compute_dtype(hidden_states)
         arithmetic = self._kernel.arithmetic_dtype(dtype)
         context = _attention(_cast(qkv, arithmetic), self.num_attention_heads, self.attention_head_size, query_tokens)
         if self._hand_over_float32 and not torch.is_grad_enabled():
@@ -397,7 +393,8 @@ class _OptimizedPatchEmbeddings(DeiTPatchEmbeddings):
         self._kernel = _PackedLinear(bf16_matmul)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if not _use_kernel(pixel_values, "patches"):
+        dtype = _kernel_dtype(pixel_values)
+        if dtype is None or (torch.is_grad_enabled() and not _trains_on_kernel(dtype, "patches")):
             return super().forward(pixel_values)
         batch_size, channels, height, width = pixel_values.shape
         p = self.patch_size
@@ -408,8 +405,8 @@ class _OptimizedPatchEmbeddings(DeiTPatchEmbeddings):
         conv = self.projection
         weight = conv.weight.reshape(conv.out_channels, -1)  # (out, C*p*p), the order of a patch row
         if torch.is_grad_enabled():
-            return _trainable_linear(patches, weight, conv.bias, self._kernel)
-        return self._kernel(patches, (weight,), None if conv.bias is None else (conv.bias,))
+            return _trainable_linear(patches, dtype, weight, conv.bias, self._kernel)
+        return self._kernel(patches, dtype, (weight,), None if conv.bias is None else (conv.bias,))
 
 
 def _attention(qkv: torch.Tensor, num_heads: int, head_size: int, query_tokens: int | None = None) -> torch.Tensor:
