@@ -235,3 +235,18 @@ def test_other_input_sizes_with_interpolated_positions():
         expected = plain(pixels, interpolate_pos_encoding=True).logits
         got = fast(pixels, interpolate_pos_encoding=True).logits
     assert (expected - got).abs().max() < 1e-5
+
+
+def test_float32_attention_stays_float32_under_autocast():
+    """Where bf16 matmuls run in float32 arithmetic, attention gets float32 q/k/v; autocast must
+    not round them to bf16 inside SDPA (it would, for a plain call)."""
+    from deit.optimize import _attention
+
+    qkv = torch.randn(2, 9, 3 * 16, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        expected = _attention(qkv, 2, 8)
+        with torch.autocast("cpu", torch.bfloat16):
+            got = _attention(qkv, 2, 8)
+            assert torch.nn.functional.scaled_dot_product_attention(qkv[None], qkv[None], qkv[None]).dtype == torch.bfloat16
+    assert got.dtype == torch.float32
+    assert torch.equal(got, expected)

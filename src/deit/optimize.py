@@ -337,7 +337,7 @@ class _OptimizedIntermediate(DeiTIntermediate):
 
 
 class _OptimizedSelfAttention(DeiTSelfAttention):
-    """Query, key and value as one GEMM, then attention two samples at a time."""
+    """Query, key and value as one GEMM, then attention on views of its output (see _attention)."""
 
     def _init_fast(self, bf16_matmul: str) -> None:
         self._kernel = _PackedLinear(bf16_matmul, prepare=self._scale_query)
