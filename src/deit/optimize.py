@@ -161,13 +161,12 @@ def _kernel_dtype(x: torch.Tensor) -> torch.dtype | None:
     return dtype if dtype in _FAST_DTYPES else None
 
 
-def _trains_on_kernel(dtype: torch.dtype, part: str) -> bool:
-    """Whether training (gradients on) runs the oneDNN kernel of ``part`` ("linear", "patches")
-    in ``dtype``. Float32, and the patch GEMM, only where oneDNN beats MKL
-    (:func:`onednn_fp32_is_fast`): elsewhere PyTorch's own kernels train faster. bf16 Linear
-    layers always: the kernel is also what computes them in float32 arithmetic where that is
-    faster."""
-    return (dtype != torch.float32 and part == "linear") or onednn_fp32_is_fast()
+def _trains_on_kernel(dtype: torch.dtype) -> bool:
+    """Whether training (gradients on) runs a Linear (or the patch GEMM) computing in ``dtype``
+    on the oneDNN kernel: float32 only where oneDNN beats MKL (:func:`onednn_fp32_is_fast`),
+    elsewhere PyTorch's own kernels train faster; bf16 always, the kernel is also what computes
+    it in float32 arithmetic where that is faster."""
+    return dtype != torch.float32 or onednn_fp32_is_fast()
 
 
 def _matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: tuple[str, str] = ("none", "")) -> torch.Tensor:
@@ -312,7 +311,7 @@ class _OptimizedLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = _kernel_dtype(x)
-        if dtype is None or (torch.is_grad_enabled() and not _trains_on_kernel(dtype, "linear")):
+        if dtype is None or (torch.is_grad_enabled() and not _trains_on_kernel(dtype)):
             return super().forward(x)
         if torch.is_grad_enabled():
             return _trainable_linear(x, dtype, self.weight, self.bias, self._kernel)
@@ -361,7 +360,7 @@ class _OptimizedSelfAttention(DeiTSelfAttention):
         attention_dropout = self.training and self.dropout_prob > 0
         plain = head_mask is not None or output_attentions or attention_dropout
         dtype = None if plain else _kernel_dtype(hidden_states)
-        if dtype is None or (torch.is_grad_enabled() and not _trains_on_kernel(dtype, "linear")):
+        if dtype is None or (torch.is_grad_enabled() and not _trains_on_kernel(dtype)):
             # Float32 training where PyTorch's kernels are the fast ones: three GEMMs and SDPA
             # train 3 % faster than the fused q/k/v (measured, DeiT-Ti batch 32).
             return super().forward(hidden_states, head_mask, output_attentions, use_sdpa, query_tokens)
@@ -392,7 +391,7 @@ class _OptimizedPatchEmbeddings(DeiTPatchEmbeddings):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         dtype = _kernel_dtype(pixel_values)
-        if dtype is None or (torch.is_grad_enabled() and not _trains_on_kernel(dtype, "patches")):
+        if dtype is None:
             return super().forward(pixel_values)
         batch_size, channels, height, width = pixel_values.shape
         p = self.patch_size
@@ -403,7 +402,9 @@ class _OptimizedPatchEmbeddings(DeiTPatchEmbeddings):
         conv = self.projection
         weight = conv.weight.reshape(conv.out_channels, -1)  # (out, C*p*p), the order of a patch row
         if torch.is_grad_enabled():
-            return _trainable_linear(patches, dtype, weight, conv.bias, self._kernel)
+            if _trains_on_kernel(dtype):
+                return _trainable_linear(patches, dtype, weight, conv.bias, self._kernel)
+            return torch.nn.functional.linear(patches, weight, conv.bias)  # still a GEMM, not a convolution
         return self._kernel(patches, dtype, (weight,), None if conv.bias is None else (conv.bias,))
 
 
