@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import sys
 
 import pytest
 import torch
@@ -109,6 +110,7 @@ def test_bf16_matmul_modes_compute_the_bf16_linear(mode, pixels):
     assert (logits.float() - reference).abs().max() < 0.05
 
 
+@pytest.mark.skipif(torch.bfloat16 not in sys.modules["deit.optimize"]._FAST_DTYPES, reason="no bf16 oneDNN kernels on this CPU")
 def test_bf16_in_float32_arithmetic_rounds_only_what_enters_the_residual_stream():
     """With float32 arithmetic, a bf16 block hands the attention context and the MLP hidden
     activation to the next Linear in float32 and rounds only the two branch outputs to bf16:
@@ -237,16 +239,54 @@ def test_other_input_sizes_with_interpolated_positions():
     assert (expected - got).abs().max() < 1e-5
 
 
-def test_float32_attention_stays_float32_under_autocast():
+@pytest.mark.parametrize("grad", [False, True])
+def test_float32_attention_stays_float32_under_autocast(grad, kernel_choice):
     """Where bf16 matmuls run in float32 arithmetic, attention gets float32 q/k/v; autocast must
-    not round them to bf16 inside SDPA (it would, for a plain call)."""
+    not round them to bf16 inside attention (it would, for a plain SDPA or bmm call), in
+    inference (SDPA) and in training (SDPA, or the chunked computation where oneDNN is fast)."""
     from deit.optimize import _attention
 
     qkv = torch.randn(2, 9, 3 * 16, generator=torch.Generator().manual_seed(3))
-    with torch.inference_mode():
+    with torch.set_grad_enabled(grad):
         expected = _attention(qkv, 2, 8)
         with torch.autocast("cpu", torch.bfloat16):
             got = _attention(qkv, 2, 8)
             assert torch.nn.functional.scaled_dot_product_attention(qkv[None], qkv[None], qkv[None]).dtype == torch.bfloat16
     assert got.dtype == torch.float32
     assert torch.equal(got, expected)
+
+
+def test_deepcopy_binds_the_query_scaling_to_the_copy():
+    """The fused q/k/v kernel folds the softmax scale through a method of its module: a copy
+    (EMA, benchmarks) must use its own module, not keep the original alive."""
+    clone = copy.deepcopy(optimize(build()))
+    attention = clone.deit.encoder.layer[0].attention.attention
+    assert attention._kernel.prepare.__self__ is attention
+
+
+@pytest.mark.parametrize("parts", [("mlp", "attention"), ("mlp", "attention", "patches")])
+def test_bf16_without_our_output_linears_hands_over_nothing(parts, pixels):
+    """The float32 hand-over only goes to our own Linears: with the plain output Linears left in
+    place, a bf16 model computed in float32 arithmetic still runs and stays bf16."""
+    plain = build()
+    model = copy.deepcopy(plain).bfloat16()
+    install_fast_kernels(model, parts, bf16_matmul="fp32")
+    with torch.inference_mode():
+        logits = model(pixels.bfloat16()).logits
+        reference = plain(pixels).logits
+    assert logits.dtype == torch.bfloat16
+    assert (logits.float() - reference).abs().max() < 0.05
+
+
+def test_one_model_in_float32_then_autocast_then_float32(pixels):
+    """The packed weights are re-derived when the compute dtype changes, both ways."""
+    plain = build()
+    fast = optimize(copy.deepcopy(plain))
+    with torch.inference_mode():
+        expected = plain(pixels).logits
+        first = fast(pixels).logits
+        with torch.autocast("cpu", torch.bfloat16):
+            autocast = fast(pixels).logits
+        again = fast(pixels).logits
+    assert (first - expected).abs().max() < 1e-5 and torch.equal(first, again)
+    assert (autocast.float() - expected).abs().max() < 0.05 and not torch.equal(autocast.float(), first)

@@ -13,8 +13,8 @@ AVX-512 speed. :func:`optimize` switches the modules to oneDNN kernels:
   views (no copies);
 * the patch embedding (a convolution with stride = kernel) is one GEMM over the patches;
 * in training (gradients on), the Linear layers' forward and both backward matmuls run on
-  oneDNN too, through a small autograd function, and attention is the same chunked
-  computation (autograd through it); GELU, LayerNorm and the rest keep PyTorch's kernels;
+  oneDNN too, through a small autograd function, and attention is the same computation as in
+  inference (autograd through it); GELU, LayerNorm and the rest keep PyTorch's kernels;
 * on CPUs where MKL's float32 GEMM is as fast as oneDNN's (Intel), float32 training uses
   PyTorch's own kernels, which train faster there (:func:`onednn_fp32_is_fast`); under bf16
   autocast the Linear layers (q/k/v as one) still run on oneDNN and attention on float32 SDPA;
@@ -27,7 +27,8 @@ AVX-512 speed. :func:`optimize` switches the modules to oneDNN kernels:
   projection, then runs in float32, and in inference the attention context and the MLP's
   hidden activation go on to the next matmul in float32: what is rounded to bfloat16 is what
   the model keeps in bfloat16, the residual stream (each block's two branch outputs) and the
-  LayerNorm outputs.
+  LayerNorm outputs (forward hooks on a block's attention or MLP-intermediate module see those
+  float32 tensors).
   Which CPUs these are is measured once per process (:func:`bf16_matmul_is_fast`); the
   ``bf16_matmul`` argument of :func:`optimize` fixes the choice.
 
@@ -41,7 +42,7 @@ concatenated) weights are rebuilt when their parameter changes (an optimizer ste
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import functools
 import os
 import time
@@ -80,8 +81,8 @@ def _fast_dtypes() -> frozenset[torch.dtype]:
 _FAST_DTYPES = _fast_dtypes()
 
 
-# How bfloat16 inference matmuls are computed: "bf16" (oneDNN's bf16 kernel), "fp32" (float32
-# arithmetic on the widened bf16 operands, result rounded to bf16), or "auto" (the faster here).
+# How bfloat16 matmuls are computed: "bf16" (oneDNN's bf16 kernel), "fp32" (float32 arithmetic on
+# the widened bf16 operands, see the module docstring), or "auto" (the faster here).
 BF16_MATMUL_MODES = ("auto", "bf16", "fp32")
 
 
@@ -114,9 +115,9 @@ def onednn_fp32_is_fast() -> bool:
     """Whether oneDNN's float32 matmul beats PyTorch's default one (MKL) by 25 % or more here.
 
     Measured once per process like :func:`bf16_matmul_is_fast`: on AMD CPUs MKL runs about 2x
-    below oneDNN, on Intel CPUs the two are even. Where this does not hold, training (float32,
-    and attention and patches under bf16 autocast) runs PyTorch's own kernels, which then train
-    faster (SDPA has a fused backward); inference keeps the oneDNN kernels (fused q/k/v and GELU
+    below oneDNN, on Intel CPUs the two are even. Where this does not hold, float32 training
+    runs PyTorch's own kernels, which then train faster (SDPA has a fused backward); inference
+    and bf16 autocast keep the oneDNN kernels (fused q/k/v and GELU, bf16 in float32 arithmetic
     still pay). ``DEIT_ONEDNN_FP32=1|0`` skips the measurement.
     """
     forced = os.environ.get("DEIT_ONEDNN_FP32")
@@ -206,7 +207,8 @@ class _PackedLinear:
         self._derived: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     def __deepcopy__(self, memo: dict) -> "_PackedLinear":
-        return _PackedLinear(self.bf16_matmul, self.prepare)
+        # ``prepare`` may be a bound method of the owning module: the copy's must be the copy's.
+        return _PackedLinear(self.bf16_matmul, copy.deepcopy(self.prepare, memo))
 
     def __getstate__(self) -> dict:
         return {"bf16_matmul": self.bf16_matmul, "prepare": self.prepare}
@@ -236,9 +238,9 @@ class _PackedLinear:
 
     def __call__(self, x: torch.Tensor, dtype: torch.dtype, weights: tuple[torch.Tensor, ...], biases: tuple[torch.Tensor, ...] | None,
                  activation: tuple[str, str] = ("none", ""), round_result: bool = True) -> torch.Tensor:
-        """The Linear's result in its compute dtype ``dtype`` (:func:`_kernel_dtype`), or, with
-        ``round_result=False``, in the matmul's arithmetic dtype (float32 for bfloat16 computed in
-        float32)."""
+        """The Linear's result in its compute dtype ``dtype`` (:func:`_kernel_dtype`; bf16 for a
+        float32 input handed over to bf16 weights), or, with ``round_result=False``, in the
+        matmul's arithmetic dtype (float32 for bfloat16 computed in float32)."""
         handed_over = dtype == torch.float32 and weights[0].dtype == torch.bfloat16
         if handed_over:
             # A float32 activation from the kernel before (bf16 computed in float32, see
@@ -412,20 +414,22 @@ def _attention(qkv: torch.Tensor, num_heads: int, head_size: int, query_tokens: 
     """softmax(q k^T) v from (batch, tokens, 3 * hidden) projections with pre-scaled queries,
     for the first ``query_tokens`` queries (all by default), as (batch, queries, hidden).
 
-    Float32 runs PyTorch's fused SDPA kernel on strided views of the projections (5-15 % faster
-    than the chunked computation for DeiT-Ti/S/B at 198 tokens on an Intel AVX-512 CPU, and a
-    fused backward), in float32 also under autocast. bfloat16, and training where oneDNN's
-    float32 kernels are the fast ones (AMD), run :func:`_chunked_attention`: about twice as
-    fast as SDPA in bf16 on AMD Zen 4, and what was measured training there."""
+    Computed in ``qkv``'s dtype, also under autocast. Float32 runs PyTorch's fused SDPA kernel
+    on strided views of the projections (5-15 % faster than the chunked computation for
+    DeiT-Ti/S/B at 198 tokens on an Intel AVX-512 CPU, and a fused backward). bfloat16, and
+    training where oneDNN's float32 kernels are the fast ones (AMD), run
+    :func:`_chunked_attention`: about twice as fast as SDPA in bf16 on AMD Zen 4, and what was
+    measured training there."""
+    if torch.is_autocast_enabled(qkv.device.type):  # it would run float32 q/k/v in bf16
+        with torch.autocast(qkv.device.type, enabled=False):
+            return _attention(qkv, num_heads, head_size, query_tokens)
     if qkv.dtype != torch.float32 or (torch.is_grad_enabled() and onednn_fp32_is_fast()):
         return _chunked_attention(qkv, num_heads, head_size, query_tokens)
     batch_size, seq_len, _ = qkv.shape
     query, key, value = qkv.view(batch_size, seq_len, 3, num_heads, head_size).permute(2, 0, 3, 1, 4).unbind(0)
     if query_tokens is not None:
         query = query[:, :, :query_tokens]
-    autocast = torch.is_autocast_enabled(qkv.device.type)
-    with torch.autocast(qkv.device.type, enabled=False) if autocast else contextlib.nullcontext():
-        context = torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=1.0)
+    context = torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=1.0)
     return context.transpose(1, 2).reshape(batch_size, query.shape[2], num_heads * head_size)
 
 
@@ -468,7 +472,8 @@ def install_fast_kernels(model: nn.Module, parts: tuple[str, ...] = PARTS, bf16_
     # In bf16 inference with float32 arithmetic, the attention's context and the MLP's hidden
     # activation go to the next Linear in float32, when that Linear is ours and takes them as
     # they are: a bf16 model then rounds to bf16 only what enters the residual stream (saves
-    # four of the six bf16<->float32 conversions of a block, the MLP's the largest).
+    # four of the six bf16<->float32 conversions of a block, the MLP's the largest). Decided
+    # here, once: a Linear swapped in for one of ours later needs install_fast_kernels again.
     for module in model.modules():
         if isinstance(module, DeiTAttention) and isinstance(module.attention, _OptimizedSelfAttention):
             module.attention._hand_over_float32 = isinstance(module.output.dense, _OptimizedLinear)
