@@ -37,7 +37,8 @@ The parameters stay where they are, with their Hugging Face names, so ``state_di
 model up to floating-point rounding. While ``torch.compile`` or ``torch.export`` trace the
 model, and on other devices, every module runs its ordinary code. Cached (packed, cast,
 concatenated) weights are rebuilt when their parameter changes (an optimizer step,
-``load_state_dict``, ``.to``).
+``load_state_dict``, ``.to``); parameters created under ``torch.inference_mode`` carry no
+version counter, so after changing those in place call :func:`optimize` again.
 """
 
 from __future__ import annotations
