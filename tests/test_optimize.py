@@ -290,3 +290,22 @@ def test_one_model_in_float32_then_autocast_then_float32(pixels):
         again = fast(pixels).logits
     assert (first - expected).abs().max() < 1e-5 and torch.equal(first, again)
     assert (autocast.float() - expected).abs().max() < 0.05 and not torch.equal(autocast.float(), first)
+
+
+def test_optimizing_again_applies_new_settings_and_rederives_weights(pixels):
+    """Calling optimize on an optimized model switches the bf16 matmul choice and derives the
+    packed weights afresh (the way to refresh parameters made under inference_mode)."""
+    with torch.inference_mode():
+        model = optimize(build(), bf16_matmul="bf16")
+        donor = build()
+        with torch.no_grad():
+            for p in donor.parameters():
+                p.mul_(1.5)
+        model(pixels)
+        model.load_state_dict(donor.state_dict())  # in place, on inference tensors: no version bump
+        optimize(model, bf16_matmul="fp32")
+        got = model(pixels).logits
+        expected = donor(pixels).logits
+    kernels = [m._kernel for m in model.modules() if hasattr(m, "_kernel")]
+    assert kernels and all(k.bf16_matmul == "fp32" for k in kernels)
+    assert (got - expected).abs().max() < 1e-5

@@ -469,6 +469,7 @@ def install_fast_kernels(model: nn.Module, parts: tuple[str, ...] = PARTS, bf16_
             plain, fast = _REPLACEMENTS[part]
             if type(module) is plain and (part != "mlp" or module.hidden_act in _FUSED_ACTIVATIONS):
                 module.__class__ = fast
+            if type(module) is fast:  # also already optimized ones: new settings, caches emptied
                 module._init_fast(bf16_matmul)
     # In bf16 inference with float32 arithmetic, the attention's context and the MLP's hidden
     # activation go to the next Linear in float32, when that Linear is ours and takes them as
