@@ -492,10 +492,12 @@ def optimize(model: DeiTPreTrainedModel, dtype: torch.dtype | str | None = None,
     autocast). Works in eval and in training mode; the mode is left as it is. On devices other
     than the CPU, or where PyTorch lacks the oneDNN kernels, the modules are left unchanged.
     ``compile=True`` also compiles the model with ``torch.compile`` (inductor; the first call
-    takes a while). ``bf16_matmul``: how bfloat16 matmuls run (in inference, and
-    the Linear layers under bf16 autocast in training), ``"bf16"`` (oneDNN's
-    bf16 kernel), ``"fp32"`` (float32 arithmetic on the exact bf16 operands, results rounded to
-    bf16 where they enter the residual stream) or ``"auto"``, the faster of the two on this CPU (:func:`bf16_matmul_is_fast`).
+    takes a while). ``bf16_matmul``: how bfloat16 matmuls run (in inference, and the Linear
+    layers under bf16 autocast in training), ``"bf16"`` (oneDNN's bf16 kernel), ``"fp32"``
+    (float32 arithmetic on the exact bf16 operands, results rounded to bf16 where they enter
+    the residual stream) or ``"auto"``, the faster of the two on this CPU
+    (:func:`bf16_matmul_is_fast`). Called again on an optimized model, it applies the new
+    settings and derives the cached (packed, cast) weights afresh.
     """
     if isinstance(dtype, str):
         if dtype not in _DTYPE_NAMES:
