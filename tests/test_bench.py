@@ -35,6 +35,7 @@ def test_inference_benchmark_runs_with_a_peer(capsys, tmp_path):
     assert code == 0
     assert "| DeiT-T | 1 | fp32 | ours (fp32, deit.optimize) |" in out
     assert "| DeiT-T | 1 | fp32 | timm (fp32) |" in out and "Linear-only bound (F.linear)" in out
+    assert "| 1.00x (1.00x) |" in out  # the best peer against itself, best and median rounds
     names = {row["implementation"] for row in json.loads(raw.read_text())["results"]}
     assert {"ours", "timm"} <= names
 

@@ -245,7 +245,7 @@ def format_table(rows: list[Row], device: torch.device) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         gpu_peak = next((v for k, v in GPU_BF16_PEAK_TFLOPS.items() if k in name), None)
-    header = ("| model | batch | dtype | implementation (best setting) | images/s | vs best peer | GFLOP/s | of F.linear bound "
+    header = ("| model | batch | dtype | implementation (best setting) | images/s | vs best peer (median) | GFLOP/s | of F.linear bound "
               "| of oneDNN bound | quiet rounds |")
     lines = [header, "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for (size, batch, dtype), cell_rows in cells.items():
@@ -254,11 +254,16 @@ def format_table(rows: list[Row], device: torch.device) -> str:
         bound_torch = best.pop("Linear-only bound (F.linear)", None)
         bound_dnn = best.pop("Linear-only bound (oneDNN)", None)
         peer_rows = [r for n, r in best.items() if n in PEERS]
-        best_peer = max((r.images_per_s for r in peer_rows), default=None)
+        best_peer = max(peer_rows, key=lambda r: r.images_per_s, default=None)
         ordered = [best[n] for n in OURS if n in best] + sorted(peer_rows, key=lambda r: -r.images_per_s)
         for row in ordered + [r for r in (bound_torch, bound_dnn) if r is not None]:
             timed = row.name in OURS + PEERS
-            ratio = f"{row.images_per_s / best_peer:.2f}x" if best_peer and timed else ""
+            ratio = ""
+            if best_peer is not None and timed:
+                # Best rounds against each other, and in brackets the median rounds: near 1.00x
+                # the two together say whether a difference outlasts the run-to-run noise.
+                median = row.details["median_images_per_s"] / best_peer.details["median_images_per_s"]
+                ratio = f"{row.images_per_s / best_peer.images_per_s:.2f}x ({median:.2f}x)"
             gflops = row.images_per_s * flops / 1e9 if timed else None
             gflops_text = f"{gflops:.0f}" if gflops is not None else ""
             if gflops is not None and gpu_peak:
