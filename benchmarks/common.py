@@ -15,6 +15,7 @@ try:
 except ImportError:  # a checkout without installation
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
+from deit import retain_freed_memory
 from deit.bench.report import BENCHMARKS, add_benchmark_arguments, run_benchmark
 from deit.bench.timing import Timing, interleaved, machine_summary, wait_for_quiet  # noqa: F401  (re-exported helpers)
 
@@ -22,4 +23,6 @@ from deit.bench.timing import Timing, interleaved, machine_summary, wait_for_qui
 def main(name: str, argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=BENCHMARKS[name][0])
     add_benchmark_arguments(parser, name)
-    return run_benchmark(name, parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    retain_freed_memory()  # as the deit command does, for every candidate alike
+    return run_benchmark(name, args)

@@ -1,5 +1,6 @@
 """deit: Data-efficient Image Transformers with the Hugging Face API, and distillation training."""
 
+from .allocator import retain_freed_memory
 from .config import PRESETS, DeiTConfig, ViTConfig
 from .losses import DistillationLoss
 from .modeling import (
@@ -23,7 +24,7 @@ from .outputs import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "PRESETS", "DeiTConfig", "ViTConfig", "DistillationLoss", "optimize",
+    "PRESETS", "DeiTConfig", "ViTConfig", "DistillationLoss", "optimize", "retain_freed_memory",
     "DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher", "DeiTForMaskedImageModeling",
     "DeiTPreTrainedModel", "ViTModel", "ViTForImageClassification", "ViTForMaskedImageModeling",
     "BaseModelOutputWithPooling", "DeiTForImageClassificationWithTeacherOutput", "ImageClassifierOutput", "MaskedImageModelingOutput",

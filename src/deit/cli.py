@@ -7,6 +7,8 @@ import argparse
 import importlib
 import sys
 
+from .allocator import retain_freed_memory
+
 SUBCOMMANDS = ("predict", "convert", "export", "train", "eval", "demo", "bench")
 
 
@@ -28,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Large activations would otherwise be faulted in afresh on every forward (allocator.py).
+    retain_freed_memory()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
