@@ -39,11 +39,9 @@ def test_a_forward_pass_reuses_freed_memory():
     assert default > 10_000 and retained < default / 20, (default, retained)
 
 
-def test_is_idempotent_and_the_command_calls_it(monkeypatch, tmp_path):
-    import deit
+def test_the_command_calls_it_before_running(monkeypatch, tmp_path):
     from deit import cli
 
-    assert deit.retain_freed_memory() == deit.retain_freed_memory()
     calls = []
     monkeypatch.setattr(cli, "retain_freed_memory", lambda: calls.append(True))
     code = cli.main(["eval", str(tmp_path / "no-such-folder"), "--data", str(tmp_path / "no-such-folder")])

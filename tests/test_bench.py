@@ -5,7 +5,6 @@ One thread: on a shared machine two-thread parallel regions stall on every small
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -74,20 +73,23 @@ def test_timing_uses_quiet_rounds_and_falls_back_to_all():
     assert Timing([3.0, 1.0], [False, False]).best == 1.0
 
 
-def test_short_calls_are_repeated_to_fill_a_turn():
-    from deit.bench.timing import interleaved
+def test_short_calls_are_repeated_to_fill_a_turn(monkeypatch):
+    """On a fake clock that only the candidates advance, so the test does not depend on timing."""
+    from types import SimpleNamespace
 
+    from deit.bench import timing
+
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: clock.now))
     counts = {"short": 0, "long": 0}
 
     def call(name, seconds):
         def run():
             counts[name] += 1
-            time.sleep(seconds)
+            clock.now += seconds
         return run
 
-    timings = interleaved({"short": call("short", 0.002), "long": call("long", 0.03)}, rounds=2, warmup=1, min_seconds=0.02)
-    # One warm-up call each, then about ten 2 ms calls per round for "short" and one for "long".
-    assert counts["long"] == 1 + 2
-    assert 1 + 2 * 4 <= counts["short"] <= 1 + 2 * 10
-    assert all(len(t.seconds) == 2 for t in timings.values())
-    assert 0.002 <= timings["short"].best < 0.01 and timings["long"].best >= 0.03
+    timings = timing.interleaved({"short": call("short", 0.002), "long": call("long", 0.03)}, rounds=2, warmup=1, min_seconds=0.02)
+    # One warm-up call each, then ten 2 ms calls per round for "short" and one 30 ms call for "long".
+    assert counts == {"short": 1 + 2 * 10, "long": 1 + 2 * 1}
+    assert timings["short"].seconds == pytest.approx([0.002, 0.002]) and timings["long"].seconds == pytest.approx([0.03, 0.03])

@@ -91,6 +91,16 @@ def test_torch_resize_matches_transformers_default_processor(files):
     assert worst <= 1.0
 
 
+def test_torch_resize_path_crops_and_zero_pads_as_the_pillow_path(files):
+    """Without a resize both kernels see the same decoded pixels, so their center crops must be
+    equal exactly, including the zero padding where the crop is larger than the image."""
+    processor = deit.DeiTImageProcessor(do_resize=False, crop_size={"height": 260, "width": 250})
+    good = [files[i] for i in (1, 3)]  # 300x200 grayscale, 180x240 RGBA: padded and cropped
+    torch_pixels, _, _ = load_all(good, processor, resize="torch")
+    pil_pixels, _, _ = load_all(good, processor, resize="pil")
+    assert torch.equal(torch_pixels, pil_pixels)
+
+
 def test_simplejpeg_decode_gives_pillows_pixels_and_leaves_other_files_to_pillow(tmp_path, monkeypatch):
     """The simplejpeg path must decode exactly as Pillow does (0 levels), and must not be used
     where it would differ: EXIF-rotated, CMYK, non-JPEG, truncated files."""

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .processing import DeiTImageProcessor, _crop_box, _decode_pil, _lookup_table, _resize_target
+from .processing import DeiTImageProcessor, _crop_array, _crop_box, _decode_pil, _lookup_table, _resize_target
 
 __all__ = ["LoadedBatch", "ImageFiles", "load_batches", "to_model_input", "default_num_workers", "RESIZE_KERNELS"]
 
@@ -140,15 +140,10 @@ class ImageFiles(torch.utils.data.Dataset):
             height, width = _resize_target(height, width, proc.size)
             interpolation = tvF.InterpolationMode(_TORCHVISION_MODES[proc.resample])
             image = tvF.resize(image, [height, width], interpolation=interpolation, antialias=True)
-        if proc.do_center_crop:
-            left, top, right, bottom = _crop_box(height, width, proc.crop_size)
-            if (left, top, right, bottom) != (0, 0, width, height):
-                # Zero fill outside the image, as the processor.
-                out = image.new_zeros(image.shape[0], bottom - top, right - left)
-                y0, x0, y1, x1 = max(top, 0), max(left, 0), min(bottom, height), min(right, width)
-                out[:, y0 - top : y1 - top, x0 - left : x1 - left] = image[:, y0:y1, x0:x1]
-                image = out
-        return image.permute(1, 2, 0).numpy() if image.shape[0] == 3 else image[0].numpy()
+        pixels = image.permute(1, 2, 0).numpy() if image.shape[0] == 3 else image[0].numpy()
+        if proc.do_center_crop:  # zero fill outside the image, as the processor
+            pixels = _crop_array(pixels, _crop_box(height, width, proc.crop_size))
+        return pixels
 
 
 def _simplejpeg() -> Any:

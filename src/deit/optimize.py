@@ -177,8 +177,9 @@ def _matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
 
 
 def _version(t: torch.Tensor) -> int:
-    # Inference tensors (made under torch.inference_mode) have no version counter; they cannot be
-    # changed outside inference mode, so their storage identifies them.
+    # Inference tensors (made under torch.inference_mode) have no version counter: their storage
+    # identifies them, and an in-place change inside inference mode goes unseen (the module
+    # docstring says to call optimize again then).
     return -1 if t.is_inference() else t._version
 
 

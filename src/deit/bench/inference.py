@@ -60,6 +60,7 @@ class Row:
 # Seconds of back-to-back calls per candidate and round: batch-1 calls take a few ms.
 TURN_SECONDS = 0.2
 
+
 def preset_config(size: str) -> DeiTConfig:
     return DeiTConfig.from_preset(f"deit-{size}-distilled-patch16-224")
 
