@@ -48,12 +48,14 @@ for _ in range(16):
 print(json.dumps(heaps))
 """
 
+# The MLP's hidden activation (16 x 198 x 3072 floats, 39 MB) is above the largest threshold glibc
+# moves its mmap threshold to (32 MiB), so by default it is a fresh mmap on every forward.
 FAULTS = """
 import resource, sys, torch, deit
 if sys.argv[1] == "retain":
     assert deit.retain_freed_memory() is True
 torch.manual_seed(0)
-model = deit.DeiTForImageClassificationWithTeacher(deit.DeiTConfig(hidden_size=192, num_attention_heads=3, intermediate_size=768, num_labels=10)).eval()
+model = deit.DeiTForImageClassificationWithTeacher(deit.DeiTConfig(hidden_size=192, num_attention_heads=3, intermediate_size=3072, num_labels=10)).eval()
 x = torch.randn(16, 3, 224, 224)
 with torch.inference_mode():
     for _ in range(2):
@@ -102,10 +104,10 @@ def test_a_forward_pass_stops_faulting_in_its_activations():
     default = probe(FAULTS, "default")
     if default == 0:
         pytest.skip("this system does not count minor page faults (getrusage ru_minflt is 0)")
-    # Measured: 6,700-52,000 page faults per forward by default (glibc moves its mmap threshold
-    # as blocks come and go), 0-200 retained.
+    # One mmap'd 39 MB block alone is 9,500 pages faulted in; measured about 220,000 per forward
+    # by default, 0-3,200 retained.
     retained = probe(FAULTS, "retain")
-    assert default > 2_000 and retained < 500 and retained < default / 10, (default, retained)
+    assert default > 9_000 and retained < default / 20, (default, retained)
 
 
 def test_the_command_calls_it_before_running(monkeypatch, tmp_path):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import deit
-from deit.optimize import bf16_matmul_is_fast, fast_kernels_available, install_fast_kernels, optimize
+from deit.optimize import PARTS, bf16_matmul_is_fast, fast_kernels_available, install_fast_kernels, optimize
 
 pytestmark = pytest.mark.skipif(not fast_kernels_available(), reason="PyTorch build without the oneDNN kernels")
 
@@ -309,3 +309,43 @@ def test_optimizing_again_applies_new_settings_and_rederives_weights(pixels):
     kernels = [m._kernel for m in model.modules() if hasattr(m, "_kernel")]
     assert kernels and all(k.bf16_matmul == "fp32" for k in kernels)
     assert (got - expected).abs().max() < 1e-5
+
+
+BLOCKLESS = tuple(part for part in PARTS if part != "blocks")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_blocks_calling_their_parts_directly_change_nothing(dtype, pixels):
+    """The direct block path (residual sums in the matmul epilogue in float32) gives exactly what
+    the same kernels give through the modules, in float32 and in bf16."""
+    if dtype not in sys.modules["deit.optimize"]._FAST_DTYPES:
+        pytest.skip("no bf16 oneDNN kernels on this CPU")
+    through_modules = build().to(dtype)
+    install_fast_kernels(through_modules, BLOCKLESS)
+    direct = optimize(copy.deepcopy(through_modules))
+    assert type(direct.deit.encoder.layer[0]).__name__ == "_OptimizedLayer"
+    with torch.inference_mode():
+        expected, got = through_modules(pixels.to(dtype)), direct(pixels.to(dtype))
+    assert torch.equal(expected.logits, got.logits)
+
+
+@pytest.mark.parametrize("where", ["intermediate", "attention.output.dense", "layernorm_after", "global"])
+def test_forward_hooks_on_a_blocks_parts_still_fire(where, pixels):
+    """A hook on a part the direct path would skip (or a global one) sends the block through its
+    modules: the hook sees what it sees in the plain model."""
+    seen: dict[str, list[torch.Tensor]] = {}
+    for name, model in (("plain", build()), ("fast", optimize(build()))):
+        outputs = seen[name] = []
+        if where == "global":  # every module's output: compare the MLP's hidden activations
+            def hook(module, args, output):
+                if isinstance(module, deit.modeling.DeiTIntermediate):
+                    outputs.append(output)
+            handle = torch.nn.modules.module.register_module_forward_hook(hook)
+        else:
+            handle = model.deit.encoder.layer[1].get_submodule(where).register_forward_hook(lambda m, a, out: outputs.append(out))
+        with torch.inference_mode():
+            model(pixels)
+        handle.remove()
+    assert len(seen["fast"]) == len(seen["plain"]) > 0
+    for expected, got in zip(seen["plain"], seen["fast"]):
+        assert (expected - got).abs().max() < 1e-5

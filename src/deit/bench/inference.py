@@ -293,7 +293,8 @@ def benchmark_ablation(cell: Cell, device: torch.device, rounds: int = 5, compil
     steps: list[tuple[str, torch.nn.Module]] = [("plain model, last layer for all tokens", full_last_layer),
                                                 ("+ last layer only for the tokens the heads read", reference)]
     labels = {"linear": "+ oneDNN Linear (bias in the epilogue, prepacked weight)", "mlp": "+ GELU in the first MLP matmul's epilogue",
-              "attention": "+ q/k/v as one GEMM, attention on its output", "patches": "+ patch embedding as one GEMM"}
+              "attention": "+ q/k/v as one GEMM, attention on its output", "patches": "+ patch embedding as one GEMM",
+              "blocks": "+ blocks call their parts directly, residual sums in the epilogue"}
     for i, part in enumerate(PARTS):
         model = copy.deepcopy(reference)
         if fast_kernels_available() and device.type == "cpu":
