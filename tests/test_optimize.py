@@ -315,24 +315,30 @@ BLOCKLESS = tuple(part for part in PARTS if part != "blocks")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_blocks_calling_their_parts_directly_change_nothing(dtype, pixels):
+def test_blocks_calling_their_parts_directly_change_nothing(dtype, pixels, monkeypatch):
     """The direct block path (residual sums in the matmul epilogue in float32) gives exactly what
-    the same kernels give through the modules, in float32 and in bf16."""
+    the same kernels give through the modules, in float32 and in bf16; and it is taken."""
     if dtype not in sys.modules["deit.optimize"]._FAST_DTYPES:
         pytest.skip("no bf16 oneDNN kernels on this CPU")
     through_modules = build().to(dtype)
     install_fast_kernels(through_modules, BLOCKLESS)
     direct = optimize(copy.deepcopy(through_modules))
-    assert type(direct.deit.encoder.layer[0]).__name__ == "_OptimizedLayer"
+    wrapper_calls = []
+    wrapper_forward = deit.modeling.DeiTAttention.forward
+    monkeypatch.setattr(deit.modeling.DeiTAttention, "forward", lambda *a, **k: wrapper_calls.append(1) or wrapper_forward(*a, **k))
     with torch.inference_mode():
-        expected, got = through_modules(pixels.to(dtype)), direct(pixels.to(dtype))
+        expected = through_modules(pixels.to(dtype))
+        assert len(wrapper_calls) == SMALL["num_hidden_layers"]
+        got = direct(pixels.to(dtype))
+    assert len(wrapper_calls) == SMALL["num_hidden_layers"]  # the direct path skipped the wrappers
     assert torch.equal(expected.logits, got.logits)
 
 
-@pytest.mark.parametrize("where", ["intermediate", "attention.output.dense", "layernorm_after", "global"])
+@pytest.mark.parametrize("where", ["intermediate", "intermediate.dense", "attention", "attention.attention.query",
+                                   "attention.output.dense", "output", "layernorm_after", "global"])
 def test_forward_hooks_on_a_blocks_parts_still_fire(where, pixels):
-    """A hook on a part the direct path would skip (or a global one) sends the block through its
-    modules: the hook sees what it sees in the plain model."""
+    """A hook on a module the fast path would skip (or a global one) sends the computation
+    through that module: the hook sees what it sees in the plain model."""
     seen: dict[str, list[torch.Tensor]] = {}
     for name, model in (("plain", build()), ("fast", optimize(build()))):
         outputs = seen[name] = []
@@ -342,10 +348,69 @@ def test_forward_hooks_on_a_blocks_parts_still_fire(where, pixels):
                     outputs.append(output)
             handle = torch.nn.modules.module.register_module_forward_hook(hook)
         else:
-            handle = model.deit.encoder.layer[1].get_submodule(where).register_forward_hook(lambda m, a, out: outputs.append(out))
+            handle = model.deit.encoder.layer[1].get_submodule(where).register_forward_hook(
+                lambda m, a, out: outputs.append(out[0] if isinstance(out, tuple) else out))
         with torch.inference_mode():
             model(pixels)
         handle.remove()
     assert len(seen["fast"]) == len(seen["plain"]) > 0
     for expected, got in zip(seen["plain"], seen["fast"]):
         assert (expected - got).abs().max() < 1e-5
+
+
+def test_monte_carlo_dropout_and_replaced_forwards_are_not_skipped(pixels):
+    """Dropout switched back on inside an eval model (Monte Carlo dropout), and a ``forward``
+    replaced on one module (as accelerate and adapters do), act as in the plain model."""
+    plain = build(hidden_dropout_prob=0.5, drop_path_rate=0.5)
+    fast = optimize(copy.deepcopy(plain))
+    for model in (plain, fast):
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Dropout, deit.modeling.DropPath)):
+                module.train()
+    results = []
+    for model in (plain, fast):
+        torch.manual_seed(1)
+        with torch.inference_mode():
+            results.append(model(pixels).logits)
+    assert (results[0] - results[1]).abs().max() < 1e-5
+
+    plain, fast = build(), optimize(build())
+    for model in (plain, fast):
+        dense = model.deit.encoder.layer[1].output.dense
+        dense.forward = lambda x, original=dense.forward: torch.zeros_like(original(x))  # drops the MLP branch
+    with torch.inference_mode():
+        assert (plain(pixels).logits - fast(pixels).logits).abs().max() < 1e-5
+
+
+def test_parametrized_weights_are_read_afresh(pixels):
+    """A weight computed on access (a parametrization) is not cached: changing what it computes
+    changes the output, also under inference mode (no version counters there)."""
+    from torch.nn.utils import parametrize
+
+    class Scaled(torch.nn.Module):
+        scale = 1.0
+
+        def forward(self, weight):
+            return weight * self.scale
+
+    plain, fast = build(), optimize(build())
+    for model in (plain, fast):
+        for module in (model.deit.encoder.layer[0].intermediate.dense, model.deit.encoder.layer[0].attention.attention.key,
+                       model.deit.encoder.layer[0].output.dense, model.deit.embeddings.patch_embeddings.projection):
+            parametrize.register_parametrization(module, "weight", Scaled())
+    with torch.inference_mode():
+        for scale in (1.0, 0.5, 2.0):
+            Scaled.scale = scale
+            assert (plain(pixels).logits - fast(pixels).logits).abs().max() < 1e-5, scale
+
+    # One Linear on its own: each recomputed weight tends to land where the last one was freed,
+    # so a cache keyed on the weight's memory would keep the first one.
+    linear = torch.nn.Linear(128, 64)
+    install_fast_kernels(linear)
+    parametrize.register_parametrization(linear, "weight", Scaled())
+    x = torch.randn(3, 128)
+    with torch.inference_mode():
+        for scale in (1.0, 0.5, 2.0, 4.0):
+            Scaled.scale = scale
+            got = linear(x)
+            assert (got - torch.nn.functional.linear(x, linear.weight, linear.bias)).abs().max() < 1e-5, scale

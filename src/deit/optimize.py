@@ -13,8 +13,10 @@ AVX-512 speed. :func:`optimize` switches the modules to oneDNN kernels:
   views (no copies);
 * the patch embedding (a convolution with stride = kernel) is one GEMM over the patches;
 * in inference each block calls its parts directly (not through ``nn.Module.__call__`` and the
-  wrapper modules) and, in float32, adds the residual in the output Linears' epilogue; forward
-  hooks on its parts send it back through the modules;
+  wrapper modules) and, in float32, adds the residual in the output Linears' epilogue. Nothing
+  a user set up is skipped: a module with a forward hook (or with global hooks), a ``forward``
+  replaced on the instance, training mode (Monte Carlo dropout) or a parametrized weight is
+  called as usual, and traced graphs (compile, export) keep every module;
 * in training (gradients on), the Linear layers' forward and both backward matmuls run on
   oneDNN too, through a small autograd function, and attention is the same computation as in
   inference (autograd through it); GELU, LayerNorm and the rest keep PyTorch's kernels;
@@ -196,12 +198,27 @@ def _version(t: torch.Tensor) -> int:
         return -1
 
 
-def _param(module: nn.Module, name: str) -> torch.Tensor | None:
-    """``module.<name>`` for a parameter, without ``nn.Module.__getattr__`` (0.6 us a lookup, and
-    a block's forward reads a dozen parameters: at batch 1 that is a few % of DeiT-Ti's time).
-    Falls back to the attribute for what is not a plain parameter (a parametrization)."""
+def _registered(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``(module.weight, module.bias)`` as registered, read from ``_parameters`` (through
+    ``nn.Module.__getattr__`` a lookup costs 0.6 us, and a block reads a dozen per call: a few %
+    of DeiT-Ti's time at batch 1); None when the weight is computed on access (a
+    parametrization): the packed-weight cache could not tell when it changes (under inference
+    mode a recomputed weight has no version counter and may reuse the old one's memory), so
+    such a module runs its ordinary code."""
     params = module._parameters
-    return params[name] if name in params else getattr(module, name)
+    weight = params.get("weight")
+    return None if weight is None else (weight, params.get("bias"))
+
+
+def _global_hooks() -> bool:
+    """Whether global forward hooks (``register_module_forward_hook``) want every module call."""
+    return bool(_module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks)
+
+
+def _skippable(module: nn.Module) -> bool:
+    """Whether not calling ``module`` (computing its result here instead) skips nothing a user
+    set up: forward hooks, or a ``forward`` replaced on the instance (accelerate, adapters)."""
+    return not (module._forward_hooks or module._forward_pre_hooks or "forward" in module.__dict__)
 
 
 def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -342,16 +359,20 @@ class _OptimizedLinear(nn.Linear):
             return super().forward(x)
         if torch.is_grad_enabled():
             return _trainable_linear(x, dtype, self.weight, self.bias, self._kernel)
-        bias = _param(self, "bias")
-        return self._kernel(x, dtype, (_param(self, "weight"),), None if bias is None else (bias,))
+        params = _registered(self)
+        if params is None:
+            return super().forward(x)
+        weight, bias = params
+        return self._kernel(x, dtype, (weight,), None if bias is None else (bias,))
 
     def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``residual + self(x)``; in float32 inference the sum is the matmul's epilogue (the same
+        """``residual + self(x)``, for a caller that skips this module's ``__call__`` (checked
+        :func:`_skippable`); in float32 inference the sum is the matmul's epilogue (the same
         float32 addition, one pass over the output less)."""
-        weight = _param(self, "weight")
-        if (weight.dtype is torch.float32 and residual.dtype is torch.float32 and _kernel_dtype(x) is torch.float32
-                and not torch.is_grad_enabled()):
-            bias = _param(self, "bias")
+        params = _registered(self)
+        if (params is not None and params[0].dtype is torch.float32 and residual.dtype is torch.float32
+                and _kernel_dtype(x) is torch.float32 and not torch.is_grad_enabled()):
+            weight, bias = params
             return self._kernel(x, torch.float32, (weight,), None if bias is None else (bias,), residual=residual)
         return residual + self.forward(x)
 
@@ -366,11 +387,13 @@ class _OptimizedIntermediate(DeiTIntermediate):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         dtype = _kernel_dtype(hidden_states)
-        if dtype is None or torch.is_grad_enabled():
+        modules = self._modules
+        dense, act = modules["dense"], modules["intermediate_act_fn"]
+        params = None if dtype is None or torch.is_grad_enabled() else _registered(dense)
+        if params is None or _global_hooks() or not (_skippable(dense) and _skippable(act)):
             return super().forward(hidden_states)  # training keeps the pre-activation for backward
-        dense = self._modules["dense"]
-        bias = _param(dense, "bias")
-        return self._kernel(hidden_states, dtype, (_param(dense, "weight"),), None if bias is None else (bias,), self._activation,
+        weight, bias = params
+        return self._kernel(hidden_states, dtype, (weight,), None if bias is None else (bias,), self._activation,
                             round_result=not self._hand_over_float32)
 
 
@@ -399,14 +422,16 @@ class _OptimizedSelfAttention(DeiTSelfAttention):
         attention_dropout = self.training and self.dropout_prob > 0
         plain = head_mask is not None or output_attentions or attention_dropout
         dtype = None if plain else _kernel_dtype(hidden_states)
-        if dtype is None or (torch.is_grad_enabled() and not _trains_on_kernel(dtype)):
-            # Float32 training where PyTorch's kernels are the fast ones: three GEMMs and SDPA
-            # train 3 % faster than the fused q/k/v (measured, DeiT-Ti batch 32).
-            return super().forward(hidden_states, head_mask, output_attentions, use_sdpa, query_tokens)
+        # Float32 training where PyTorch's kernels are the fast ones: three GEMMs and SDPA train
+        # 3 % faster than the fused q/k/v (measured, DeiT-Ti batch 32).
+        fused = dtype is not None and not (torch.is_grad_enabled() and not _trains_on_kernel(dtype))
         modules = self._modules
-        query, key, value = modules["query"], modules["key"], modules["value"]
-        weights = (_param(query, "weight"), _param(key, "weight"), _param(value, "weight"))
-        biases = None if _param(query, "bias") is None else (_param(query, "bias"), _param(key, "bias"), _param(value, "bias"))
+        projections = (modules["query"], modules["key"], modules["value"])
+        params = [_registered(p) for p in projections] if fused and not _global_hooks() and all(map(_skippable, projections)) else [None]
+        if None in params:
+            return super().forward(hidden_states, head_mask, output_attentions, use_sdpa, query_tokens)
+        weights = tuple(weight for weight, _ in params)
+        biases = None if params[0][1] is None else tuple(bias for _, bias in params)
         if torch.is_grad_enabled():
             # Concatenated on every call (cheap next to the matmuls) so gradients reach q, k, v.
             bias = None if biases is None else self._scale_query(torch.cat(biases))
@@ -431,7 +456,9 @@ class _OptimizedPatchEmbeddings(DeiTPatchEmbeddings):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         dtype = _kernel_dtype(pixel_values)
-        if dtype is None:
+        conv = self._modules["projection"]
+        params = None if dtype is None or _global_hooks() or not _skippable(conv) else _registered(conv)
+        if params is None:
             return super().forward(pixel_values)
         batch_size, channels, height, width = pixel_values.shape
         p = self.patch_size
@@ -439,13 +466,13 @@ class _OptimizedPatchEmbeddings(DeiTPatchEmbeddings):
         # Pixels past the last whole patch are ignored, as by the strided convolution.
         patches = pixel_values[:, :, : rows * p, : cols * p].reshape(batch_size, channels, rows, p, cols, p)
         patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch_size, rows * cols, channels * p * p)
-        conv = self.projection
-        weight = conv.weight.reshape(conv.out_channels, -1)  # (out, C*p*p), the order of a patch row
+        weight, bias = params
+        weight = weight.reshape(conv.out_channels, -1)  # (out, C*p*p), the order of a patch row
         if torch.is_grad_enabled():
             if _trains_on_kernel(dtype):
-                return _trainable_linear(patches, dtype, weight, conv.bias, self._kernel)
-            return torch.nn.functional.linear(patches, weight, conv.bias)  # still a GEMM, not a convolution
-        return self._kernel(patches, dtype, (weight,), None if conv.bias is None else (conv.bias,))
+                return _trainable_linear(patches, dtype, weight, bias, self._kernel)
+            return torch.nn.functional.linear(patches, weight, bias)  # still a GEMM, not a convolution
+        return self._kernel(patches, dtype, (weight,), None if bias is None else (bias,))
 
 
 def _attention(qkv: torch.Tensor, num_heads: int, head_size: int, query_tokens: int | None = None) -> torch.Tensor:
@@ -509,7 +536,8 @@ class _OptimizedLayer(DeiTLayer):
         query_tokens: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         parts = None
-        if head_mask is None and not output_attentions and not self.training and not torch.is_grad_enabled():
+        if (head_mask is None and not output_attentions and not self.training and not torch.is_grad_enabled()
+                and not torch.compiler.is_compiling()):  # traced graphs keep every module (export's module stack)
             parts = self._direct_parts()
         if parts is None:
             return super().forward(hidden_states, head_mask, output_attentions, use_sdpa, query_tokens)
@@ -523,9 +551,10 @@ class _OptimizedLayer(DeiTLayer):
     def _direct_parts(self) -> tuple[nn.Module, ...] | None:
         """(layernorm_before, self-attention, its output Linear, layernorm_after, intermediate,
         output Linear) when calling them directly skips nothing: the wrappers are this block's
-        own classes and no forward hook is registered on any part, or globally. Read through
-        ``_modules`` (``nn.Module.__getattr__`` costs 0.6 us a lookup, see :func:`_param`)."""
-        if _module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks:
+        own classes, and no part or skipped module has a forward hook (nor is there a global
+        one), a ``forward`` of its own or training mode (dropout switched on for Monte Carlo
+        dropout). Read through ``_modules`` (see :func:`_registered`)."""
+        if _global_hooks():
             return None
         modules = self._modules
         attention, mlp_output = modules["attention"], modules["output"]
@@ -541,7 +570,7 @@ class _OptimizedLayer(DeiTLayer):
         skipped = (attention, attention_output, mlp_output, attention_output._modules["dropout"], mlp_output._modules["dropout"],
                    modules["drop_path"])
         for module in parts + skipped:
-            if module._forward_hooks or module._forward_pre_hooks:
+            if module.training or not _skippable(module):
                 return None
         return parts
 
