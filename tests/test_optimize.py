@@ -398,6 +398,9 @@ def test_parametrized_weights_are_read_afresh(pixels):
         for module in (model.deit.encoder.layer[0].intermediate.dense, model.deit.encoder.layer[0].attention.attention.key,
                        model.deit.encoder.layer[0].output.dense, model.deit.embeddings.patch_embeddings.projection):
             parametrize.register_parametrization(module, "weight", Scaled())
+        for module in (model.deit.encoder.layer[1].attention.attention.value, model.deit.encoder.layer[1].output.dense,
+                       model.cls_classifier):
+            parametrize.register_parametrization(module, "bias", Scaled())  # the bias alone
     with torch.inference_mode():
         for scale in (1.0, 0.5, 2.0):
             Scaled.scale = scale
@@ -414,3 +417,102 @@ def test_parametrized_weights_are_read_afresh(pixels):
             Scaled.scale = scale
             got = linear(x)
             assert (got - torch.nn.functional.linear(x, linear.weight, linear.bias)).abs().max() < 1e-5, scale
+
+
+def test_weights_updated_by_a_fused_optimizer_are_picked_up(pixels):
+    """Fused optimizers update parameters without moving their version counters: the cached
+    (packed) weights are derived again after any optimizer step."""
+    plain, fast = build(), optimize(build())
+    with torch.inference_mode():
+        fast(pixels)  # caches derived from the initial weights
+    labels = torch.arange(pixels.shape[0]) % SMALL["num_labels"]
+    for model in (plain, fast):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
+        model.train()
+        model(pixels, labels=labels).loss.backward()
+        optimizer.step()
+        model.eval()
+    with torch.inference_mode():
+        assert (plain(pixels).logits - fast(pixels).logits).abs().max() < 1e-4
+
+
+class _LoRALinear(torch.nn.Linear):
+    """An adapter in the style of loralib: a Linear subclass with a forward of its own."""
+
+    def forward(self, x):
+        return super().forward(x) * 1.5
+
+
+def _swap_in_adapters(model):
+    layer = model.deit.encoder.layer[0]
+    for parent, name in ((layer.attention.attention, "query"), (layer.intermediate, "dense"), (layer.attention.output, "dense")):
+        old = getattr(parent, name)
+        new = _LoRALinear(old.in_features, old.out_features)
+        new.load_state_dict(old.state_dict())
+        setattr(parent, name, new)
+    layer.intermediate.intermediate_act_fn = torch.nn.Tanh()
+    conv = model.deit.embeddings.patch_embeddings.projection
+    padded = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding=1)
+    padded.load_state_dict(conv.state_dict())
+    model.deit.embeddings.patch_embeddings.projection = padded
+    return model
+
+
+def test_modules_swapped_in_after_optimizing_run_their_own_code(pixels):
+    """Adapter subclasses with their own forward, another activation, a padded patch
+    convolution: swapped in after optimize, each computes what it does in the plain model."""
+    plain, fast = _swap_in_adapters(build()), _swap_in_adapters(optimize(build()))
+    with torch.inference_mode():
+        expected = plain(pixels).logits
+        assert (expected - fast(pixels).logits).abs().max() < 1e-5
+
+
+@pytest.mark.skipif(torch.bfloat16 not in sys.modules["deit.optimize"]._FAST_DTYPES, reason="no bf16 oneDNN kernels on this CPU")
+def test_bf16_with_a_plain_linear_swapped_in_after_optimizing(pixels):
+    fast = optimize(build(), dtype="bf16", bf16_matmul="fp32")
+    reference = build().to(torch.bfloat16)
+    for model in (fast, reference):
+        layer = model.deit.encoder.layer[0]
+        for parent in (layer.attention.output, layer.output):
+            plain_linear = torch.nn.Linear(parent.dense.in_features, parent.dense.out_features, dtype=torch.bfloat16)
+            plain_linear.load_state_dict(parent.dense.state_dict())
+            parent.dense = plain_linear
+    with torch.inference_mode():
+        got = fast(pixels.bfloat16()).logits.float()  # took float32 from the attention before: a dtype error
+        assert (got - reference(pixels.bfloat16()).logits.float()).abs().max() < 0.05
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")  # the patch projection's input needs no gradient
+@pytest.mark.parametrize("autocast", [False, True])
+def test_backward_hooks_fire_in_training(autocast, pixels, kernel_choice):
+    counts = {}
+    labels = torch.arange(pixels.shape[0]) % SMALL["num_labels"]
+    for name, model in (("plain", build()), ("fast", optimize(build()))):
+        model.train()
+        calls = counts[name] = []
+        for where in ("encoder.layer.0.attention.attention.value", "embeddings.patch_embeddings.projection",
+                      "encoder.layer.1.intermediate.dense"):
+            model.deit.get_submodule(where).register_full_backward_hook(lambda m, gi, go, calls=calls, where=where: calls.append(where))
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            loss = model(pixels, labels=labels).loss
+        loss.backward()
+    assert sorted(counts["fast"]) == sorted(counts["plain"]) and len(counts["plain"]) == 3
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+def test_vmap_over_stacked_parameters(pixels):
+    """Model ensembling with torch.func: the transforms see the plain code."""
+    from torch.func import functional_call, stack_module_state
+
+    members = [build(), build(hidden_dropout_prob=0.0)]
+    with torch.no_grad():
+        for p in members[1].parameters():
+            p.mul_(0.9)
+    params, buffers = stack_module_state(members)
+    for base in (copy.deepcopy(members[0]), optimize(copy.deepcopy(members[0]))):
+        def run(p, b, x, base=base):
+            return functional_call(base, (p, b), (x,)).logits
+        with torch.no_grad():
+            got = torch.vmap(run, in_dims=(0, 0, None))(params, buffers, pixels)
+            for i, member in enumerate(members):
+                assert (got[i] - member(pixels).logits).abs().max() < 1e-5

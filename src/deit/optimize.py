@@ -13,10 +13,12 @@ AVX-512 speed. :func:`optimize` switches the modules to oneDNN kernels:
   views (no copies);
 * the patch embedding (a convolution with stride = kernel) is one GEMM over the patches;
 * in inference each block calls its parts directly (not through ``nn.Module.__call__`` and the
-  wrapper modules) and, in float32, adds the residual in the output Linears' epilogue. Nothing
-  a user set up is skipped: a module with a forward hook (or with global hooks), a ``forward``
-  replaced on the instance, training mode (Monte Carlo dropout) or a parametrized weight is
-  called as usual, and traced graphs (compile, export) keep every module;
+  wrapper modules) and, in float32, adds the residual in the output Linears' epilogue;
+* nothing a user set up is skipped: a module whose call the fast path would leave out runs as
+  usual when it has forward or backward hooks (or global module hooks exist), a ``forward``
+  replaced on the instance or a class of its own (adapters swapped in after optimizing), a
+  parametrized weight or bias, or training mode (Monte Carlo dropout); a patch convolution
+  other than DeiT's (padding, other stride) runs as a convolution;
 * in training (gradients on), the Linear layers' forward and both backward matmuls run on
   oneDNN too, through a small autograd function, and attention is the same computation as in
   inference (autograd through it); GELU, LayerNorm and the rest keep PyTorch's kernels;
@@ -40,10 +42,12 @@ AVX-512 speed. :func:`optimize` switches the modules to oneDNN kernels:
 The parameters stay where they are, with their Hugging Face names, so ``state_dict``,
 ``save_pretrained`` and ``load_state_dict`` see no difference, and outputs match the plain
 model up to floating-point rounding. While ``torch.compile`` or ``torch.export`` trace the
-model, and on other devices, every module runs its ordinary code. Cached (packed, cast,
-concatenated) weights are rebuilt when their parameter changes (an optimizer step,
-``load_state_dict``, ``.to``); parameters created under ``torch.inference_mode`` carry no
-version counter, so after changing those in place call :func:`optimize` again.
+model, under ``torch.func`` transforms (``vmap``, ``grad``), and on other devices, every module
+runs its ordinary code. Cached (packed, cast, concatenated) weights are rebuilt when their
+parameter changes (in place: its version counter moves; ``load_state_dict``, ``.to``) and after
+any optimizer step (fused optimizers do not move version counters). Writes through
+``param.data`` move nothing, and parameters created under ``torch.inference_mode`` carry no
+version counter: after changing those in place call :func:`optimize` again.
 """
 
 from __future__ import annotations
@@ -56,11 +60,11 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-
 from torch.nn.modules import module as _module_hooks
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .modeling import (DeiTAttention, DeiTIntermediate, DeiTLayer, DeiTOutput, DeiTPatchEmbeddings, DeiTPreTrainedModel,
-                       DeiTSelfAttention, DeiTSelfOutput)
+                       DeiTSelfAttention, DeiTSelfOutput, DropPath, activation)
 
 __all__ = ["optimize", "fast_kernels_available", "install_fast_kernels", "bf16_matmul_is_fast", "onednn_fp32_is_fast", "PARTS",
            "BF16_MATMUL_MODES"]
@@ -165,8 +169,8 @@ def _kernel_dtype(x: torch.Tensor) -> torch.dtype | None:
     Python checks of global state and dtypes, not of tensor data, so tracing (compile/export)
     sees the plain code; one function because every module call makes them (at batch 1 a
     matmul takes only some 50 us)."""
-    if not x.is_cpu or torch.compiler.is_compiling():
-        return None
+    if not x.is_cpu or torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+        return None  # (functorch transforms, vmap / grad: tensors without storage to cache on)
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
     return dtype if dtype in _FAST_DTYPES else None
 
@@ -201,24 +205,49 @@ def _version(t: torch.Tensor) -> int:
 def _registered(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """``(module.weight, module.bias)`` as registered, read from ``_parameters`` (through
     ``nn.Module.__getattr__`` a lookup costs 0.6 us, and a block reads a dozen per call: a few %
-    of DeiT-Ti's time at batch 1); None when the weight is computed on access (a
+    of DeiT-Ti's time at batch 1); None when either is computed on access (a
     parametrization): the packed-weight cache could not tell when it changes (under inference
     mode a recomputed weight has no version counter and may reuse the old one's memory), so
     such a module runs its ordinary code."""
     params = module._parameters
-    weight = params.get("weight")
-    return None if weight is None else (weight, params.get("bias"))
+    if "weight" not in params or "bias" not in params:  # a bias=False Linear registers bias as None
+        return None
+    return params["weight"], params["bias"]
 
 
 def _global_hooks() -> bool:
-    """Whether global forward hooks (``register_module_forward_hook``) want every module call."""
-    return bool(_module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks)
+    """Whether global module hooks (``register_module_forward_hook`` and the like) want to see
+    every module call."""
+    return bool(_module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks
+                or _module_hooks._global_backward_hooks or _module_hooks._global_backward_pre_hooks)
 
 
-def _skippable(module: nn.Module) -> bool:
+def _hooked(module: nn.Module) -> bool:
+    """Whether ``module`` has forward or backward hooks of its own."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks)
+
+
+def _skippable(module: nn.Module, expected: tuple[type[nn.Module], ...]) -> bool:
     """Whether not calling ``module`` (computing its result here instead) skips nothing a user
-    set up: forward hooks, or a ``forward`` replaced on the instance (accelerate, adapters)."""
-    return not (module._forward_hooks or module._forward_pre_hooks or "forward" in module.__dict__)
+    set up: it is of one of the ``expected`` classes (not a subclass with a ``forward`` of its
+    own, as adapters are), without hooks, and without a ``forward`` replaced on the instance
+    (as accelerate does). (Some twenty checks per block and call: written out, not via _hooked.)"""
+    return (type(module) in expected and not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                                              or module._backward_pre_hooks) and "forward" not in module.__dict__)
+
+
+# Optimizer steps taken in this process, by any optimizer: part of every cached weight's key.
+# Fused optimizers (AdamW(fused=True)) update parameters in place without moving their version
+# counters, so a step is the only sign of the change.
+_optimizer_steps = 0
+
+
+def _count_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
 
 
 def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -243,8 +272,9 @@ class _PackedLinear:
         self._forget()
 
     def _forget(self) -> None:
-        self._key: tuple[Any, ...] | None = None
-        self._derived: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        # (key, (packed weight, cast bias)) in one attribute: read and replaced whole, so calls
+        # from several threads never pair one key with another's tensors.
+        self._cache: tuple[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
     def __deepcopy__(self, memo: dict) -> "_PackedLinear":
         # ``prepare`` may be a bound method of the owning module: the copy's must be the copy's.
@@ -291,11 +321,11 @@ class _PackedLinear:
         arithmetic = self.arithmetic_dtype(dtype)
         # Checked on every call, in one pass.
         sources = weights if biases is None else weights + biases
-        key = (dtype, arithmetic, *[(t.data_ptr(), _version(t)) for t in sources])
-        if key != self._key:
-            self._derived = self._derive(weights, biases, dtype, arithmetic, x.numel() // x.shape[-1])
-            self._key = key
-        packed, bias = self._derived
+        key = (dtype, arithmetic, _optimizer_steps, *[(t.data_ptr(), _version(t)) for t in sources])
+        cache = self._cache
+        if cache is None or cache[0] != key:
+            cache = self._cache = (key, self._derive(weights, biases, dtype, arithmetic, x.numel() // x.shape[-1]))
+        packed, bias = cache[1]
         result = _matmul(_cast(x if handed_over else _cast(x, dtype), arithmetic), packed, bias, activation, residual)
         return _cast(result, dtype) if round_result else result
 
@@ -377,24 +407,39 @@ class _OptimizedLinear(nn.Linear):
         return residual + self.forward(x)
 
 
+# What a Linear we compute ourselves may be: plain, or ours.
+_LINEARS = (nn.Linear, _OptimizedLinear)
+
+
+def _hands_over(target: tuple[nn.Module, nn.Module] | None) -> bool:
+    """Whether the Linear that ``install_fast_kernels`` found after a module, ``(its parent,
+    the Linear)``, is still in place: it then takes its input in float32 (bf16 weights
+    computed in float32, see install_fast_kernels). A Linear swapped in later takes bf16."""
+    return target is not None and target[0]._modules.get("dense") is target[1]
+
+
 class _OptimizedIntermediate(DeiTIntermediate):
     """The MLP's first Linear with its activation fused into the matmul (inference)."""
 
     def _init_fast(self, bf16_matmul: str) -> None:
         self._kernel = _PackedLinear(bf16_matmul)
         self._activation = _FUSED_ACTIVATIONS[self.hidden_act]
-        self._hand_over_float32 = False  # set by install_fast_kernels when the next Linear is ours
+        # The activation module the fused one stands for: another one swapped in runs as it is.
+        expected = activation(self.hidden_act)
+        self._activation_module = (type(expected), expected.__dict__.get("approximate"))
+        self._hand_over_to: tuple[nn.Module, nn.Module] | None = None  # set by install_fast_kernels
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         dtype = _kernel_dtype(hidden_states)
         modules = self._modules
         dense, act = modules["dense"], modules["intermediate_act_fn"]
         params = None if dtype is None or torch.is_grad_enabled() else _registered(dense)
-        if params is None or _global_hooks() or not (_skippable(dense) and _skippable(act)):
+        if (params is None or _global_hooks() or not _skippable(dense, _LINEARS) or not _skippable(act, (type(act),))
+                or (type(act), act.__dict__.get("approximate")) != self._activation_module):
             return super().forward(hidden_states)  # training keeps the pre-activation for backward
         weight, bias = params
         return self._kernel(hidden_states, dtype, (weight,), None if bias is None else (bias,), self._activation,
-                            round_result=not self._hand_over_float32)
+                            round_result=not _hands_over(self._hand_over_to))
 
 
 class _OptimizedSelfAttention(DeiTSelfAttention):
@@ -402,7 +447,7 @@ class _OptimizedSelfAttention(DeiTSelfAttention):
 
     def _init_fast(self, bf16_matmul: str) -> None:
         self._kernel = _PackedLinear(bf16_matmul, prepare=self._scale_query)
-        self._hand_over_float32 = False  # set by install_fast_kernels when the output Linear is ours
+        self._hand_over_to: tuple[nn.Module, nn.Module] | None = None  # set by install_fast_kernels
 
     def _scale_query(self, stacked: torch.Tensor) -> torch.Tensor:
         """The q/k/v weight rows (or biases) with the query's multiplied by the softmax scale:
@@ -427,7 +472,8 @@ class _OptimizedSelfAttention(DeiTSelfAttention):
         fused = dtype is not None and not (torch.is_grad_enabled() and not _trains_on_kernel(dtype))
         modules = self._modules
         projections = (modules["query"], modules["key"], modules["value"])
-        params = [_registered(p) for p in projections] if fused and not _global_hooks() and all(map(_skippable, projections)) else [None]
+        skippable = fused and not _global_hooks() and all(_skippable(p, _LINEARS) for p in projections)
+        params = [_registered(p) for p in projections] if skippable else [None]
         if None in params:
             return super().forward(hidden_states, head_mask, output_attentions, use_sdpa, query_tokens)
         weights = tuple(weight for weight, _ in params)
@@ -442,7 +488,7 @@ class _OptimizedSelfAttention(DeiTSelfAttention):
         # rounding inside; in inference none before the output projection either).
         arithmetic = self._kernel.arithmetic_dtype(dtype)
         context = _attention(_cast(qkv, arithmetic), self.num_attention_heads, self.attention_head_size, query_tokens)
-        if self._hand_over_float32 and not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and _hands_over(self._hand_over_to):
             return context, None
         return _cast(context, dtype), None
 
@@ -457,11 +503,13 @@ class _OptimizedPatchEmbeddings(DeiTPatchEmbeddings):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         dtype = _kernel_dtype(pixel_values)
         conv = self._modules["projection"]
-        params = None if dtype is None or _global_hooks() or not _skippable(conv) else _registered(conv)
-        if params is None:
+        p = self.patch_size
+        # Only the convolution DeiT builds (kernel = stride = patch, no padding) is one GEMM.
+        params = None if dtype is None or _global_hooks() or not _skippable(conv, (nn.Conv2d,)) else _registered(conv)
+        if (params is None or conv.kernel_size != (p, p) or conv.stride != (p, p) or conv.padding not in ((0, 0), "valid")
+                or conv.dilation != (1, 1) or conv.groups != 1):
             return super().forward(pixel_values)
         batch_size, channels, height, width = pixel_values.shape
-        p = self.patch_size
         rows, cols = height // p, width // p
         # Pixels past the last whole patch are ignored, as by the strided convolution.
         patches = pixel_values[:, :, : rows * p, : cols * p].reshape(batch_size, channels, rows, p, cols, p)
@@ -559,20 +607,28 @@ class _OptimizedLayer(DeiTLayer):
         modules = self._modules
         attention, mlp_output = modules["attention"], modules["output"]
         if type(attention) is not DeiTAttention or type(mlp_output) is not DeiTOutput:
-            return None
+            return None  # (checked first: the lookups below assume their parts)
         attention_output = attention._modules["output"]
         if type(attention_output) is not DeiTSelfOutput:
             return None
         parts = (modules["layernorm_before"], attention._modules["attention"], attention_output._modules["dense"],
                  modules["layernorm_after"], modules["intermediate"], mlp_output._modules["dense"])
-        if not (isinstance(parts[2], _OptimizedLinear) and isinstance(parts[5], _OptimizedLinear)):
-            return None  # the residual sums go through their add_to
-        skipped = (attention, attention_output, mlp_output, attention_output._modules["dropout"], mlp_output._modules["dropout"],
-                   modules["drop_path"])
-        for module in parts + skipped:
-            if module.training or not _skippable(module):
+        # Called through their forward: only hooks would be missed. The output Linears' forward
+        # is skipped (their add_to computes it), and the wrappers, dropouts and drop path are.
+        skipped = ((parts[2], _OUTPUT_LINEAR), (parts[5], _OUTPUT_LINEAR), (attention, (DeiTAttention,)),
+                   (attention_output, (DeiTSelfOutput,)), (mlp_output, (DeiTOutput,)),
+                   (attention_output._modules["dropout"], (nn.Dropout,)), (mlp_output._modules["dropout"], (nn.Dropout,)),
+                   (modules["drop_path"], (DropPath, nn.Identity)))
+        for module in parts[0], parts[1], parts[3], parts[4]:
+            if module.training or _hooked(module):
+                return None
+        for module, expected in skipped:
+            if module.training or not _skippable(module, expected):
                 return None
         return parts
+
+
+_OUTPUT_LINEAR = (_OptimizedLinear,)  # what _OptimizedLayer adds residuals through (add_to)
 
 
 # What :func:`optimize` switches, in the order the benchmarks' ablation adds them.
@@ -600,13 +656,15 @@ def install_fast_kernels(model: nn.Module, parts: tuple[str, ...] = PARTS, bf16_
     # In bf16 inference with float32 arithmetic, the attention's context and the MLP's hidden
     # activation go to the next Linear in float32, when that Linear is ours and takes them as
     # they are: a bf16 model then rounds to bf16 only what enters the residual stream (saves
-    # four of the six bf16<->float32 conversions of a block, the MLP's the largest). Decided
-    # here, once: a Linear swapped in for one of ours later needs install_fast_kernels again.
+    # four of the six bf16<->float32 conversions of a block, the MLP's the largest). The Linear
+    # is recorded here and checked on every call: one swapped in later gets bf16 as usual.
     for module in model.modules():
         if isinstance(module, DeiTAttention) and isinstance(module.attention, _OptimizedSelfAttention):
-            module.attention._hand_over_float32 = isinstance(module.output.dense, _OptimizedLinear)
+            dense = module.output.dense
+            module.attention._hand_over_to = (module.output, dense) if type(dense) is _OptimizedLinear else None
         if isinstance(module, DeiTLayer) and isinstance(module.intermediate, _OptimizedIntermediate):
-            module.intermediate._hand_over_float32 = isinstance(module.output.dense, _OptimizedLinear)
+            dense = module.output.dense
+            module.intermediate._hand_over_to = (module.output, dense) if type(dense) is _OptimizedLinear else None
 
 
 def optimize(model: DeiTPreTrainedModel, dtype: torch.dtype | str | None = None, compile: bool = False,
