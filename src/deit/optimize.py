@@ -426,7 +426,7 @@ class _OptimizedIntermediate(DeiTIntermediate):
         self._activation = _FUSED_ACTIVATIONS[self.hidden_act]
         # The activation module the fused one stands for: another one swapped in runs as it is.
         expected = activation(self.hidden_act)
-        self._activation_module = (type(expected), expected.__dict__.get("approximate"))
+        self._activation_type, self._activation_approximate = type(expected), expected.__dict__.get("approximate")
         self._hand_over_to: tuple[nn.Module, nn.Module] | None = None  # set by install_fast_kernels
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -434,8 +434,8 @@ class _OptimizedIntermediate(DeiTIntermediate):
         modules = self._modules
         dense, act = modules["dense"], modules["intermediate_act_fn"]
         params = None if dtype is None or torch.is_grad_enabled() else _registered(dense)
-        if (params is None or _global_hooks() or not _skippable(dense, _LINEARS) or not _skippable(act, (type(act),))
-                or (type(act), act.__dict__.get("approximate")) != self._activation_module):
+        if (params is None or _global_hooks() or not _skippable(dense, _LINEARS) or not _skippable(act, (self._activation_type,))
+                or act.__dict__.get("approximate") != self._activation_approximate):
             return super().forward(hidden_states)  # training keeps the pre-activation for backward
         weight, bias = params
         return self._kernel(hidden_states, dtype, (weight,), None if bias is None else (bias,), self._activation,
@@ -568,9 +568,9 @@ class _OptimizedLayer(DeiTLayer):
     50-200 us each and ``nn.Module.__call__``, the wrapper modules (attention, outputs,
     dropouts, drop path) and the separate additions cost a few us each. Measured +3.5 %
     images/s for DeiT-Ti at batch 1 (30 interleaved rounds), no change at DeiT-S batch 16.
-    Taken only where that skips nothing: in eval mode without gradients, head mask or
-    attention maps, with the block's own wrapper classes, our output Linears, and no forward
-    hook on any part (or a global one); otherwise the block runs through its modules."""
+    Taken only in eval mode without gradients, head mask or attention maps, outside tracing,
+    and where it skips nothing a user set up (:meth:`_direct_parts`); otherwise the block runs
+    through its modules."""
 
     def _init_fast(self, bf16_matmul: str) -> None:
         pass  # no kernel of its own: its parts have theirs
@@ -611,24 +611,23 @@ class _OptimizedLayer(DeiTLayer):
         attention_output = attention._modules["output"]
         if type(attention_output) is not DeiTSelfOutput:
             return None
-        parts = (modules["layernorm_before"], attention._modules["attention"], attention_output._modules["dense"],
-                 modules["layernorm_after"], modules["intermediate"], mlp_output._modules["dense"])
-        # Called through their forward: only hooks would be missed. The output Linears' forward
-        # is skipped (their add_to computes it), and the wrappers, dropouts and drop path are.
-        skipped = ((parts[2], _OUTPUT_LINEAR), (parts[5], _OUTPUT_LINEAR), (attention, (DeiTAttention,)),
+        norm_before, self_attention, norm_after, intermediate = (modules["layernorm_before"], attention._modules["attention"],
+                                                                 modules["layernorm_after"], modules["intermediate"])
+        attention_dense, output_dense = attention_output._modules["dense"], mlp_output._modules["dense"]
+        # Called through their forward: only their hooks would be missed.
+        for module in norm_before, self_attention, norm_after, intermediate:
+            if module.training or _hooked(module):
+                return None
+        # Skipped: the output Linears' forward (add_to computes it), the wrappers, the dropouts
+        # and the drop path.
+        skipped = ((attention_dense, (_OptimizedLinear,)), (output_dense, (_OptimizedLinear,)), (attention, (DeiTAttention,)),
                    (attention_output, (DeiTSelfOutput,)), (mlp_output, (DeiTOutput,)),
                    (attention_output._modules["dropout"], (nn.Dropout,)), (mlp_output._modules["dropout"], (nn.Dropout,)),
                    (modules["drop_path"], (DropPath, nn.Identity)))
-        for module in parts[0], parts[1], parts[3], parts[4]:
-            if module.training or _hooked(module):
-                return None
         for module, expected in skipped:
             if module.training or not _skippable(module, expected):
                 return None
-        return parts
-
-
-_OUTPUT_LINEAR = (_OptimizedLinear,)  # what _OptimizedLayer adds residuals through (add_to)
+        return norm_before, self_attention, attention_dense, norm_after, intermediate, output_dense
 
 
 # What :func:`optimize` switches, in the order the benchmarks' ablation adds them.
