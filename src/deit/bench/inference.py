@@ -294,7 +294,8 @@ def benchmark_ablation(cell: Cell, device: torch.device, rounds: int = 5, compil
                                                 ("+ last layer only for the tokens the heads read", reference)]
     labels = {"linear": "+ oneDNN Linear (bias in the epilogue, prepacked weight)", "mlp": "+ GELU in the first MLP matmul's epilogue",
               "attention": "+ q/k/v as one GEMM, attention on its output", "patches": "+ patch embedding as one GEMM",
-              "blocks": "+ blocks call their parts directly, residual sums in the epilogue"}
+              "blocks": "+ blocks call their parts directly, residual sums in the epilogue",
+              "streams": "+ batch split across single-threaded workers (streams)"}
     for i, part in enumerate(PARTS):
         model = copy.deepcopy(reference)
         if fast_kernels_available() and device.type == "cpu":

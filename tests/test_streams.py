@@ -1,0 +1,192 @@
+"""Batch streams (deit.streams, the optimized encoder): splitting an inference batch across
+single-threaded workers gives the whole batch's results and changes nothing a user sees.
+
+Tolerance: float32 1e-6 absolute between the split and the whole batch on outputs of order 1
+(the kernels work row by row; on the CPUs measured the results are bit-equal).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import threading
+
+import pytest
+import torch
+
+import deit
+from deit import streams
+from deit.optimize import fast_kernels_available, optimize
+
+# (deit.optimize is also the function the package exports: the module, by name)
+optimize_module = sys.modules["deit.optimize"]
+pytestmark = pytest.mark.skipif(not fast_kernels_available(), reason="PyTorch build without the oneDNN kernels")
+
+SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32, patch_size=8, num_labels=5)
+
+
+def build(cls=deit.DeiTForImageClassificationWithTeacher, **overrides):
+    torch.manual_seed(0)
+    model = cls(deit.DeiTConfig(**{**SMALL, **overrides}))
+    with torch.no_grad():  # non-trivial biases and tokens (the initialisation zeroes them)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+@pytest.fixture
+def batch() -> torch.Tensor:
+    return torch.randn(9, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.fixture
+def split_calls(monkeypatch) -> list[int]:
+    """The number of streams of every split the encoders make."""
+    calls: list[int] = []
+
+    def counting(function, batch, count):
+        calls.append(count)
+        return streams.run_in_streams(function, batch, count)
+
+    monkeypatch.setattr(optimize_module, "run_in_streams", counting)
+    return calls
+
+
+@pytest.mark.parametrize("cls", [deit.DeiTForImageClassificationWithTeacher, deit.DeiTModel, deit.DeiTForMaskedImageModeling])
+@pytest.mark.parametrize("count", [2, 3])
+def test_streams_give_the_whole_batchs_outputs(cls, count, batch, split_calls):
+    plain = build(cls)
+    whole = optimize(copy.deepcopy(plain), streams=1)
+    split = optimize(copy.deepcopy(plain), streams=count)
+    with torch.inference_mode():
+        expected, got, reference = whole(batch), split(batch), plain(batch)
+    assert split_calls == [count]  # taken once, by the encoder (and not by the whole-batch model)
+    for name in ("logits", "last_hidden_state", "pooler_output", "reconstruction"):
+        if name in expected:
+            assert (expected[name] - got[name]).abs().max() < 1e-6, name
+            assert (reference[name] - got[name]).abs().max() < 1e-5, name
+
+
+def test_streams_under_no_grad_and_autocast_match(batch, split_calls):
+    plain = build()
+    whole = optimize(copy.deepcopy(plain), streams=1)
+    split = optimize(copy.deepcopy(plain), streams=2)
+    with torch.no_grad():
+        assert (whole(batch).logits - split(batch).logits).abs().max() < 1e-6
+    if torch.bfloat16 in optimize_module._FAST_DTYPES:
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+            expected, got = whole(batch).logits, split(batch).logits
+        assert got.dtype == expected.dtype == torch.bfloat16  # the workers ran under the caller's autocast
+        assert (expected.float() - got.float()).abs().max() < 1e-6
+    assert len(split_calls) >= 1
+
+
+def test_auto_splits_only_batches_of_four_samples_per_thread(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert streams.streams_for(8) == 2
+    assert streams.streams_for(7) == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert streams.streams_for(64) == 1
+    assert streams.streams_for(2, 3) == 2  # a fixed count: at most one stream per sample
+    assert streams.streams_for(16, 1) == 1
+
+
+@pytest.mark.parametrize("streams_setting", [0, -1, 1.5, "two", True])
+def test_streams_setting_is_validated(streams_setting):
+    with pytest.raises(ValueError, match="streams must be"):
+        optimize(build(), streams=streams_setting)
+
+
+def _observations():
+    """Ways a user watches or changes the layers' calls, each of which must keep the whole
+    batch in one call: (name, set-up on the model)."""
+
+    def hook_on_layer(model):
+        seen = []
+        model.deit.encoder.layer[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+        return seen
+
+    def hook_on_linear(model):
+        seen = []
+        model.deit.encoder.layer[1].intermediate.dense.register_forward_pre_hook(lambda m, i: seen.append(i[0].shape[0]))
+        return seen
+
+    def dropout_in_training_mode(model):
+        model.deit.encoder.layer[0].attention.output.dropout.train()
+        return None
+
+    def replaced_forward(model):
+        seen = []
+        norm = model.deit.encoder.layer[0].layernorm_before
+        plain_forward = norm.forward
+
+        def forward(x):
+            seen.append(x.shape[0])
+            return plain_forward(x)
+
+        norm.forward = forward
+        return seen
+
+    return [hook_on_layer, hook_on_linear, dropout_in_training_mode, replaced_forward]
+
+
+@pytest.mark.parametrize("observe", _observations(), ids=lambda f: f.__name__)
+def test_nothing_a_user_watches_is_split(observe, batch, split_calls):
+    model = optimize(build(), streams=2)
+    seen = observe(model)
+    with torch.inference_mode():
+        model(batch)
+    assert split_calls == []
+    if seen is not None:
+        assert seen == [batch.shape[0]]
+
+
+def test_global_hooks_and_function_modes_keep_the_whole_batch(batch, split_calls):
+    model = optimize(build(), streams=2)
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: seen.append(type(m).__name__))
+    try:
+        with torch.inference_mode():
+            model(batch)
+    finally:
+        handle.remove()
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(batch)
+    assert split_calls == []
+    assert seen.count("DeiTLayer") + seen.count("_OptimizedLayer") == 2
+    assert counter.get_total_flops() > 0
+
+
+def test_gradients_and_training_keep_the_whole_batch(batch, split_calls):
+    model = optimize(build(), streams=2)
+    model(batch).logits.sum().backward()  # gradients on
+    model.train()
+    with torch.no_grad():
+        model(batch)
+    assert split_calls == []
+
+
+def test_the_callers_thread_count_is_left_alone(batch):
+    before = torch.get_num_threads()
+    model = optimize(build(), streams=2)
+    with torch.inference_mode():
+        model(batch)
+    assert torch.get_num_threads() == before
+    counts = []
+    thread = threading.Thread(target=lambda: counts.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert counts == [before]  # the default for threads started later is put back too
+
+
+def test_an_error_in_a_stream_reaches_the_caller():
+    def fails_on_the_second_part(part: torch.Tensor) -> torch.Tensor:
+        if part[0, 0] > 0:
+            raise ValueError("bad part")
+        return part
+
+    batch = torch.tensor([[-1.0], [-1.0], [1.0], [1.0]])
+    with pytest.raises(ValueError, match="bad part"):
+        streams.run_in_streams(fails_on_the_second_part, batch, 2)
+    assert torch.equal(streams.run_in_streams(lambda part: part * 2, batch, 2), batch * 2)
