@@ -40,15 +40,20 @@ def batch() -> torch.Tensor:
 
 
 @pytest.fixture
-def split_calls(monkeypatch) -> list[int]:
-    """The number of streams of every split the encoders make."""
-    calls: list[int] = []
+def split_calls(monkeypatch) -> list[tuple[str, int]]:
+    """(inference or training, number of streams) of every split the encoders make."""
+    calls: list[tuple[str, int]] = []
 
-    def counting(function, batch, count):
-        calls.append(count)
+    def counting_inference(function, batch, count):
+        calls.append(("inference", count))
         return streams.run_in_streams(function, batch, count)
 
-    monkeypatch.setattr(optimize_module, "run_in_streams", counting)
+    def counting_training(function, batch, count, parameters):
+        calls.append(("training", count))
+        return streams.train_in_streams(function, batch, count, parameters)
+
+    monkeypatch.setattr(optimize_module, "run_in_streams", counting_inference)
+    monkeypatch.setattr(optimize_module, "train_in_streams", counting_training)
     return calls
 
 
@@ -60,7 +65,7 @@ def test_streams_give_the_whole_batchs_outputs(cls, count, batch, split_calls):
     split = optimize(copy.deepcopy(plain), streams=count)
     with torch.inference_mode():
         expected, got, reference = whole(batch), split(batch), plain(batch)
-    assert split_calls == [count]  # taken once, by the encoder (and not by the whole-batch model)
+    assert split_calls == [("inference", count)]  # once, by the encoder (and not by the whole-batch model)
     for name in ("logits", "last_hidden_state", "pooler_output", "reconstruction"):
         if name in expected:
             assert (expected[name] - got[name]).abs().max() < 1e-6, name
@@ -78,7 +83,7 @@ def test_streams_under_no_grad_and_autocast_match(batch, split_calls):
             expected, got = whole(batch).logits, split(batch).logits
         assert got.dtype == expected.dtype == torch.bfloat16  # the workers ran under the caller's autocast
         assert (expected.float() - got.float()).abs().max() < 1e-6
-    assert len(split_calls) >= 1
+    assert split_calls and all(kind == "inference" for kind, _ in split_calls)
 
 
 def test_auto_splits_only_batches_of_four_samples_per_thread(monkeypatch):
@@ -112,7 +117,9 @@ def _observations():
         return seen
 
     def dropout_in_training_mode(model):
-        model.deit.encoder.layer[0].attention.output.dropout.train()
+        dropout = model.deit.encoder.layer[0].attention.output.dropout
+        dropout.p = 0.1
+        dropout.train()
         return None
 
     def replaced_forward(model):
@@ -158,10 +165,9 @@ def test_global_hooks_and_function_modes_keep_the_whole_batch(batch, split_calls
     assert counter.get_total_flops() > 0
 
 
-def test_gradients_and_training_keep_the_whole_batch(batch, split_calls):
-    model = optimize(build(), streams=2)
-    model(batch).logits.sum().backward()  # gradients on
-    model.train()
+def test_training_with_drop_path_keeps_the_whole_batch(batch, split_calls):
+    model = optimize(build(drop_path_rate=0.1), streams=2).train()
+    model(batch).logits.sum().backward()
     with torch.no_grad():
         model(batch)
     assert split_calls == []
@@ -190,3 +196,77 @@ def test_an_error_in_a_stream_reaches_the_caller():
     with pytest.raises(ValueError, match="bad part"):
         streams.run_in_streams(fails_on_the_second_part, batch, 2)
     assert torch.equal(streams.run_in_streams(lambda part: part * 2, batch, 2), batch * 2)
+
+
+LABELS = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3])
+
+
+def train_once(model, pixels, autocast=False):
+    model.train().zero_grad()
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        loss = model(pixels, labels=LABELS).loss
+    loss.backward()
+    return loss.detach(), [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+
+
+def assert_gradients_close(grads, reference, tolerance):
+    for g, r in zip(grads, reference):
+        assert (g is None) == (r is None)
+        if r is not None:
+            # Relative to each parameter's largest gradient, floored: the key bias's is zero up to rounding.
+            assert (g - r).abs().max() / r.abs().max().clamp_min(1e-4) < tolerance
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_training_in_streams_gives_the_whole_batchs_loss_and_gradients(count, batch, split_calls):
+    plain = build()
+    whole = optimize(copy.deepcopy(plain), streams=1)
+    split = optimize(copy.deepcopy(plain), streams=count)
+    loss, grads = train_once(whole, batch)
+    split_loss, split_grads = train_once(split, batch)
+    assert split_calls == [("training", count)]
+    assert (loss - split_loss).abs() < 1e-6
+    assert_gradients_close(split_grads, grads, 1e-5)
+    assert_gradients_close(split_grads, train_once(plain, batch)[1], 1e-4)
+
+
+def test_training_in_streams_frozen_layers_input_gradients_and_autocast(batch, split_calls):
+    plain = build()
+    for p in plain.deit.encoder.layer[0].parameters():
+        p.requires_grad_(False)
+    whole = optimize(copy.deepcopy(plain), streams=1)
+    split = optimize(copy.deepcopy(plain), streams=2)
+    pixels, split_pixels = batch.clone().requires_grad_(), batch.clone().requires_grad_()
+    _, grads = train_once(whole, pixels)
+    _, split_grads = train_once(split, split_pixels)
+    assert_gradients_close(split_grads, grads, 1e-5)  # frozen ones stay None in both
+    assert (pixels.grad - split_pixels.grad).abs().max() <= 1e-5 * pixels.grad.abs().max()
+    if torch.bfloat16 in optimize_module._FAST_DTYPES:  # bf16 autocast: the workers run under it too
+        loss, grads = train_once(whole, batch, autocast=True)
+        split_loss, split_grads = train_once(split, batch, autocast=True)
+        assert (loss - split_loss).abs() < 1e-2
+        assert_gradients_close(split_grads, grads, 2e-2)
+    assert split_calls and all(kind == "training" for kind, _ in split_calls)
+
+
+def test_a_second_backward_through_streams_says_what_to_do(batch):
+    model = optimize(build(), streams=2).train()
+    loss = model(batch, labels=LABELS).loss
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="streams=1"):
+        loss.backward()
+
+
+def test_training_steps_in_streams_follow_the_whole_batchs(batch):
+    """Three SGD steps: the weights stay together (the split changes only rounding). (Not Adam:
+    it scales the key bias's gradient, zero up to rounding, to a full step.)"""
+    plain = build()
+    models = [optimize(copy.deepcopy(plain), streams=n).train() for n in (1, 2)]
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in models]
+    for _ in range(3):
+        for model, optimizer in zip(models, optimizers):
+            optimizer.zero_grad()
+            model(batch, labels=LABELS).loss.backward()
+            optimizer.step()
+    for a, b in zip(*(m.parameters() for m in models)):
+        assert (a - b).abs().max() < 1e-5

@@ -14,9 +14,9 @@ AVX-512 speed. :func:`optimize` switches the modules to oneDNN kernels:
 * the patch embedding (a convolution with stride = kernel) is one GEMM over the patches;
 * in inference each block calls its parts directly (not through ``nn.Module.__call__`` and the
   wrapper modules) and, in float32, adds the residual in the output Linears' epilogue;
-* in inference on a batch of at least 4 samples per thread, the encoder runs one part of the
-  batch per thread, each on a single-threaded worker (:mod:`deit.streams`): the same results,
-  without the cores waiting for each other after every op;
+* on a batch of at least 4 samples per thread, the encoder runs one part of the batch per
+  thread, each on a single-threaded worker (:mod:`deit.streams`), in inference and in
+  training: the same results, without the cores waiting for each other after every op;
 * nothing a user set up is skipped: a module whose call the fast path would leave out runs as
   usual when it has forward or backward hooks (or global module hooks exist), a ``forward``
   replaced on the instance or a class of its own (adapters swapped in after optimizing), a
@@ -68,7 +68,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .modeling import (DeiTAttention, DeiTEncoder, DeiTIntermediate, DeiTLayer, DeiTOutput, DeiTPatchEmbeddings,
                        DeiTPreTrainedModel, DeiTSelfAttention, DeiTSelfOutput, DropPath, activation)
-from .streams import run_in_streams, streams_for
+from .streams import run_in_streams, streams_for, train_in_streams
 
 __all__ = ["optimize", "fast_kernels_available", "install_fast_kernels", "bf16_matmul_is_fast", "onednn_fp32_is_fast", "PARTS",
            "BF16_MATMUL_MODES"]
@@ -635,11 +635,12 @@ class _OptimizedLayer(DeiTLayer):
 
 
 class _OptimizedEncoder(DeiTEncoder):
-    """An encoder that, in inference on a batch large enough, runs its layers on one part of the
-    batch per core, each part on a single-threaded worker (:mod:`deit.streams`: DeiT-S at batch
-    16, float32, +3.6 %). Taken only without gradients, head mask, attention maps or hidden
-    states, and where splitting the batch changes nothing a user can see (:meth:`_unobserved`);
-    otherwise, and for small batches, the layers run as usual."""
+    """An encoder that, on a batch large enough, runs its layers on one part of the batch per
+    core, each part on a single-threaded worker (:mod:`deit.streams`), in inference and in
+    training (forward and backward). DeiT-S inference at batch 16, float32, +3.6 %; a DeiT-Ti
+    training step at batch 32 +4.5 %. Taken only without head mask, attention maps, hidden
+    states or gradient checkpointing, and where splitting the batch changes nothing a user can
+    see (:meth:`_unobserved`); otherwise, and for small batches, the layers run as usual."""
 
     _streams: int | str = "auto"
 
@@ -657,8 +658,8 @@ class _OptimizedEncoder(DeiTEncoder):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
         streams = 1
         # (Tracing first: under export the batch size is symbolic, and comparing it would fix it.)
-        if (_kernel_dtype(hidden_states) is not None and not torch.is_grad_enabled() and head_mask is None
-                and not output_attentions and not output_hidden_states):
+        if (_kernel_dtype(hidden_states) is not None and head_mask is None and not output_attentions and not output_hidden_states
+                and not (self.gradient_checkpointing and self.training)):
             streams = streams_for(hidden_states.shape[0], self._streams)
         if streams == 1 or not self._unobserved():
             return super().forward(hidden_states, head_mask, output_attentions, output_hidden_states, use_sdpa, last_layer_tokens)
@@ -666,22 +667,35 @@ class _OptimizedEncoder(DeiTEncoder):
         def layers(part: torch.Tensor) -> torch.Tensor:
             return DeiTEncoder.forward(self, part, None, False, False, use_sdpa, last_layer_tokens)[0]
 
+        if torch.is_grad_enabled():
+            return train_in_streams(layers, hidden_states, streams, list(self.parameters())), None, None
         return run_in_streams(layers, hidden_states, streams), None, None
 
     def _unobserved(self) -> bool:
         """Whether running the layers once per part of the batch is invisible to the user: no
-        hooks (they would fire once per part, with part of the batch), no module in training
-        mode (dropout would draw its random numbers in threads, in no fixed order), no
-        ``forward`` replaced on an instance and no module class other than ours and PyTorch's
-        (either may keep state across calls), and no torch function or dispatch mode (profilers,
-        FLOP counters: they see only the calling thread)."""
+        hooks (they would fire once per part, with part of the batch), no dropout or drop path
+        drawing random numbers (the threads would draw them in no fixed order), no ``forward``
+        replaced on an instance and no module class other than ours and PyTorch's (either may
+        keep state across calls), and no torch function or dispatch mode (profilers, FLOP
+        counters: they see only the calling thread)."""
         if _global_hooks() or torch._C._len_torch_function_stack() or torch._C._len_torch_dispatch_stack():
             return False
         for module in self.modules():
-            if (module.training or _hooked(module) or "forward" in module.__dict__
-                    or not type(module).__module__.startswith(("deit.", "torch.nn."))):
+            if (_hooked(module) or "forward" in module.__dict__ or not type(module).__module__.startswith(("deit.", "torch.nn."))
+                    or module.training and _draws_random_numbers(module)):
                 return False
         return True
+
+
+def _draws_random_numbers(module: nn.Module) -> bool:
+    """Whether ``module`` draws random numbers in training mode."""
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    if isinstance(module, DropPath):
+        return module.drop_prob > 0
+    if isinstance(module, DeiTSelfAttention):
+        return module.dropout_prob > 0
+    return False
 
 
 # What :func:`optimize` switches, in the order the benchmarks' ablation adds them.

@@ -1,12 +1,15 @@
-"""Batch streams: an inference batch split into one part per core, each part run on a thread of
-its own with single-threaded kernels (the idea of IPEX's multi-stream module), then joined.
+"""Batch streams: a batch split into one part per core, each part run on a thread of its own
+with single-threaded kernels (the idea of IPEX's multi-stream module), then joined; in
+inference (:func:`run_in_streams`) and in training, forward and backward
+(:func:`train_in_streams`).
 
 Why: with the kernels split across cores, every op ends in a wait for the slowest core, and the
 memory-bound ops between the matmuls (LayerNorm, softmax, the residual additions) divide
 poorly; one part of the batch per core does the same arithmetic without those waits. Measured
-on a 2-core AVX-512 CPU in float32 at batch 16: DeiT-S +3.6 %, DeiT-Ti +8 % (BENCHMARKS.md).
-Each sample's result is what it is in the whole batch: the kernels work row by row (bit-equal
-on that CPU).
+on a 2-core AVX-512 CPU in float32 at batch 16: DeiT-S +3.6 %, DeiT-Ti +8 %; a DeiT-Ti
+training step at batch 32 +4.5 % (BENCHMARKS.md). Each sample's result is what it is in the
+whole batch: the kernels work row by row (bit-equal on that CPU); the parameters' gradients
+are the parts' gradients summed, in part order (the same up to rounding, and deterministic).
 
 The workers are this module's threads, made single-threaded once (``torch.set_num_threads``
 acts on the calling thread's OpenMP and MKL settings); the caller's thread count is left as it
@@ -19,11 +22,12 @@ import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import torch
+from torch.autograd.function import once_differentiable
 
-__all__ = ["streams_for", "run_in_streams", "MIN_SAMPLES_PER_STREAM"]
+__all__ = ["streams_for", "run_in_streams", "train_in_streams", "MIN_SAMPLES_PER_STREAM"]
 
 # Fewer samples per stream leave each matmul too small to gain: DeiT-S at batch 4 in two
 # streams measured -2 % to +3 %, at batch 8 +3 % to +8 %.
@@ -96,12 +100,86 @@ def run_in_streams(function: Callable[[torch.Tensor], torch.Tensor], batch: torc
     if workers is None:
         return function(batch)
     inference = torch.is_inference_mode_enabled()
-    autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    autocast = _callers_autocast()
 
     def run(part: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), torch.inference_mode(inference), \
-                torch.autocast("cpu", autocast) if autocast is not None else contextlib.nullcontext():
+        with torch.no_grad(), torch.inference_mode(inference), autocast():
             return function(part)
 
-    futures = [workers.submit(run, part) for part in batch.tensor_split(streams)]
-    return torch.cat([future.result() for future in futures])
+    return torch.cat(_each(workers, run, batch.tensor_split(streams)))
+
+
+def _callers_autocast() -> Callable[[], contextlib.AbstractContextManager]:
+    """The calling thread's CPU autocast, to enter on a worker (autocast is per thread)."""
+    if not torch.is_autocast_enabled("cpu"):
+        return contextlib.nullcontext
+    dtype = torch.get_autocast_dtype("cpu")
+    return lambda: torch.autocast("cpu", dtype)
+
+
+def _each(workers: ThreadPoolExecutor, function: Callable, items: Iterable) -> list:
+    """``[function(item) for item in items]``, one item per worker; the first error is raised."""
+    return [future.result() for future in [workers.submit(function, item) for item in items]]
+
+
+def train_in_streams(function: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, streams: int,
+                     parameters: list[torch.Tensor]) -> torch.Tensor:
+    """``function(batch)`` with gradients, computed in ``streams`` parts of the batch on as many
+    single-threaded workers, forward and backward (each part's backward on its worker);
+    ``parameters`` are every tensor ``function`` uses that may need a gradient. For functions
+    that treat every sample on its own and draw no random numbers (the order in which the
+    workers would draw them is not fixed). One backward per forward: a second one through the
+    same graph raises. Falls back to one call where single-threaded workers cannot be had."""
+    workers = _single_threaded_workers(streams) if streams > 1 else None
+    if workers is None:
+        return function(batch)
+    return _StreamedFunction.apply(function, workers, streams, batch, *parameters)
+
+
+class _StreamedFunction(torch.autograd.Function):
+    """Forward: each part through ``function`` on its worker, recording a graph there.
+    Backward: each part's graph on its worker; the input's gradient joined, the parameters'
+    summed."""
+
+    @staticmethod
+    def forward(ctx: Any, function: Callable[[torch.Tensor], torch.Tensor], workers: ThreadPoolExecutor, streams: int,
+                batch: torch.Tensor, *parameters: torch.Tensor) -> torch.Tensor:
+        autocast = _callers_autocast()
+        needs_batch_grad = batch.requires_grad
+
+        def run(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.enable_grad(), autocast():
+                part = part.detach().requires_grad_(needs_batch_grad)
+                return part, function(part)
+
+        ctx.parts = _each(workers, run, batch.detach().tensor_split(streams))
+        ctx.workers = workers
+        ctx.parameters = parameters
+        return torch.cat([output.detach() for _, output in ctx.parts])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if ctx.parts is None:
+            raise RuntimeError("backward through the streamed encoder a second time: its graph is freed after the first "
+                               "(optimize the model with streams=1 to keep it, retain_graph=True)")
+        parts, ctx.parts = ctx.parts, None  # each part's graph is freed by its backward
+        wanted = [i for i, parameter in enumerate(ctx.parameters) if parameter.requires_grad]
+        sources = [ctx.parameters[i] for i in wanted]
+        needs_batch_grad = ctx.needs_input_grad[3]
+
+        def run(item: tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
+            (part, output), grad = item
+            inputs = [part, *sources] if needs_batch_grad else [*sources]
+            grads = torch.autograd.grad(output, inputs, grad, allow_unused=True)
+            return grads if needs_batch_grad else (None, *grads)
+
+        grads = _each(ctx.workers, run, zip(parts, grad_output.tensor_split(len(parts))))
+        parameter_grads: list[torch.Tensor | None] = [None] * len(ctx.parameters)
+        for j, i in enumerate(wanted):
+            for part_grads in grads:
+                g = part_grads[j + 1]
+                if g is not None:
+                    parameter_grads[i] = g if parameter_grads[i] is None else parameter_grads[i] + g
+        batch_grad = torch.cat([part_grads[0] for part_grads in grads]) if needs_batch_grad else None
+        return (None, None, None, batch_grad, *parameter_grads)
