@@ -8,6 +8,7 @@ Tolerance: float32 1e-6 absolute between the split and the whole batch on output
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import sys
 import threading
 
@@ -270,3 +271,28 @@ def test_training_steps_in_streams_follow_the_whole_batchs(batch):
             optimizer.step()
     for a, b in zip(*(m.parameters() for m in models)):
         assert (a - b).abs().max() < 1e-5
+
+
+_forked_model = None
+
+
+def _streamed_logits(pixels: torch.Tensor, in_child: bool = False) -> torch.Tensor:
+    if in_child:
+        # As DataLoader workers do: GNU OpenMP hangs in a forked child that uses the parent's
+        # thread team (with or without streams).
+        torch.set_num_threads(1)
+    with torch.inference_mode():
+        return _forked_model(pixels).logits
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork on this system")
+def test_streams_work_in_a_forked_child(batch, split_calls):
+    """The parent's workers do not exist in a forked child (DataLoader workers): the child makes
+    its own instead of waiting forever on the parent's."""
+    global _forked_model
+    _forked_model = optimize(build(), streams=2)
+    expected = _streamed_logits(batch)  # the parent's workers exist now
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_streamed_logits, (batch, True)).get(timeout=60)
+    assert split_calls == [("inference", 2)]  # (the child's calls are counted in the child)
+    assert torch.equal(got, expected)

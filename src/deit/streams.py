@@ -34,8 +34,9 @@ __all__ = ["streams_for", "run_in_streams", "train_in_streams", "MIN_SAMPLES_PER
 MIN_SAMPLES_PER_STREAM = 4
 
 _lock = threading.Lock()
-_workers: ThreadPoolExecutor | None = None
-_worker_count = 0
+# Single-threaded worker pools by size, made on first use and kept (idle threads cost nothing;
+# replacing a pool could pull it from under another thread's call).
+_pools: dict[int, ThreadPoolExecutor] = {}
 _single_threaded = True  # False once a worker could not be made single-threaded
 
 
@@ -56,17 +57,15 @@ def _make_single_threaded(barrier: threading.Barrier) -> int:
 
 
 def _single_threaded_workers(count: int) -> ThreadPoolExecutor | None:
-    """The pool of ``count`` single-threaded workers (made on first use); None where PyTorch's
-    thread settings are not per thread (a parallel backend other than OpenMP): the streams would
-    then oversubscribe the cores."""
-    global _workers, _worker_count, _single_threaded
+    """The pool of ``count`` single-threaded workers; None where PyTorch's thread settings are
+    not per thread (a parallel backend other than OpenMP): the streams would then oversubscribe
+    the cores."""
+    global _single_threaded
     with _lock:
-        if _workers is not None and _worker_count == count:
-            return _workers
+        if count in _pools:
+            return _pools[count]
         if not _single_threaded:
             return None
-        if _workers is not None:
-            _workers.shutdown(wait=False)
         threads = torch.get_num_threads()
         workers = ThreadPoolExecutor(count, thread_name_prefix="deit-stream")
         barrier = threading.Barrier(count)
@@ -77,14 +76,16 @@ def _single_threaded_workers(count: int) -> ThreadPoolExecutor | None:
             _single_threaded = False
             workers.shutdown(wait=False)
             return None
-        _workers, _worker_count = workers, count
+        _pools[count] = workers
         return workers
 
 
 def _forget_workers() -> None:
-    # A forked child (DataLoader workers) has none of the parent's threads.
-    global _workers, _worker_count
-    _workers, _worker_count = None, 0
+    # A forked child (DataLoader workers) has none of the parent's threads, and a lock held
+    # by one of them at the fork would stay held.
+    global _lock
+    _lock = threading.Lock()
+    _pools.clear()
 
 
 os.register_at_fork(after_in_child=_forget_workers)
