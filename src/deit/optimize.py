@@ -637,7 +637,7 @@ class _OptimizedLayer(DeiTLayer):
 class _OptimizedEncoder(DeiTEncoder):
     """An encoder that, on a batch large enough, runs its layers on one part of the batch per
     core, each part on a single-threaded worker (:mod:`deit.streams`), in inference and in
-    training (forward and backward). DeiT-S inference at batch 16, float32, +3.6 %; a DeiT-Ti
+    training (forward and backward). DeiT-S inference at batch 16, float32, +2-3 %; a DeiT-Ti
     training step at batch 32 +4.5 %. Taken only without head mask, attention maps, hidden
     states or gradient checkpointing, and where splitting the batch changes nothing a user can
     see (:meth:`_unobserved`); otherwise, and for small batches, the layers run as usual."""

@@ -6,8 +6,8 @@ inference (:func:`run_in_streams`) and in training, forward and backward
 Why: with the kernels split across cores, every op ends in a wait for the slowest core, and the
 memory-bound ops between the matmuls (LayerNorm, softmax, the residual additions) divide
 poorly; one part of the batch per core does the same arithmetic without those waits. Measured
-on a 2-core AVX-512 CPU in float32 at batch 16: DeiT-S +3.6 %, DeiT-Ti +8 %; a DeiT-Ti
-training step at batch 32 +4.5 % (BENCHMARKS.md). Each sample's result is what it is in the
+on a 2-core AVX-512 CPU in float32 (interleaved A/B, BENCHMARKS.md): inference at batch 16
+DeiT-S +2-3 %, DeiT-Ti +3-8 %; a DeiT-Ti training step at batch 32 +4.5 %. Each sample's result is what it is in the
 whole batch: the kernels work row by row (bit-equal on that CPU); the parameters' gradients
 are the parts' gradients summed, in part order (the same up to rounding, and deterministic).
 
@@ -129,8 +129,9 @@ def train_in_streams(function: Callable[[torch.Tensor], torch.Tensor], batch: to
     single-threaded workers, forward and backward (each part's backward on its worker);
     ``parameters`` are every tensor ``function`` uses that may need a gradient. For functions
     that treat every sample on its own and draw no random numbers (the order in which the
-    workers would draw them is not fixed). One backward per forward: a second one through the
-    same graph raises. Falls back to one call where single-threaded workers cannot be had."""
+    workers would draw them is not fixed). One backward per forward, and no double backward
+    (``create_graph``): a second one through the same graph raises. Parameter hooks and
+    gradient accumulation see one gradient per parameter, the parts' sum. Falls back to one call where single-threaded workers cannot be had."""
     workers = _single_threaded_workers(streams) if streams > 1 else None
     if workers is None:
         return function(batch)
