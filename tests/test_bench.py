@@ -26,15 +26,18 @@ def test_model_flops_matches_pytorch_flop_counter():
 
 
 def test_inference_benchmark_runs_with_a_peer(capsys, tmp_path):
+    """Both dtypes: the bf16 cell must also run on CPUs without bf16 kernels (AVX2), where
+    oneDNN refuses bf16 weights."""
     pytest.importorskip("timm")
     raw = tmp_path / "raw.json"
-    code = main(["bench", "inference", "--sizes", "tiny", "--batch-sizes", "1", "--dtypes", "fp32", "--rounds", "1",
+    code = main(["bench", "inference", "--sizes", "tiny", "--batch-sizes", "1", "--dtypes", "fp32,bf16", "--rounds", "1",
                  "--peers", "timm", "--threads", "1", "--json", str(raw)])
     out = capsys.readouterr().out
     assert code == 0
     assert "| DeiT-T | 1 | fp32 | ours (fp32, deit.optimize) |" in out
     assert "| DeiT-T | 1 | fp32 | timm (fp32) |" in out and "Linear-only bound (F.linear)" in out
     assert "| 1.00x (1.00x) |" in out  # the best peer against itself, best and median rounds
+    assert "| DeiT-T | 1 | bf16 | ours (bf16, deit.optimize, matmuls in" in out and "| DeiT-T | 1 | bf16 | timm (bf16" in out
     names = {row["implementation"] for row in json.loads(raw.read_text())["results"]}
     assert {"ours", "timm"} <= names
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import deit
-from deit.optimize import PARTS, bf16_matmul_is_fast, fast_kernels_available, install_fast_kernels, optimize
+from deit.optimize import PARTS, bf16_kernels_available, bf16_matmul_is_fast, fast_kernels_available, install_fast_kernels, optimize
 
 pytestmark = pytest.mark.skipif(not fast_kernels_available(), reason="PyTorch build without the oneDNN kernels")
 
@@ -110,7 +110,6 @@ def test_bf16_matmul_modes_compute_the_bf16_linear(mode, pixels):
     assert (logits.float() - reference).abs().max() < 0.05
 
 
-@pytest.mark.skipif(torch.bfloat16 not in sys.modules["deit.optimize"]._FAST_DTYPES, reason="no bf16 oneDNN kernels on this CPU")
 def test_bf16_in_float32_arithmetic_rounds_only_what_enters_the_residual_stream():
     """With float32 arithmetic, a bf16 block hands the attention context and the MLP hidden
     activation to the next Linear in float32 and rounds only the two branch outputs to bf16:
@@ -142,13 +141,34 @@ def test_bf16_in_float32_arithmetic_rounds_only_what_enters_the_residual_stream(
     assert ((got.float() - expected.float()).abs() <= expected.float().abs() * 2.0**-7 + 1e-6).all()
 
 
+def test_without_bf16_kernels_every_mode_computes_bf16_in_float32(pixels, monkeypatch):
+    """On a CPU where oneDNN has no bf16 matmul (AVX2; simulated here), every bf16_matmul mode,
+    "bf16" included, runs the bf16 matmuls in float32 arithmetic instead of failing in oneDNN
+    or falling back to PyTorch's emulated bf16 matmul: the same outputs as the "fp32" mode."""
+    optimize_module = sys.modules["deit.optimize"]
+    monkeypatch.setattr(optimize_module, "bf16_kernels_available", lambda: False)
+    bf16_matmul_is_fast.cache_clear()
+    try:
+        assert bf16_matmul_is_fast() is False
+        plain = build().to(torch.bfloat16)
+        with torch.inference_mode():
+            outputs = {mode: optimize(copy.deepcopy(plain), bf16_matmul=mode)(pixels.bfloat16()).logits for mode in ("bf16", "auto", "fp32")}
+            reference = plain(pixels.bfloat16()).logits
+        kernel = optimize_module._PackedLinear("bf16")
+        assert kernel.arithmetic_dtype(torch.bfloat16) is torch.float32
+        assert torch.equal(outputs["bf16"], outputs["fp32"]) and torch.equal(outputs["auto"], outputs["fp32"])
+        assert (outputs["fp32"].float() - reference.float()).abs().max() < 0.05
+    finally:
+        bf16_matmul_is_fast.cache_clear()
+
+
 def test_bf16_matmul_choice_is_validated_and_can_be_forced(monkeypatch):
     with pytest.raises(ValueError, match="bf16_matmul must be one of auto, bf16, fp32, got 'int8'"):
         optimize(build(), bf16_matmul="int8")
     for forced, fast in (("bf16", True), ("fp32", False)):
         monkeypatch.setenv("DEIT_BF16_MATMUL", forced)
         bf16_matmul_is_fast.cache_clear()
-        assert bf16_matmul_is_fast() is fast
+        assert bf16_matmul_is_fast() is (fast and bf16_kernels_available())  # nothing to force without bf16 kernels
     monkeypatch.setenv("DEIT_BF16_MATMUL", "fast")
     bf16_matmul_is_fast.cache_clear()
     with pytest.raises(ValueError, match="DEIT_BF16_MATMUL must be one of auto, bf16, fp32, got 'fast'"):
@@ -318,8 +338,6 @@ BLOCKLESS = tuple(part for part in PARTS if part != "blocks")
 def test_blocks_calling_their_parts_directly_change_nothing(dtype, pixels, monkeypatch):
     """The direct block path (residual sums in the matmul epilogue in float32) gives exactly what
     the same kernels give through the modules, in float32 and in bf16; and it is taken."""
-    if dtype not in sys.modules["deit.optimize"]._FAST_DTYPES:
-        pytest.skip("no bf16 oneDNN kernels on this CPU")
     through_modules = build().to(dtype)
     install_fast_kernels(through_modules, BLOCKLESS)
     direct = optimize(copy.deepcopy(through_modules))
@@ -467,7 +485,6 @@ def test_modules_swapped_in_after_optimizing_run_their_own_code(pixels):
         assert (expected - fast(pixels).logits).abs().max() < 1e-5
 
 
-@pytest.mark.skipif(torch.bfloat16 not in sys.modules["deit.optimize"]._FAST_DTYPES, reason="no bf16 oneDNN kernels on this CPU")
 def test_bf16_with_a_plain_linear_swapped_in_after_optimizing(pixels):
     fast = optimize(build(), dtype="bf16", bf16_matmul="fp32")
     reference = build().to(torch.bfloat16)

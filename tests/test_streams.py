@@ -79,11 +79,10 @@ def test_streams_under_no_grad_and_autocast_match(batch, split_calls):
     split = optimize(copy.deepcopy(plain), streams=2)
     with torch.no_grad():
         assert (whole(batch).logits - split(batch).logits).abs().max() < 1e-6
-    if torch.bfloat16 in optimize_module._FAST_DTYPES:
-        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
-            expected, got = whole(batch).logits, split(batch).logits
-        assert got.dtype == expected.dtype == torch.bfloat16  # the workers ran under the caller's autocast
-        assert (expected.float() - got.float()).abs().max() < 1e-6
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        expected, got = whole(batch).logits, split(batch).logits
+    assert got.dtype == expected.dtype == torch.bfloat16  # the workers ran under the caller's autocast
+    assert (expected.float() - got.float()).abs().max() < 1e-6
     assert split_calls and all(kind == "inference" for kind, _ in split_calls)
 
 
@@ -242,11 +241,11 @@ def test_training_in_streams_frozen_layers_input_gradients_and_autocast(batch, s
     _, split_grads = train_once(split, split_pixels)
     assert_gradients_close(split_grads, grads, 1e-5)  # frozen ones stay None in both
     assert (pixels.grad - split_pixels.grad).abs().max() <= 1e-5 * pixels.grad.abs().max()
-    if torch.bfloat16 in optimize_module._FAST_DTYPES:  # bf16 autocast: the workers run under it too
-        loss, grads = train_once(whole, batch, autocast=True)
-        split_loss, split_grads = train_once(split, batch, autocast=True)
-        assert (loss - split_loss).abs() < 1e-2
-        assert_gradients_close(split_grads, grads, 2e-2)
+    # bf16 autocast: the workers run under it too
+    loss, grads = train_once(whole, batch, autocast=True)
+    split_loss, split_grads = train_once(split, batch, autocast=True)
+    assert (loss - split_loss).abs() < 1e-2
+    assert_gradients_close(split_grads, grads, 2e-2)
     assert split_calls and all(kind == "training" for kind, _ in split_calls)
 
 

@@ -40,7 +40,10 @@ AVX-512 speed. :func:`optimize` switches the modules to oneDNN kernels:
   LayerNorm outputs (forward hooks on a block's attention or MLP-intermediate module see those
   float32 tensors).
   Which CPUs these are is measured once per process (:func:`bf16_matmul_is_fast`); the
-  ``bf16_matmul`` argument of :func:`optimize` fixes the choice.
+  ``bf16_matmul`` argument of :func:`optimize` fixes the choice. On CPUs without any bf16
+  matmul instruction (AVX2 only, e.g. AMD Zen 3: :func:`bf16_kernels_available` is false)
+  oneDNN cannot multiply bf16 and PyTorch's own bf16 matmul emulates the format about 7x more
+  slowly than float32: there the bf16 matmuls always run in this float32 arithmetic.
 
 The parameters stay where they are, with their Hugging Face names, so ``state_dict``,
 ``save_pretrained`` and ``load_state_dict`` see no difference, and outputs match the plain
@@ -70,7 +73,7 @@ from .modeling import (DeiTAttention, DeiTEncoder, DeiTIntermediate, DeiTLayer, 
                        DeiTPreTrainedModel, DeiTSelfAttention, DeiTSelfOutput, DropPath, activation)
 from .streams import run_in_streams, streams_for, train_in_streams
 
-__all__ = ["optimize", "fast_kernels_available", "install_fast_kernels", "bf16_matmul_is_fast", "onednn_fp32_is_fast", "PARTS",
+__all__ = ["optimize", "fast_kernels_available", "install_fast_kernels", "bf16_kernels_available", "bf16_matmul_is_fast", "onednn_fp32_is_fast", "PARTS",
            "BF16_MATMUL_MODES"]
 
 # oneDNN post-op (attr, algorithm) of the activations it can fuse after a matmul.
@@ -88,17 +91,20 @@ def fast_kernels_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def _fast_dtypes() -> frozenset[torch.dtype]:
-    # oneDNN runs bfloat16 at speed only with AVX-512 BF16 / AMX; elsewhere it would emulate it.
-    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None) if torch.backends.mkldnn.is_available() else None
-    bf16 = supported is not None and supported()
-    return frozenset({torch.float32, torch.bfloat16} if bf16 else {torch.float32})
+@functools.cache
+def bf16_kernels_available() -> bool:
+    """Whether oneDNN multiplies bfloat16 matrices on this CPU at all (AVX-512 BF16, AVX-NE-CONVERT
+    or AMX). Elsewhere (AVX2 CPUs) the fast kernels compute bfloat16 matmuls in float32
+    arithmetic, while PyTorch's own bf16 matmul emulates the format about 7x below float32."""
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return fast_kernels_available() and supported is not None and supported()
 
 
-_FAST_DTYPES = _fast_dtypes()
+# The dtypes the fast kernels compute in (bfloat16 in float32 arithmetic where oneDNN has no bf16).
+_FAST_DTYPES = frozenset({torch.float32, torch.bfloat16})
 
 
-# How bfloat16 matmuls are computed: "bf16" (oneDNN's bf16 kernel), "fp32" (float32 arithmetic on
+# How bfloat16 matmuls are computed: "bf16" (oneDNN's bf16 kernel, where the CPU has one), "fp32" (float32 arithmetic on
 # the widened bf16 operands, see the module docstring), or "auto" (the faster here).
 BF16_MATMUL_MODES = ("auto", "bf16", "fp32")
 
@@ -115,10 +121,10 @@ def bf16_matmul_is_fast() -> bool:
     forced = os.environ.get("DEIT_BF16_MATMUL", "auto")
     if forced not in BF16_MATMUL_MODES:
         raise ValueError(f"DEIT_BF16_MATMUL must be one of {', '.join(BF16_MATMUL_MODES)}, got {forced!r}")
+    if not bf16_kernels_available():
+        return False  # nothing to choose: bf16 matmuls can only run in float32 arithmetic here
     if forced != "auto":
         return forced == "bf16"
-    if torch.bfloat16 not in _FAST_DTYPES:
-        return False
     x, w = _probe_operands()
     seconds = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -169,7 +175,7 @@ def _best_seconds(run: Callable[[], object], repeats: int = 5) -> float:
 
 def _kernel_dtype(x: torch.Tensor) -> torch.dtype | None:
     """The dtype a module computes ``x`` in (autocast's when it is on, else ``x``'s) when the fast
-    kernels can run it: on the CPU, outside tracing, in a dtype oneDNN runs at speed; else None.
+    kernels can run it: on the CPU, outside tracing, in float32 or bfloat16; else None.
     Python checks of global state and dtypes, not of tensor data, so tracing (compile/export)
     sees the plain code; one function because every module call makes them (at batch 1 a
     matmul takes only some 50 us)."""
@@ -293,9 +299,11 @@ class _PackedLinear:
 
     def arithmetic_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """The dtype the matmul runs in for a Linear computing in ``dtype``."""
-        if dtype != torch.bfloat16 or self.bf16_matmul == "bf16":
+        if dtype != torch.bfloat16:
             return dtype
-        return torch.float32 if self.bf16_matmul == "fp32" or not bf16_matmul_is_fast() else dtype
+        if not bf16_kernels_available():
+            return torch.float32  # oneDNN has no bf16 matmul on this CPU, whatever the mode
+        return torch.float32 if self.bf16_matmul == "fp32" or (self.bf16_matmul == "auto" and not bf16_matmul_is_fast()) else dtype
 
     def _derive(self, weights: tuple[torch.Tensor, ...], biases: tuple[torch.Tensor, ...] | None, dtype: torch.dtype,
                 arithmetic: torch.dtype, rows: int) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..config import DeiTConfig
 from ..modeling import DeiTForImageClassificationWithTeacher
-from ..optimize import PARTS, bf16_matmul_is_fast, fast_kernels_available, install_fast_kernels, optimize
+from ..optimize import PARTS, bf16_kernels_available, bf16_matmul_is_fast, fast_kernels_available, install_fast_kernels, optimize
 from .timing import interleaved
 
 __all__ = ["SIZES", "Cell", "Row", "model_flops", "benchmark_cell", "format_table", "PEERS", "benchmark_ablation", "format_ablation"]
@@ -187,7 +187,9 @@ def benchmark_cell(
     ours = optimize(copy.deepcopy(reference), dtype=dtype)
     candidates["ours"] = _caller(ours, x.to(dtype), autocast=False)
     meta["ours"] = ("ours", f"{cell.dtype}, deit.optimize", None)
-    if dtype == torch.bfloat16 and device.type == "cpu" and fast_kernels_available():
+    if dtype == torch.bfloat16 and device.type == "cpu" and fast_kernels_available() and not bf16_kernels_available():
+        meta["ours"] = ("ours", "bf16, deit.optimize, matmuls in fp32 (no bf16 matmul on this CPU)", None)
+    elif dtype == torch.bfloat16 and device.type == "cpu" and fast_kernels_available():
         # Show what deit.optimize chose for the bf16 matmuls here and time the other choice too.
         chosen, other = ("bf16", "fp32") if bf16_matmul_is_fast() else ("fp32", "bf16")
         meta["ours"] = ("ours", f"bf16, deit.optimize, matmuls in {chosen}", None)
@@ -214,7 +216,7 @@ def benchmark_cell(
     if linear_bounds:
         candidates["linear-only F.linear"] = linear_only(config, cell.batch_size, dtype, device, "torch")
         meta["linear-only F.linear"] = ("Linear-only bound (F.linear)", cell.dtype, None)
-        if device.type == "cpu" and fast_kernels_available():
+        if device.type == "cpu" and fast_kernels_available() and (dtype != torch.bfloat16 or bf16_kernels_available()):
             candidates["linear-only oneDNN"] = linear_only(config, cell.batch_size, dtype, device, "onednn")
             meta["linear-only oneDNN"] = ("Linear-only bound (oneDNN)", cell.dtype, None)
 
