@@ -18,18 +18,9 @@ import torch
 import deit
 from deit.optimize import PARTS, bf16_kernels_available, bf16_matmul_is_fast, fast_kernels_available, install_fast_kernels, optimize
 
+from small_models import SMALL, build
+
 pytestmark = pytest.mark.skipif(not fast_kernels_available(), reason="PyTorch build without the oneDNN kernels")
-
-SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32, patch_size=8, num_labels=5)
-
-
-def build(cls=deit.DeiTForImageClassificationWithTeacher, **overrides):
-    torch.manual_seed(0)
-    model = cls(deit.DeiTConfig(**{**SMALL, **overrides}))
-    with torch.no_grad():  # non-trivial biases and tokens (the initialisation zeroes them)
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
 
 
 @pytest.fixture
