@@ -73,8 +73,8 @@ from .modeling import (DeiTAttention, DeiTEncoder, DeiTIntermediate, DeiTLayer, 
                        DeiTPreTrainedModel, DeiTSelfAttention, DeiTSelfOutput, DropPath, activation)
 from .streams import run_in_streams, streams_for, train_in_streams
 
-__all__ = ["optimize", "fast_kernels_available", "install_fast_kernels", "bf16_kernels_available", "bf16_matmul_is_fast", "onednn_fp32_is_fast", "PARTS",
-           "BF16_MATMUL_MODES"]
+__all__ = ["optimize", "fast_kernels_available", "install_fast_kernels", "bf16_kernels_available", "bf16_matmul_is_fast",
+           "onednn_fp32_is_fast", "PARTS", "BF16_MATMUL_MODES"]
 
 # oneDNN post-op (attr, algorithm) of the activations it can fuse after a matmul.
 _FUSED_ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "gelu_pytorch_tanh": ("gelu", "tanh"),
@@ -752,20 +752,22 @@ def optimize(model: DeiTPreTrainedModel, dtype: torch.dtype | str | None = None,
              bf16_matmul: str = "auto", streams: int | str = "auto") -> DeiTPreTrainedModel:
     """Switch ``model`` to the fast CPU kernels (see the module docstring), in place; returns it.
 
-    ``dtype``: cast the weights first (``torch.bfloat16`` / ``"bf16"`` is the fast inference
-    setting on CPUs with AVX-512 BF16 or AMX; for training keep float32 weights and use
-    autocast). Works in eval and in training mode; the mode is left as it is. On devices other
-    than the CPU, or where PyTorch lacks the oneDNN kernels, the modules are left unchanged.
-    ``compile=True`` also compiles the model with ``torch.compile`` (inductor; the first call
-    takes a while). ``bf16_matmul``: how bfloat16 matmuls run (in inference, and the Linear
-    layers under bf16 autocast in training), ``"bf16"`` (oneDNN's bf16 kernel), ``"fp32"``
-    (float32 arithmetic on the exact bf16 operands, results rounded to bf16 where they enter
-    the residual stream) or ``"auto"``, the faster of the two on this CPU
-    (:func:`bf16_matmul_is_fast`). ``streams``: in inference, run the encoder on this many parts
-    of the batch at once, each on one single-threaded worker (:mod:`deit.streams`); ``"auto"``
-    is one part per intra-op thread for batches of at least 4 samples per thread (measured on a
-    2-core CPU), ``1`` never splits. Called again on an optimized model, it applies the new
-    settings and derives the cached (packed, cast) weights afresh.
+    ``dtype``: cast the weights first (``torch.bfloat16`` / ``"bf16"`` halves the weights' memory;
+    it is also the fastest inference setting on CPUs whose bf16 matmul beats float32, AMX or AMD
+    Zen 4, and runs at about float32 speed elsewhere, its matmuls then in float32 arithmetic; for
+    training keep float32 weights and use autocast). Works in eval and in training mode; the mode
+    is left as it is. On devices other than the CPU, or where PyTorch lacks the oneDNN kernels, the
+    modules are left unchanged. ``compile=True`` also compiles the model with ``torch.compile``
+    (inductor; the first call takes a while). ``bf16_matmul``: how bfloat16 matmuls run (in
+    inference, and the Linear layers under bf16 autocast in training), ``"bf16"`` (oneDNN's bf16
+    kernel, where the CPU has one: :func:`bf16_kernels_available`; elsewhere every mode computes as
+    ``"fp32"``), ``"fp32"`` (float32 arithmetic on the exact bf16 operands, results rounded to bf16
+    where they enter the residual stream) or ``"auto"``, the faster of the two on this CPU
+    (:func:`bf16_matmul_is_fast`). ``streams``: in inference and training, run the encoder on this
+    many parts of the batch at once, each on one single-threaded worker (:mod:`deit.streams`);
+    ``"auto"`` is one part per intra-op thread for batches of at least 4 samples per thread
+    (measured on a 2-core CPU), ``1`` never splits. Called again on an optimized model, it applies
+    the new settings and derives the cached (packed, cast) weights afresh.
     """
     if isinstance(dtype, str):
         if dtype not in _DTYPE_NAMES:
