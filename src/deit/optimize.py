@@ -104,8 +104,9 @@ def bf16_kernels_available() -> bool:
 _FAST_DTYPES = frozenset({torch.float32, torch.bfloat16})
 
 
-# How bfloat16 matmuls are computed: "bf16" (oneDNN's bf16 kernel, where the CPU has one), "fp32" (float32 arithmetic on
-# the widened bf16 operands, see the module docstring), or "auto" (the faster here).
+# How bfloat16 matmuls are computed: "bf16" (oneDNN's bf16 kernel, where the CPU has one), "fp32"
+# (float32 arithmetic on the widened bf16 operands, see the module docstring), or "auto" (the
+# faster here).
 BF16_MATMUL_MODES = ("auto", "bf16", "fp32")
 
 

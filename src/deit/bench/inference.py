@@ -187,15 +187,16 @@ def benchmark_cell(
     ours = optimize(copy.deepcopy(reference), dtype=dtype)
     candidates["ours"] = _caller(ours, x.to(dtype), autocast=False)
     meta["ours"] = ("ours", f"{cell.dtype}, deit.optimize", None)
-    if dtype == torch.bfloat16 and device.type == "cpu" and fast_kernels_available() and not bf16_kernels_available():
-        meta["ours"] = ("ours", "bf16, deit.optimize, matmuls in fp32 (no bf16 matmul on this CPU)", None)
-    elif dtype == torch.bfloat16 and device.type == "cpu" and fast_kernels_available():
-        # Show what deit.optimize chose for the bf16 matmuls here and time the other choice too.
-        chosen, other = ("bf16", "fp32") if bf16_matmul_is_fast() else ("fp32", "bf16")
-        meta["ours"] = ("ours", f"bf16, deit.optimize, matmuls in {chosen}", None)
-        alternative = optimize(copy.deepcopy(reference), dtype=dtype, bf16_matmul=other)
-        candidates["ours-alternative"] = _caller(alternative, x.to(dtype), autocast=False)
-        meta["ours-alternative"] = (OURS_ALTERNATIVE, f"bf16, bf16_matmul={other!r}", None)
+    if dtype == torch.bfloat16 and device.type == "cpu" and fast_kernels_available():
+        if bf16_kernels_available():
+            # Show what deit.optimize chose for the bf16 matmuls here and time the other choice too.
+            chosen, other = ("bf16", "fp32") if bf16_matmul_is_fast() else ("fp32", "bf16")
+            meta["ours"] = ("ours", f"bf16, deit.optimize, matmuls in {chosen}", None)
+            alternative = optimize(copy.deepcopy(reference), dtype=dtype, bf16_matmul=other)
+            candidates["ours-alternative"] = _caller(alternative, x.to(dtype), autocast=False)
+            meta["ours-alternative"] = (OURS_ALTERNATIVE, f"bf16, bf16_matmul={other!r}", None)
+        else:  # no other choice to time
+            meta["ours"] = ("ours", "bf16, deit.optimize, matmuls in fp32 (no bf16 matmul on this CPU)", None)
     if compile_ours:
         ours_compiled = optimize(copy.deepcopy(reference), dtype=dtype)
         call, seconds = _compiled(ours_compiled, lambda m: _caller(m, x.to(dtype), autocast=False))
