@@ -1,6 +1,7 @@
 """deit: Data-efficient Image Transformers with the Hugging Face API, and distillation training."""
 
 from .allocator import retain_freed_memory
+from .auto import AutoModel, AutoModelForImageClassification, AutoModelForMaskedImageModeling
 from .config import PRESETS, DeiTConfig, ViTConfig
 from .losses import DistillationLoss
 from .modeling import (
@@ -24,6 +25,7 @@ from .outputs import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoModel", "AutoModelForImageClassification", "AutoModelForMaskedImageModeling",
     "PRESETS", "DeiTConfig", "ViTConfig", "DistillationLoss", "optimize", "retain_freed_memory",
     "DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher", "DeiTForMaskedImageModeling",
     "DeiTPreTrainedModel", "ViTModel", "ViTForImageClassification", "ViTForMaskedImageModeling",

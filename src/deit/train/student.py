@@ -42,13 +42,9 @@ def student_image_size(train: TrainConfig) -> int:
         return train.image_size
     if is_preset(train.model):
         return PRESETS[train.model.split("/")[-1]]["image_size"]
-    from ..auto import _load_config
-
-    config = _load_config(train.model)
-    if config is None:
-        # Weights without a config.json: the loader infers the config from the tensors.
-        return load_source_model(train.model).config.image_size
-    return config.image_size
+    # A checkpoint's resolution is in its config.json, or (timm / original weights) only in the
+    # tensors' shapes: the loader settles both, so ask it rather than a second reader.
+    return load_source_model(train.model).config.image_size
 
 
 def load_source_model(name_or_path: str) -> DeiTPreTrainedModel:
