@@ -23,7 +23,8 @@ from deit import PRESETS, DeiTConfig  # noqa: E402
 from deit.auto import AutoModel, AutoModelForImageClassification  # noqa: E402
 from deit.checkpoint import CheckpointError  # noqa: E402
 from deit.cli import main as cli  # noqa: E402
-from deit.convert import infer_timm_config, save_timm, timm_model_kwargs, timm_to_hf, to_timm_layout  # noqa: E402
+from deit.checkpoint import save_timm  # noqa: E402
+from deit.convert import infer_timm_config, timm_model_kwargs, timm_to_hf, to_timm_layout  # noqa: E402
 
 ATOL = 1e-4
 # A small DeiT: the tiny width (so 3 heads are inferred), two blocks, 4x4 patches of 8 pixels.

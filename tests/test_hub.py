@@ -11,7 +11,7 @@ import torch
 import deit
 from deit.auto import AutoModelForImageClassification
 from deit.cli import main as cli
-from deit.convert import save_timm
+from deit.checkpoint import save_timm
 from deit.hub import ModelNotFoundError
 
 REPO = "facebook/deit-base-distilled-patch16-224"

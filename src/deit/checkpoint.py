@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from .config import CONFIG_NAME, DeiTConfig, ViTConfig, config_from_dict
+from .convert import timm_model_kwargs, timm_model_name, to_timm_layout
+from .errors import CheckpointError
 from .io import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
@@ -30,10 +32,6 @@ SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read, is unsafe, or does not fit the model."""
 
 
 # ---------------------------------------------------------------------------- reading
@@ -236,7 +234,7 @@ def load_pretrained(
         config.validate()
 
     state_dict = convert.resize_position_embeddings(state_dict, config, source=weights_path)
-    target_cls = convert.class_for(cls, config)
+    target_cls = cls.class_for_config(config)
     model = target_cls(config)
     info = load_state_dict_into(model, state_dict, ignore_mismatched_sizes=ignore_mismatched_sizes, source=str(weights_path))
     resolved_dtype = _resolve_dtype(torch_dtype if torch_dtype is not None else dtype)
@@ -307,3 +305,16 @@ def save_pretrained(model: "DeiTPreTrainedModel", save_directory: str | os.PathL
         if path not in keep and path.exists():
             path.unlink()
     config.save_pretrained(directory)
+
+
+def save_timm(model: "DeiTPreTrainedModel", path: str | Path) -> dict[str, Any]:
+    """Write ``model`` as a timm-layout safetensors file; return how to build the timm model for it
+    (``{"model_name": ... or None, "distilled": ..., "kwargs": {...}}``, also kept in the file's metadata)."""
+    state_dict = to_timm_layout(model)
+    recipe = {
+        "model_name": timm_model_name(model.config),
+        "distilled": model.num_prefix_tokens == 2,
+        "kwargs": timm_model_kwargs(model.config, with_head="head.weight" in state_dict),
+    }
+    save_state_dict(state_dict, path, metadata={"timm_recipe": json.dumps(recipe)})
+    return recipe

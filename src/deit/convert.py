@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from .errors import CheckpointError
+
 if TYPE_CHECKING:
     from .config import DeiTConfig
     from .modeling import DeiTPreTrainedModel
@@ -54,12 +56,6 @@ _UNSUPPORTED_TIMM_PARTS = (
 )
 
 
-def _checkpoint_error(message: str) -> Exception:
-    from .checkpoint import CheckpointError
-
-    return CheckpointError(message)
-
-
 # ------------------------------------------------------------------------------ detection
 def detect_layout(keys: Sequence[str] | Mapping[str, Any]) -> str:
     """``"hf"``, ``"timm"`` (also the original DeiT ``.pth``), or ``"unknown"``."""
@@ -85,7 +81,7 @@ def to_hf_layout(
     if layout == LAYOUT_TIMM:
         return timm_to_hf(state_dict, source, given)
     sample = ", ".join(list(state_dict)[:5])
-    raise _checkpoint_error(
+    raise CheckpointError(
         f"{source}: not a DeiT/ViT checkpoint layout we know (first keys: {sample}); "
         "expected Hugging Face names (deit./vit.embeddings...) or timm names (patch_embed.proj, blocks.N...)"
     )
@@ -133,7 +129,7 @@ def _refuse_unsupported(keys: Sequence[str], source: Path | str) -> None:
     for key in keys:
         for marker, meaning in _UNSUPPORTED_TIMM_PARTS:
             if marker in key:
-                raise _checkpoint_error(
+                raise CheckpointError(
                     f"{source}: key {key!r} shows a ViT variant with {meaning}, which DeiT models cannot reproduce; "
                     "only DeiT / plain ViT checkpoints (class token, learned positions, token pooling) are supported"
                 )
@@ -150,12 +146,12 @@ def infer_timm_config(shapes: Mapping[str, Sequence[int]], source: Path | str = 
 
     def need(key: str) -> Sequence[int]:
         if key not in shapes:
-            raise _checkpoint_error(f"{source}: timm-layout checkpoint has no {key!r}; it is not a DeiT/ViT checkpoint we can load")
+            raise CheckpointError(f"{source}: timm-layout checkpoint has no {key!r}; it is not a DeiT/ViT checkpoint we can load")
         return shapes[key]
 
     patch_weight = need("patch_embed.proj.weight")
     if len(patch_weight) != 4 or patch_weight[2] != patch_weight[3]:
-        raise _checkpoint_error(f"{source}: key 'patch_embed.proj.weight' has shape {tuple(patch_weight)}; expected a square convolution kernel (hidden, channels, p, p)")
+        raise CheckpointError(f"{source}: key 'patch_embed.proj.weight' has shape {tuple(patch_weight)}; expected a square convolution kernel (hidden, channels, p, p)")
     hidden, channels, patch = int(patch_weight[0]), int(patch_weight[1]), int(patch_weight[2])
     need("cls_token")
     need("norm.weight")
@@ -167,7 +163,7 @@ def infer_timm_config(shapes: Mapping[str, Sequence[int]], source: Path | str = 
     positions = int(need("pos_embed")[1]) - prefix_tokens
     grid = math.isqrt(max(positions, 0))
     if positions <= 0 or grid * grid != positions:
-        raise _checkpoint_error(
+        raise CheckpointError(
             f"{source}: key 'pos_embed' has {positions + prefix_tokens} positions, which is not {prefix_tokens} prefix token(s) plus a square "
             "patch grid (a model whose position embeddings skip the class token, no_embed_class=True, is not supported)"
         )
@@ -189,9 +185,9 @@ def infer_timm_config(shapes: Mapping[str, Sequence[int]], source: Path | str = 
     else:
         num_labels = 0
     if distilled and ("head.weight" in shapes) != ("head_dist.weight" in shapes):
-        raise _checkpoint_error(f"{source}: a distilled checkpoint needs both 'head' and 'head_dist' (or neither); found only one")
+        raise CheckpointError(f"{source}: a distilled checkpoint needs both 'head' and 'head_dist' (or neither); found only one")
     if not distilled and "head_dist.weight" in shapes:
-        raise _checkpoint_error(f"{source}: key 'head_dist.weight' without a 'dist_token'; not a DeiT checkpoint we can load")
+        raise CheckpointError(f"{source}: key 'head_dist.weight' without a 'dist_token'; not a DeiT checkpoint we can load")
 
     return {
         "model_type": "deit" if distilled else "vit",
@@ -228,10 +224,10 @@ def timm_to_hf(
             tensor = remaining.pop(f"{fused}.{param}", None)
             if tensor is None:
                 if param == "weight":
-                    raise _checkpoint_error(f"{source}: timm-layout checkpoint has no {fused}.weight (layer {i} of {depth})")
+                    raise CheckpointError(f"{source}: timm-layout checkpoint has no {fused}.weight (layer {i} of {depth})")
                 continue
             if tensor.shape[0] != 3 * config["hidden_size"]:
-                raise _checkpoint_error(f"{source}: key '{fused}.{param}' has shape {tuple(tensor.shape)}; expected {3 * config['hidden_size']} rows (query, key, value)")
+                raise CheckpointError(f"{source}: key '{fused}.{param}' has shape {tuple(tensor.shape)}; expected {3 * config['hidden_size']} rows (query, key, value)")
             # timm stacks query, key and value along the output dimension.
             for name, part in zip(split_names, tensor.chunk(3, dim=0)):
                 converted[f"{name}.{param}"] = part.clone()
@@ -239,7 +235,7 @@ def timm_to_hf(
         if timm_name in remaining:
             converted[hf_name] = remaining.pop(timm_name)
     if remaining:
-        raise _checkpoint_error(
+        raise CheckpointError(
             f"{source}: timm-layout checkpoint has key(s) a DeiT/ViT model has no place for: {', '.join(sorted(remaining)[:8])}"
         )
     return converted, config
@@ -345,43 +341,3 @@ def resize_position_embeddings(state_dict: dict[str, torch.Tensor], config: "Dei
     patches = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, dim).to(table.dtype)
     logger.info("%s: position embeddings resampled from a %dx%d to a %dx%d patch grid (image_size=%d)", source, old_grid, old_grid, new_grid, new_grid, config.image_size)
     return {**state_dict, key: torch.cat((prefix, patches), dim=1)}
-
-
-# --------------------------------------------------------------------------- classes
-# Our classes with no same-named twin of the other model type.
-_TWINS = {"DeiTForImageClassificationWithTeacher": "ViTForImageClassification"}
-
-
-def class_for(cls: Any, config: "DeiTConfig") -> type["DeiTPreTrainedModel"]:
-    """The class to build for ``config``.
-
-    ``cls`` may be one of our model classes (then itself, or its ViT/DeiT twin when the checkpoint
-    is of the other model type) or an auto class, which picks from the checkpoint's config.
-    """
-    from . import modeling
-
-    pick = getattr(cls, "class_for_config", None)
-    if pick is not None:
-        return pick(config)
-    if config.model_type == cls.config_class.model_type:
-        return cls
-    name = cls.__name__
-    twin = _TWINS.get(name) or (name.replace("DeiT", "ViT") if config.model_type == "vit" else name.replace("ViT", "DeiT"))
-    if twin not in modeling.MODEL_CLASSES:
-        raise ValueError(f"{name} cannot load a {config.model_type!r} checkpoint (no {twin} class)")
-    return modeling.MODEL_CLASSES[twin]
-
-
-def save_timm(model: "DeiTPreTrainedModel", path: str | Path) -> dict[str, Any]:
-    """Write ``model`` as a timm-layout safetensors file; return how to build the timm model for it
-    (``{"model_name": ... or None, "distilled": ..., "kwargs": {...}}``, also kept in the file's metadata)."""
-    from .checkpoint import save_state_dict
-
-    state_dict = to_timm_layout(model)
-    recipe = {
-        "model_name": timm_model_name(model.config),
-        "distilled": model.num_prefix_tokens == 2,
-        "kwargs": timm_model_kwargs(model.config, with_head="head.weight" in state_dict),
-    }
-    save_state_dict(state_dict, path, metadata={"timm_recipe": json.dumps(recipe)})
-    return recipe

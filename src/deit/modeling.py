@@ -343,6 +343,19 @@ class DeiTPreTrainedModel(nn.Module):
     num_prefix_tokens: ClassVar[int] = 2
     main_input_name: ClassVar[str] = "pixel_values"
 
+    @classmethod
+    def class_for_config(cls, config: DeiTConfig) -> type["DeiTPreTrainedModel"]:
+        """The class that loads a checkpoint with ``config``: this one, or its twin of the other
+        model type (a DeiT class asked to load a plain ViT checkpoint, and the reverse). The auto
+        classes answer the same question from the checkpoint's ``architectures``."""
+        if config.model_type == cls.config_class.model_type:
+            return cls
+        name = cls.__name__
+        twin = _TWINS.get(name) or (name.replace("DeiT", "ViT") if config.model_type == "vit" else name.replace("ViT", "DeiT"))
+        if twin not in MODEL_CLASSES:
+            raise ValueError(f"{name} cannot load a {config.model_type!r} checkpoint (no {twin} class)")
+        return MODEL_CLASSES[twin]
+
     def __init__(self, config: DeiTConfig) -> None:
         super().__init__()
         if not isinstance(config, DeiTConfig):
@@ -716,6 +729,9 @@ class ViTForImageClassification(ViTPreTrainedModel, DeiTForImageClassification):
 class ViTForMaskedImageModeling(ViTPreTrainedModel, DeiTForMaskedImageModeling):
     body_class = ViTModel
 
+
+# Our classes with no same-named twin of the other model type.
+_TWINS = {"DeiTForImageClassificationWithTeacher": "ViTForImageClassification"}
 
 MODEL_CLASSES: dict[str, type[DeiTPreTrainedModel]] = {
     cls.__name__: cls

@@ -64,7 +64,7 @@ def timm_usage(recipe: dict[str, Any], dst: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..auto import AutoModelAsSaved
-    from ..convert import save_timm
+    from ..checkpoint import save_timm
 
     layout = output_layout(args)
     dst = Path(args.dst)
