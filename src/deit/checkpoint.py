@@ -20,6 +20,7 @@ import torch
 
 from .config import CONFIG_NAME, DeiTConfig, ViTConfig, config_from_dict
 from .convert import timm_model_kwargs, timm_model_name, to_timm_layout
+from .dtypes import to_dtype
 from .errors import CheckpointError
 from .io import atomic_path, atomic_write_text
 
@@ -30,8 +31,6 @@ logger = logging.getLogger("deit")
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
 # ---------------------------------------------------------------------------- reading
@@ -173,11 +172,7 @@ def load_state_dict_into(
 def _resolve_dtype(torch_dtype: str | torch.dtype | None) -> torch.dtype | None:
     if torch_dtype is None or torch_dtype == "auto":
         return None
-    if isinstance(torch_dtype, torch.dtype):
-        return torch_dtype
-    if torch_dtype in _DTYPES:
-        return _DTYPES[torch_dtype]
-    raise ValueError(f"torch_dtype must be one of float32/float16/bfloat16 or a torch.dtype, got {torch_dtype!r}")
+    return to_dtype(torch_dtype, "torch_dtype")
 
 
 def load_pretrained(

@@ -17,13 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"deit.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"deit.commands.{name}":
-                continue  # not built yet
-            raise
-        module.register(subparsers)
+        # Every command exists: an import error inside one is a bug to see, not a command to hide.
+        importlib.import_module(f"deit.commands.{name}").register(subparsers)
     return parser
 
 

@@ -69,6 +69,7 @@ from torch import nn
 from torch.nn.modules import module as _module_hooks
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from .dtypes import to_dtype
 from .modeling import (DeiTAttention, DeiTEncoder, DeiTIntermediate, DeiTLayer, DeiTOutput, DeiTPatchEmbeddings,
                        DeiTPreTrainedModel, DeiTSelfAttention, DeiTSelfOutput, DropPath, activation)
 from .streams import run_in_streams, streams_for, train_in_streams
@@ -82,8 +83,6 @@ _FUSED_ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "g
 # Samples per attention chunk: the best measured for DeiT-Ti/S/B at 198 tokens on a 2-core
 # AVX-512 CPU (one sample leaves the batched matmuls too small, four spill the L2 cache).
 _SAMPLES_PER_CHUNK = 2
-_DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-                "fp16": torch.float16, "float16": torch.float16}
 
 
 def fast_kernels_available() -> bool:
@@ -770,12 +769,8 @@ def optimize(model: DeiTPreTrainedModel, dtype: torch.dtype | str | None = None,
     (measured on a 2-core CPU), ``1`` never splits. Called again on an optimized model, it applies
     the new settings and derives the cached (packed, cast) weights afresh.
     """
-    if isinstance(dtype, str):
-        if dtype not in _DTYPE_NAMES:
-            raise ValueError(f"dtype must be one of {', '.join(_DTYPE_NAMES)} or a torch.dtype, got {dtype!r}")
-        dtype = _DTYPE_NAMES[dtype]
     if dtype is not None:
-        model.to(dtype)
+        model.to(to_dtype(dtype))
     if fast_kernels_available() and model.device.type == "cpu":
         install_fast_kernels(model, bf16_matmul=bf16_matmul, streams=streams)
     if compile:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DeiTConfig
+from ..dtypes import DTYPES
 from ..modeling import DeiTForImageClassificationWithTeacher
 from ..optimize import PARTS, bf16_kernels_available, bf16_matmul_is_fast, fast_kernels_available, install_fast_kernels, optimize
 from .timing import interleaved
@@ -32,7 +33,6 @@ PEERS = ("transformers-sdpa", "transformers-eager", "timm")
 # Ours as deit.optimize sets it up, and (bf16 on the CPU) with the other bf16 matmul choice.
 OURS_ALTERNATIVE = "ours, other bf16 matmul"
 OURS = ("ours", OURS_ALTERNATIVE)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 # Dense bf16 peak (TFLOP/s) of GPUs, to report the fraction reached where a GPU runs this.
 GPU_BF16_PEAK_TFLOPS = {"H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "H200": 989.4, "A100": 312.0, "L4": 121.0}

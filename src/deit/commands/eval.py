@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from ..dtypes import DTYPES, PRECISIONS
+
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--interpolation", choices=("bicubic", "bilinear"), default="bicubic")
     p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader worker processes")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=tuple(_DTYPES), default="fp32", help="autocast precision")
+    p.add_argument("--dtype", choices=PRECISIONS, default="fp32", help="autocast precision")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     p.set_defaults(func=run)
 
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         dataset, batch_size=args.batch_size, sampler=ShardedEvalSampler(len(dataset)),
         num_workers=args.num_workers, persistent_workers=False,
     )
-    metrics = evaluate(model, loader, device=args.device, dtype=_DTYPES[args.dtype])
+    metrics = evaluate(model, loader, device=args.device, dtype=DTYPES[args.dtype])
     if dataset.num_corrupt:
         print(f"deit eval: skipped {dataset.num_corrupt} corrupt image(s): {', '.join(dataset.corrupt_files()[:5])}", file=sys.stderr)
     if args.json:

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from ..dtypes import DTYPES, PRECISIONS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="classify images with a DeiT checkpoint")
@@ -20,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="inference precision")
+    p.add_argument("--dtype", choices=PRECISIONS, default="fp32", help="inference precision")
     p.add_argument("--workers", type=int, default=0,
                    help="image decoding processes (default 0: decode with --threads threads in this process, the faster on few cores)")
     p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8), help="image decoding threads per process (default: one per core, up to 8)")
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     if args.threads < 1 or args.workers < 0:
         raise ValueError(f"--threads must be at least 1 and --workers at least 0, got {args.threads} and {args.workers}")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = DTYPES[args.dtype]
     model = optimize(AutoModelForImageClassification.from_pretrained(args.model, torch_dtype=dtype, device=args.device))
     processor = load_processor(args.model, model.config)
     id2label = model.config.id2label

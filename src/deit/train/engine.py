@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..dtypes import to_dtype
 from ..losses import DistillationLoss, LabelSmoothingCrossEntropy, StudentCriterion
 from ..modeling import DeiTPreTrainedModel
 from . import checkpointing
@@ -37,7 +38,6 @@ from .optim import WarmupCosineSchedule, build_optimizer, scaled_lr
 from .recipe import RESUMABLE_CHANGES, TrainConfig
 from .student import build_student, student_image_size
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -78,7 +78,7 @@ class Trainer:
         self.ctx = ctx
         self.output_dir = Path(config.output)
         self.device = ctx.device
-        self.amp_dtype = AMP_DTYPES.get(config.amp)
+        self.amp_dtype = None if config.amp == "none" else to_dtype(config.amp, "amp")
 
         self.image_size = student_image_size(config)
         self.data: RunData = build_run_data(config, ctx, self.image_size, train_set, val_set)
