@@ -27,3 +27,17 @@ def tiny_kwargs() -> dict:
 def pixels() -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.randn(2, 3, 32, 32, generator=g)
+
+
+# Lines a test wants shown at the end of the run (e.g. what the README test ran and skipped).
+_SUMMARY_LINES: list[str] = []
+
+
+@pytest.fixture
+def record_readme_summary():
+    return _SUMMARY_LINES.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _SUMMARY_LINES:
+        terminalreporter.write_line(line)
