@@ -1,0 +1,61 @@
+"""``deit attention``: where the [CLS] and [DIST] tokens look, as one PNG per image."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .predict import expand_inputs
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("attention", help="draw the attention maps of the [CLS] and [DIST] tokens over images (PNG)")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--model", required=True, help="checkpoint folder, weights file or Hub name")
+    p.add_argument("--out", required=True, help="folder for the PNG files (IMAGE-NAME.attention.png)")
+    p.add_argument("--method", choices=("rollout", "last-layer"), default="rollout",
+                   help="rollout: attention flow through every layer (Abnar & Zuidema 2020); last-layer: the last layer's attention")
+    p.add_argument("--token", choices=("cls", "dist", "both"), default="both", help="which token's map to draw (default both)")
+    p.add_argument("--head", type=int, default=None, help="one attention head in every layer (default: the mean of the heads)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from ..auto import AutoModelForImageClassification
+    from ..explain import explain, render
+    from .predict import load_processor
+
+    model = AutoModelForImageClassification.from_pretrained(args.model, device=args.device, attn_implementation="eager")
+    processor = load_processor(args.model, model.config)
+    tokens = ("cls", "dist") if args.token == "both" else (args.token,)
+    if args.token == "dist" and model.num_prefix_tokens < 2:
+        raise ValueError(f"{args.model}: a ViT checkpoint has no [DIST] token; use --token cls")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    mean = torch.tensor(processor.image_mean).view(-1, 1, 1)
+    std = torch.tensor(processor.image_std).view(-1, 1, 1)
+
+    paths = expand_inputs(args.images)
+    failures = 0
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                pixel_values = processor(image, return_tensors="pt")["pixel_values"]
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            failures += 1
+            print(f"deit attention: error: {path}: {err}", file=sys.stderr)
+            continue
+        result = explain(model, pixel_values.to(args.device, model.dtype), method=args.method, tokens=tokens, head=args.head)
+        target = out / f"{path.name}.attention.png"
+        render((pixel_values[0] * std + mean), result, 0, model.config.id2label, target, title=path.name)
+        labels = ", ".join(f"{head}: {model.config.id2label.get(int(ids[0]), str(int(ids[0])))}" for head, ids in result.predictions.items())
+        print(f"{path} -> {target} ({labels})")
+    if failures:
+        print(f"deit attention: {failures} of {len(paths)} file(s) could not be drawn", file=sys.stderr)
+        return 1
+    return 0
