@@ -151,7 +151,14 @@ def load_state_dict_into(
     names), ``mismatched_keys`` (a set of ``(name, checkpoint shape, model shape)``) and
     ``error_msgs`` (a list, empty: every problem is raised or warned about).
     """
+    def _name_in_file(key: str, in_file: Any, prefix: str) -> str:
+        """A key of the prefix-adapted state dict as the file names it (the reference reports those)."""
+        if key in in_file:
+            return key
+        return key[len(prefix):] if key.startswith(prefix) else prefix + key
+
     own = model.state_dict()
+    original = state_dict.keys()
     adapted = _adapt_prefix(model, state_dict)
     # Nothing recognised either way: report the keys as the file names them.
     state_dict = adapted if adapted.keys() & own.keys() else state_dict
@@ -165,6 +172,7 @@ def load_state_dict_into(
     loadable = {k: v for k, v in state_dict.items() if k in own and k not in mismatched}
     missing = [k for k in own if k not in loadable and k not in mismatched]
     unexpected = [k for k in state_dict if k not in own]
+    unexpected_in_file = [_name_in_file(k, original, model.base_model_prefix + ".") for k in unexpected]
     # A pooler in the checkpoint is expected to go unused by the heads (they are built without one).
     quiet = [k for k in unexpected if k.startswith("pooler.") or ".pooler." in k]
     if quiet:
@@ -177,12 +185,12 @@ def load_state_dict_into(
         warnings.warn(f"{name}: weights not found in {source} and newly initialised: {', '.join(missing)}", stacklevel=3)
     if mismatched:
         warnings.warn(f"{name}: weights of another shape in {source} were re-initialised: {', '.join(mismatched)}", stacklevel=3)
-    loud = [k for k in unexpected if k not in quiet]
+    loud = [in_file for k, in_file in zip(unexpected, unexpected_in_file) if k not in quiet]
     if loud:
         warnings.warn(f"{name}: weights in {source} that the model does not use were ignored: {', '.join(loud)}", stacklevel=3)
     return {
         "missing_keys": set(missing),
-        "unexpected_keys": set(unexpected),
+        "unexpected_keys": set(unexpected_in_file),
         "mismatched_keys": {(k, state_dict[k].shape, own[k].shape) for k in mismatched},
         "error_msgs": [],
     }
