@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from .config import DeiTConfig
-from .modeling import MODEL_CLASSES, DeiTPreTrainedModel
+from .modeling import MODEL_CLASSES, DeiTPreTrainedModel, model_init_arguments
 
 # What each task means for a DeiT (distilled) and a ViT (plain) checkpoint.
 _TASK_CLASSES = {
@@ -51,6 +51,10 @@ class _AutoModel:
         # The loader settles the configuration (config.json, or one inferred from timm weights) and
         # asks class_for_config which class to build, so the file is read once.
         return load_pretrained(cls, name_or_path, **kwargs)
+
+    @classmethod
+    def init_arguments(cls) -> frozenset[str]:
+        return model_init_arguments()
 
     @classmethod
     def class_for_config(cls, config: DeiTConfig) -> type[DeiTPreTrainedModel]:

@@ -128,45 +128,69 @@ def _adapt_prefix(model: "DeiTPreTrainedModel", state_dict: dict[str, torch.Tens
     return state_dict
 
 
+class WeightShapeError(CheckpointError, RuntimeError):
+    """A checkpoint tensor whose shape does not fit the model: a ValueError like our other
+    checkpoint errors, and the RuntimeError that callers of the reference catch."""
+
+
 def load_state_dict_into(
     model: "DeiTPreTrainedModel",
     state_dict: dict[str, torch.Tensor],
     *,
     ignore_mismatched_sizes: bool = False,
     source: str = "checkpoint",
-) -> dict[str, list[str]]:
+) -> dict[str, Any]:
     """Copy ``state_dict`` into ``model`` and report what did not fit.
 
-    A shape mismatch is an error naming the key and both shapes, unless
+    A shape mismatch is a :class:`WeightShapeError` naming the key and both shapes, unless
     ``ignore_mismatched_sizes`` (then the model keeps its fresh initialisation for that key).
-    Returns the ``missing``, ``unexpected`` and ``mismatched`` keys.
+    Returns the reference's loading info: ``missing_keys`` and ``unexpected_keys`` (sets of
+    names), ``mismatched_keys`` (a set of ``(name, checkpoint shape, model shape)``) and
+    ``error_msgs`` (a list, empty: every problem is raised or warned about).
     """
-    state_dict = _adapt_prefix(model, state_dict)
+    def _name_in_file(key: str, in_file: Any, prefix: str) -> str:
+        """A key of the prefix-adapted state dict as the file names it (the reference reports those)."""
+        if key in in_file:
+            return key
+        return key[len(prefix):] if key.startswith(prefix) else prefix + key
+
     own = model.state_dict()
+    original = state_dict.keys()
+    adapted = _adapt_prefix(model, state_dict)
+    # Nothing recognised either way: report the keys as the file names them.
+    state_dict = adapted if adapted.keys() & own.keys() else state_dict
     mismatched = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
     if mismatched and not ignore_mismatched_sizes:
         details = "; ".join(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched)
-        raise CheckpointError(
+        raise WeightShapeError(
             f"{source}: {len(mismatched)} tensor(s) do not fit {type(model).__name__}: {details}. "
             "Pass ignore_mismatched_sizes=True to re-initialise them (e.g. a classifier for a new label set)."
         )
     loadable = {k: v for k, v in state_dict.items() if k in own and k not in mismatched}
     missing = [k for k in own if k not in loadable and k not in mismatched]
     unexpected = [k for k in state_dict if k not in own]
+    unexpected_in_file = [_name_in_file(k, original, model.base_model_prefix + ".") for k in unexpected]
     # A pooler in the checkpoint is expected to go unused by the heads (they are built without one).
     quiet = [k for k in unexpected if k.startswith("pooler.") or ".pooler." in k]
     if quiet:
         logger.info("%s: unused pooler weights in %s: %s", type(model).__name__, source, ", ".join(quiet))
     model.load_state_dict(loadable, strict=False)
     name = type(model).__name__
+    if not loadable and not mismatched:
+        warnings.warn(f"{name}: no weight in {source} has a name the model knows; the model is freshly initialised", stacklevel=3)
     if missing:
         warnings.warn(f"{name}: weights not found in {source} and newly initialised: {', '.join(missing)}", stacklevel=3)
     if mismatched:
         warnings.warn(f"{name}: weights of another shape in {source} were re-initialised: {', '.join(mismatched)}", stacklevel=3)
-    loud = [k for k in unexpected if k not in quiet]
+    loud = [in_file for k, in_file in zip(unexpected, unexpected_in_file) if k not in quiet]
     if loud:
         warnings.warn(f"{name}: weights in {source} that the model does not use were ignored: {', '.join(loud)}", stacklevel=3)
-    return {"missing": missing, "unexpected": unexpected, "mismatched": mismatched}
+    return {
+        "missing_keys": set(missing),
+        "unexpected_keys": set(unexpected_in_file),
+        "mismatched_keys": {(k, state_dict[k].shape, own[k].shape) for k in mismatched},
+        "error_msgs": [],
+    }
 
 
 def _resolve_dtype(torch_dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -177,9 +201,10 @@ def _resolve_dtype(torch_dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 def load_pretrained(
     cls: type["DeiTPreTrainedModel"],
-    name_or_path: str | os.PathLike,
+    name_or_path: str | os.PathLike | None,
     *,
     config: DeiTConfig | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
     torch_dtype: str | torch.dtype | None = None,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
@@ -190,30 +215,53 @@ def load_pretrained(
     local_files_only: bool = False,
     token: str | bool | None = None,
     output_loading_info: bool = False,
-    **config_overrides: Any,
+    **kwargs: Any,
 ) -> Any:
     from . import convert
     from .hub import resolve_file, resolve_weights
 
+    if torch.empty(0).device.type == "meta":
+        raise RuntimeError(
+            f"{cls.__name__}.from_pretrained was called under torch.device('meta') (or torch.set_default_device('meta')): "
+            "weights cannot be loaded into meta tensors. Build an empty model there with from_config(config) or "
+            "the class itself, or load outside the meta context."
+        )
+    # Keywords of a model constructor (use_mask_token, add_pooling_layer) reach it; the rest are config fields.
+    init_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.init_arguments()}
+    config_overrides = kwargs
     hub_kwargs = dict(cache_dir=cache_dir, revision=revision, local_files_only=local_files_only, token=token)
-    weights_path = resolve_weights(name_or_path, **hub_kwargs)
-    source = Path(name_or_path)
-    resolve_sibling = None
-    if not source.exists():  # a Hub repository: shards are fetched by name from the same repo
-        resolve_sibling = lambda shard: resolve_file(name_or_path, shard, **hub_kwargs)  # noqa: E731
-    state_dict = read_state_dict(weights_path, resolve_sibling=resolve_sibling)
+    source = Path(name_or_path) if name_or_path is not None else None
+    if state_dict is None:
+        if name_or_path is None:
+            raise ValueError(f"{cls.__name__}.from_pretrained(None, ...) needs the weights as state_dict=")
+        weights_path: Path | str = resolve_weights(name_or_path, **hub_kwargs)
+        resolve_sibling = None
+        if not source.exists():  # a Hub repository: shards are fetched by name from the same repo
+            resolve_sibling = lambda shard: resolve_file(name_or_path, shard, **hub_kwargs)  # noqa: E731
+        state_dict = read_state_dict(weights_path, resolve_sibling=resolve_sibling)
+    else:
+        weights_path = "the given state_dict"
     given = config.to_dict() if config is not None else config_overrides  # fields the weights need not be asked for
-    state_dict, inferred = convert.to_hf_layout(state_dict, source=weights_path, given=given)
+    layout_known = convert.detect_layout(state_dict) != "unknown"
+    inferred = None
+    if layout_known:
+        state_dict, inferred = convert.to_hf_layout(state_dict, source=weights_path, given=given)
 
     if config is None:
-        config_dir = source if source.is_dir() or not source.exists() else source.parent
-        config_path = resolve_file(config_dir if source.exists() else name_or_path, CONFIG_NAME, required=False, **hub_kwargs)
+        config_path = None
+        if source is not None:
+            config_dir = source if source.is_dir() or not source.exists() else source.parent
+            config_path = resolve_file(config_dir if source.exists() else name_or_path, CONFIG_NAME, required=False, **hub_kwargs)
         # A config.json beside timm weights may be timm's own file (no model dimensions): use the inferred config then.
-        from_folder = source.is_dir() or not source.exists()
-        if config_path is not None and (inferred is None or (from_folder and convert.is_model_config_file(config_path))):
+        from_folder = source is not None and (source.is_dir() or not source.exists())
+        if config_path is not None and not layout_known and convert.is_model_config_file(config_path):
+            config = read_config_file(config_path)  # weights of unknown names: loaded as all missing, with a warning
+        elif config_path is not None and layout_known and (inferred is None or (from_folder and convert.is_model_config_file(config_path))):
             config = read_config_file(config_path)
         elif inferred is not None:
             config = config_from_dict(inferred)
+        elif not layout_known:
+            convert.to_hf_layout(state_dict, source=weights_path)  # raises, naming the keys it does not know
         else:
             raise CheckpointError(f"{name_or_path}: no {CONFIG_NAME} beside the weights, and the weights alone do not describe the model")
     else:
@@ -230,11 +278,14 @@ def load_pretrained(
 
     state_dict = convert.resize_position_embeddings(state_dict, config, source=weights_path)
     target_cls = cls.class_for_config(config)
-    model = target_cls(config)
+    model = target_cls(config, **init_kwargs)
     info = load_state_dict_into(model, state_dict, ignore_mismatched_sizes=ignore_mismatched_sizes, source=str(weights_path))
-    resolved_dtype = _resolve_dtype(torch_dtype if torch_dtype is not None else dtype)
+    requested = torch_dtype if torch_dtype is not None else dtype
+    # "auto": the dtype the config records for the weights, as in the reference.
+    resolved_dtype = _resolve_dtype(config.dtype if requested == "auto" and isinstance(config.dtype, torch.dtype) else requested)
     if resolved_dtype is not None or device is not None:
         model.to(device=device, dtype=resolved_dtype)
+    model.config.dtype = model.dtype
     model.eval()
     return (model, info) if output_loading_info else model
 

@@ -17,9 +17,14 @@ SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
-# Keys that the Hugging Face side writes for bookkeeping; we keep them when reading a file
+# Keys that the Hugging Face side writes for bookkeeping; we drop them when reading a file
 # and do not pass them on when writing one of ours.
-_HF_BOOKKEEPING = ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "_commit_hash", "_attn_implementation_autoset")
+_HF_BOOKKEEPING = ("transformers_version", "_name_or_path", "_commit_hash", "_attn_implementation_autoset")
+
+# Defaults of the fields every Hugging Face config has; a config file leaves them out at these values.
+_GENERIC_DEFAULTS: dict[str, Any] = {"output_attentions": False, "output_hidden_states": False, "return_dict": True}
+_DEFAULT_NUM_LABELS = 2
+_DEFAULT_NUM_HEADS = 12
 
 
 class DeiTConfig:
@@ -27,15 +32,26 @@ class DeiTConfig:
 
     The defaults describe ``facebook/deit-base-distilled-patch16-224``. Extra keyword
     arguments are kept as attributes and written back, as the Hugging Face configs do.
+
+    A config may be built in steps (``cfg = DeiTConfig(hidden_size=32); cfg.num_attention_heads = 4``):
+    construction checks each field on its own, and the fields against each other only where the
+    caller gave both (``num_attention_heads`` left out means 12, checked against ``hidden_size``
+    later). The whole config is checked by :meth:`validate` when a model is built from it, when
+    it is saved and when it is read from a file, naming the field at fault.
+
+    ``output_attentions``, ``output_hidden_states`` and ``return_dict`` are the defaults the
+    models' ``forward`` uses when the argument is None. ``dtype`` (``torch_dtype`` in older files)
+    records the dtype of saved weights, as a ``torch.dtype``, like the reference.
     """
 
     model_type = "deit"
+    is_encoder_decoder = False
 
     def __init__(
         self,
         hidden_size: int = 768,
         num_hidden_layers: int = 12,
-        num_attention_heads: int = 12,
+        num_attention_heads: int | None = None,
         intermediate_size: int = 3072,
         hidden_act: str = "gelu",
         hidden_dropout_prob: float = 0.0,
@@ -56,11 +72,15 @@ class DeiTConfig:
         problem_type: str | None = None,
         architectures: list[str] | None = None,
         attn_implementation: str | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+        dtype: Any = None,
         **kwargs: Any,
     ) -> None:
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
+        self.num_attention_heads = _DEFAULT_NUM_HEADS if num_attention_heads is None else num_attention_heads
         self.intermediate_size = intermediate_size
         self.hidden_act = hidden_act
         self.hidden_dropout_prob = hidden_dropout_prob
@@ -80,13 +100,19 @@ class DeiTConfig:
         self.architectures = architectures
         # Not serialised: a run-time choice, like in transformers.
         self.attn_implementation = attn_implementation or "sdpa"
+        self.output_attentions = output_attentions
+        self.output_hidden_states = output_hidden_states
+        self.return_dict = return_dict
+        # The reference's older files say torch_dtype; dtype wins when both are there.
+        legacy_dtype = kwargs.pop("torch_dtype", None)
+        self.dtype = dtype if dtype is not None else legacy_dtype
 
         if id2label is not None:
             id2label = {int(k): str(v) for k, v in id2label.items()}
             if num_labels is not None and num_labels != len(id2label):
                 raise ValueError(f"DeiTConfig: num_labels={num_labels} disagrees with id2label, which has {len(id2label)} entries")
         else:
-            id2label = {i: f"LABEL_{i}" for i in range(2 if num_labels is None else num_labels)}
+            id2label = {i: f"LABEL_{i}" for i in range(_DEFAULT_NUM_LABELS if num_labels is None else num_labels)}
         self.id2label = id2label
         if label2id is None:
             label2id = {v: k for k, v in id2label.items()}
@@ -98,7 +124,10 @@ class DeiTConfig:
         self._extra_keys = sorted(kwargs)
         for key, value in kwargs.items():
             setattr(self, key, value)
-        self.validate()
+        self._check_fields()
+        if num_attention_heads is not None:
+            self._check_heads_divide_width()
+        self._check_image_fits_patches()
 
     # ------------------------------------------------------------------ labels
     @property
@@ -111,23 +140,58 @@ class DeiTConfig:
             self.id2label = {i: f"LABEL_{i}" for i in range(value)}
             self.label2id = {v: k for k, v in self.id2label.items()}
 
+    # ---------------------------------------------------------------- dtype
+    @property
+    def dtype(self) -> Any:
+        return self._dtype
+
+    @dtype.setter
+    def dtype(self, value: Any) -> None:
+        if isinstance(value, str) and value != "auto":
+            import torch
+
+            resolved = getattr(torch, value, None)
+            if not isinstance(resolved, torch.dtype):
+                raise ValueError(f"DeiTConfig.dtype: {value!r} is not a torch dtype name")
+            value = resolved
+        self._dtype = value
+
+    @property
+    def torch_dtype(self) -> Any:
+        """The older name of :attr:`dtype`, still read and written by the reference."""
+        return self.dtype
+
+    @torch_dtype.setter
+    def torch_dtype(self, value: Any) -> None:
+        self.dtype = value
+
     # -------------------------------------------------------------- validation
     def validate(self) -> None:
         """Raise ValueError naming the first field whose value cannot describe a model."""
+        self._check_fields()
+        self._check_heads_divide_width()
+        self._check_image_fits_patches()
 
-        def fail(field: str, message: str) -> None:
-            raise ValueError(f"DeiTConfig.{field}: {message}")
+    def _fail(self, field: str, message: str) -> None:
+        raise ValueError(f"DeiTConfig.{field}: {message}")
 
+    def _check_heads_divide_width(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            self._fail("hidden_size", f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}")
+
+    def _check_image_fits_patches(self) -> None:
+        if self.image_size % self.patch_size:
+            self._fail("image_size", f"{self.image_size} is not divisible by patch_size={self.patch_size}")
+
+    def _check_fields(self) -> None:
+        """Each field on its own: types, ranges, known names."""
+        fail = self._fail
         for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size", "patch_size", "num_channels", "encoder_stride", "pooler_output_size"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int):
                 fail(field, f"must be an integer, got {value!r}")
             if value <= 0:
                 fail(field, f"must be positive, got {value}")
-        if self.hidden_size % self.num_attention_heads:
-            fail("hidden_size", f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}")
-        if self.image_size % self.patch_size:
-            fail("image_size", f"{self.image_size} is not divisible by patch_size={self.patch_size}")
         for field in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
@@ -140,8 +204,9 @@ class DeiTConfig:
             value = getattr(self, field)
             if value not in SUPPORTED_ACTIVATIONS:
                 fail(field, f"unknown activation {value!r}; supported: {', '.join(SUPPORTED_ACTIVATIONS)}")
-        if not isinstance(self.qkv_bias, bool):
-            fail("qkv_bias", f"must be true or false, got {self.qkv_bias!r}")
+        for field in ("qkv_bias", "output_attentions", "output_hidden_states", "return_dict"):
+            if not isinstance(getattr(self, field), bool):
+                fail(field, f"must be true or false, got {getattr(self, field)!r}")
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             fail("problem_type", f"unknown problem type {self.problem_type!r}; expected one of {PROBLEM_TYPES}")
         if self.attn_implementation not in ("sdpa", "eager"):
@@ -163,12 +228,32 @@ class DeiTConfig:
             out[key] = getattr(self, key)
         out["id2label"] = {str(k): v for k, v in self.id2label.items()}
         out["label2id"] = dict(self.label2id)
+        for key, default in _GENERIC_DEFAULTS.items():
+            if getattr(self, key) != default:
+                out[key] = getattr(self, key)
+        if self.dtype is not None:
+            out["dtype"] = self.dtype if isinstance(self.dtype, str) else str(self.dtype).removeprefix("torch.")
         for key in self._extra_keys:
             out[key] = copy.deepcopy(getattr(self, key))
         return out
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+    def to_diff_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the generic fields at their defaults (no problem type, the
+        default two labels), as the reference's ``to_diff_dict``: the model's own fields stay."""
+        out = self.to_dict()
+        if out["problem_type"] is None:
+            del out["problem_type"]
+        if self.id2label == {i: f"LABEL_{i}" for i in range(_DEFAULT_NUM_LABELS)}:
+            del out["id2label"], out["label2id"]
+        return out
+
+    def to_json_string(self, use_diff: bool = False) -> str:
+        return json.dumps(self.to_diff_dict() if use_diff else self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def to_json_file(self, json_file_path: str | os.PathLike, use_diff: bool = True) -> None:
+        """Write the config as JSON (only what differs from the defaults when ``use_diff``), atomically."""
+        self.validate()
+        atomic_write_text(json_file_path, self.to_json_string(use_diff=use_diff))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "DeiTConfig":
@@ -184,7 +269,7 @@ class DeiTConfig:
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(directory / CONFIG_NAME, self.to_json_string())
+        self.to_json_file(directory / CONFIG_NAME, use_diff=False)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> "DeiTConfig":
@@ -196,17 +281,21 @@ class DeiTConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object")
         try:
-            return cls.from_dict(data, **overrides)
+            config = cls.from_dict(data, **overrides)
+            config.validate()  # a file describes the whole model: hold every field against the others now
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
+        return config
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> "DeiTConfig":
-        """Read ``config.json`` from a folder, a file, or a Hub name (see :mod:`deit.hub`)."""
+    def from_pretrained(cls, name_or_path: str | os.PathLike, subfolder: str = "", **kwargs: Any) -> "DeiTConfig":
+        """Read ``config.json`` from a folder, a file, or a Hub name (see :mod:`deit.hub`);
+        ``subfolder``: where the file lies inside the folder or repository."""
         from .hub import resolve_file
 
         hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "local_files_only", "token") if k in kwargs}
-        path = resolve_file(name_or_path, CONFIG_NAME, **hub_kwargs)
+        filename = f"{subfolder.strip('/')}/{CONFIG_NAME}" if subfolder else CONFIG_NAME
+        path = resolve_file(name_or_path, filename, **hub_kwargs)
         return cls.from_json_file(path, **kwargs)
 
     @classmethod

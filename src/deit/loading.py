@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .processing import DeiTImageProcessor, _crop_array, _crop_box, _decode_pil, _lookup_table, _resize_target
+from .processing import DeiTImageProcessor, pil_to_8bit
 
 __all__ = ["LoadedBatch", "ImageFiles", "load_batches", "to_model_input", "default_num_workers", "RESIZE_KERNELS"]
 
@@ -103,13 +103,9 @@ class ImageFiles(torch.utils.data.Dataset):
         proc = self.processor
         pil = self._decode_pil(path)
         if proc.do_resize:
-            height, width = _resize_target(pil.height, pil.width, proc.size)
-            if (height, width) != (pil.height, pil.width):
-                pil = pil.resize((width, height), resample=proc.resample)
+            pil = proc.resize(pil)
         if proc.do_center_crop:
-            box = _crop_box(pil.height, pil.width, proc.crop_size)
-            if box != (0, 0, pil.width, pil.height):
-                pil = pil.crop(box)  # zero fill outside the image, as the processor
+            pil = proc.center_crop(pil)
         return np.asarray(pil)
 
     def _decode_pil(self, path: str) -> Image.Image:
@@ -118,12 +114,12 @@ class ImageFiles(torch.utils.data.Dataset):
         with Image.open(path) as img:
             if self.draft and proc.do_resize and img.format == "JPEG":
                 # The decoder picks the largest DCT scale that keeps both sides >= the request.
-                target_h, target_w = _resize_target(img.height, img.width, proc.size)
+                target_h, target_w = proc.resized_size(img.height, img.width)
                 img.draft("RGB", (target_w, target_h))
             img.load()
             # Camera photos store their orientation in EXIF; the processor applies it too.
             ImageOps.exif_transpose(img, in_place=True)
-        return _decode_pil(img, path, keep_float=False).pil
+        return pil_to_8bit(img, path)
 
     def _decode_tensor(self, path: str) -> torch.Tensor:
         """The file as a (C, H, W) uint8 tensor, C = 3 or 1, EXIF orientation applied."""
@@ -137,12 +133,12 @@ class ImageFiles(torch.utils.data.Dataset):
         proc = self.processor
         height, width = image.shape[1:]
         if proc.do_resize:
-            height, width = _resize_target(height, width, proc.size)
+            height, width = proc.resized_size(height, width)
             interpolation = tvF.InterpolationMode(_TORCHVISION_MODES[proc.resample])
             image = tvF.resize(image, [height, width], interpolation=interpolation, antialias=True)
         pixels = image.permute(1, 2, 0).numpy() if image.shape[0] == 3 else image[0].numpy()
-        if proc.do_center_crop:  # zero fill outside the image, as the processor
-            pixels = _crop_array(pixels, _crop_box(height, width, proc.crop_size))
+        if proc.do_center_crop:
+            pixels = proc.center_crop(pixels, input_data_format="channels_last")
         return pixels
 
 
@@ -234,8 +230,7 @@ def to_model_input(
     mapped through the processor's per-channel lookup table, so the float32 result equals the
     processor's output exactly. ``dtype`` is the model's (the table is rounded once).
     """
-    scale = processor.rescale_factor if processor.do_rescale else None
-    table = _lookup_table(scale, processor.do_normalize, processor.image_mean, processor.image_std)
+    table = processor.level_table()
     pixels = pixels.to(device)
     if pixels.device.type == "cpu":
         # One index_select per contiguous (sample, channel) plane, straight into the output:

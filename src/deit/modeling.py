@@ -11,8 +11,10 @@ Token layout: ``[CLS], [DIST], patch_1 ... patch_N`` (ViT: ``[CLS], patch_1 ... 
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -286,7 +288,11 @@ class DeiTEncoder(nn.Module):
         # Stochastic depth grows linearly with depth, as in the DeiT recipe.
         rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.layer = nn.ModuleList(DeiTLayer(config, rate) for rate in rates)
+        # Set by DeiTPreTrainedModel.gradient_checkpointing_enable (the reference's attribute name).
         self.gradient_checkpointing = False
+        self.checkpoint_function: Callable[..., Any] = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+        self.checkpoint_every_n_layers = 1
+        self.checkpoint_offload = False
 
     def forward(
         self,
@@ -304,10 +310,8 @@ class DeiTEncoder(nn.Module):
         for i, layer in enumerate(self.layer):
             layer_head_mask = head_mask[i] if head_mask is not None else None
             query_tokens = last_layer_tokens if i == last else None
-            if self.gradient_checkpointing and self.training:
-                hidden_states, probs = torch.utils.checkpoint.checkpoint(
-                    layer, hidden_states, layer_head_mask, output_attentions, use_sdpa, query_tokens, use_reentrant=False
-                )
+            if self.gradient_checkpointing and self.training and i % self.checkpoint_every_n_layers == 0:
+                hidden_states, probs = self._checkpointed(layer, hidden_states, layer_head_mask, output_attentions, use_sdpa, query_tokens)
             else:
                 hidden_states, probs = layer(hidden_states, layer_head_mask, output_attentions, use_sdpa, query_tokens)
             if all_hidden is not None:
@@ -319,6 +323,14 @@ class DeiTEncoder(nn.Module):
             tuple(all_hidden) if all_hidden is not None else None,
             tuple(all_attentions) if all_attentions is not None else None,
         )
+
+    def _checkpointed(self, layer: DeiTLayer, *args: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run ``layer`` keeping only its inputs; the backward pass recomputes the rest."""
+        if not self.checkpoint_offload:
+            return self.checkpoint_function(layer, *args)
+        # The saved inputs wait in (pinned) host memory instead of on the accelerator.
+        with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+            return self.checkpoint_function(layer, *args)
 
 
 class DeiTPooler(nn.Module):
@@ -344,6 +356,12 @@ class DeiTPreTrainedModel(nn.Module):
     main_input_name: ClassVar[str] = "pixel_values"
 
     @classmethod
+    def init_arguments(cls) -> frozenset[str]:
+        """Constructor keywords ``from_pretrained`` passes on to the class it builds (which may be
+        this class's ViT/DeiT twin), not to the config."""
+        return model_init_arguments()
+
+    @classmethod
     def class_for_config(cls, config: DeiTConfig) -> type["DeiTPreTrainedModel"]:
         """The class that loads a checkpoint with ``config``: this one, or its twin of the other
         model type (a DeiT class asked to load a plain ViT checkpoint, and the reverse). The auto
@@ -360,8 +378,11 @@ class DeiTPreTrainedModel(nn.Module):
         super().__init__()
         if not isinstance(config, DeiTConfig):
             raise TypeError(f"{type(self).__name__} expects a DeiTConfig, got {type(config).__name__}")
+        # A config may have been built in steps; here it must describe a model.
+        config.validate()
         self.config = config
         self._warned_eager_fallback = False
+        self._require_grads_hooks: list[torch.utils.hooks.RemovableHandle] = []
 
     @property
     def dtype(self) -> torch.dtype:
@@ -370,6 +391,38 @@ class DeiTPreTrainedModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The body under ``base_model_prefix`` ("deit" / "vit"); the model itself for the bare body."""
+        return getattr(self, self.base_model_prefix, self)
+
+    def get_input_embeddings(self) -> DeiTPatchEmbeddings:
+        """The patch embeddings (the reference's answer for its vision models)."""
+        return self.backbone.embeddings.patch_embeddings
+
+    def get_output_embeddings(self) -> None:
+        """None: no DeiT model has an output embedding tied to its input (no language-model head)."""
+        return None
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Number of parameters, as the reference counts them: ``only_trainable`` counts those
+        that require grad; ``exclude_embeddings`` leaves out ``nn.Embedding`` weights, of which
+        DeiT has none (its patch and position embeddings are a convolution and a parameter)."""
+        embedding_weights = {f"{name}.weight" for name, m in self.named_modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
+        return sum(
+            p.numel() for name, p in self.named_parameters()
+            if name not in embedding_weights and (p.requires_grad or not only_trainable)
+        )
+
+    def _output_flags(self, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None) -> tuple[bool, bool, bool]:
+        """The forward arguments, with the config's defaults where an argument is None (as the reference)."""
+        c = self.config
+        return (
+            c.output_attentions if output_attentions is None else output_attentions,
+            c.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            c.return_dict if return_dict is None else return_dict,
+        )
 
     @torch.no_grad()
     def init_weights(self, *roots: nn.Module) -> None:
@@ -400,28 +453,102 @@ class DeiTPreTrainedModel(nn.Module):
             raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {attn_implementation!r}")
         self.config.attn_implementation = attn_implementation
 
-    def gradient_checkpointing_enable(self) -> None:
-        for module in self.modules():
-            if isinstance(module, DeiTEncoder):
-                module.gradient_checkpointing = True
+    # ------------------------------------------------- training API of the Trainer and PEFT
+    supports_gradient_checkpointing: ClassVar[bool] = True
+
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """Recompute each layer's activations in the backward pass instead of keeping them.
+
+        ``gradient_checkpointing_kwargs`` go to ``torch.utils.checkpoint.checkpoint`` (default
+        ``{"use_reentrant": False}``); ``every_n_layers``: checkpoint every n-th layer only;
+        ``offload``: keep the checkpointed inputs in host memory. Takes effect in training mode.
+        """
+        if isinstance(every_n_layers, bool) or not isinstance(every_n_layers, int) or every_n_layers < 1:
+            raise ValueError(f"every_n_layers must be a positive integer, got {every_n_layers!r}")
+        function = functools.partial(torch.utils.checkpoint.checkpoint, **{"use_reentrant": False, **(gradient_checkpointing_kwargs or {})})
+        for encoder in self._encoders():
+            encoder.gradient_checkpointing = True
+            encoder.checkpoint_function = function
+            encoder.checkpoint_every_n_layers = every_n_layers
+            encoder.checkpoint_offload = offload
+
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict[str, Any] | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """The newer reference name of :meth:`gradient_checkpointing_enable` (what its Trainer calls)."""
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers=every_n_layers, offload=offload)
+
+    def gradient_checkpointing_disable(self) -> None:
+        for encoder in self._encoders():
+            encoder.gradient_checkpointing = False
+
+    activation_checkpointing_disable = gradient_checkpointing_disable
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(encoder.gradient_checkpointing for encoder in self._encoders())
+
+    is_activation_checkpointing = is_gradient_checkpointing
+
+    def _encoders(self) -> list[DeiTEncoder]:
+        return [m for m in self.modules() if isinstance(m, DeiTEncoder)]
+
+    def enable_input_require_grads(self) -> None:
+        """Make the patch embeddings' output require grad, so that gradients reach adapters (and
+        checkpointed layers) of a model whose own weights are frozen, as the reference does."""
+
+        def require_grad(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            output.requires_grad_(True)
+
+        self.disable_input_require_grads()
+        self._require_grads_hooks = [self.get_input_embeddings().register_forward_hook(require_grad)]
+
+    def disable_input_require_grads(self) -> None:
+        for hook in self._require_grads_hooks:
+            hook.remove()
+        self._require_grads_hooks = []
 
     # Delegated to deit.checkpoint so that file formats live in one place.
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> "DeiTPreTrainedModel":
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *args: Any, **kwargs: Any) -> "DeiTPreTrainedModel":
         """Load a model from a folder, a weights file, or a Hub name.
 
-        Keyword arguments: ``config``, ``torch_dtype``, ``device``, ``attn_implementation``,
-        ``ignore_mismatched_sizes``, ``cache_dir``, ``revision``, ``local_files_only``,
-        ``token``; any other keyword overrides a config field (e.g. ``num_labels=10``).
+        Keyword arguments: ``config``, ``state_dict`` (weights to use instead of a file; the
+        name may then be None), ``dtype`` / ``torch_dtype``, ``device``, ``attn_implementation``,
+        ``ignore_mismatched_sizes``, ``output_loading_info``, ``cache_dir``, ``revision``,
+        ``local_files_only``, ``token``; a keyword the model's constructor takes
+        (``add_pooling_layer``, ``use_mask_token``) goes to it; any other overrides a config field
+        (e.g. ``num_labels=10``, ``output_attentions=True``).
         """
         from .checkpoint import load_pretrained
 
         return load_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
 
+    @classmethod
+    def _from_config(cls, config: DeiTConfig, *, attn_implementation: str | None = None, dtype: Any = None,
+                     torch_dtype: Any = None, **model_kwargs: Any) -> "DeiTPreTrainedModel":
+        """A freshly initialised model of ``config`` (the reference's helper, used in notebooks):
+        ``attn_implementation`` and ``dtype`` (or ``torch_dtype``) are applied, ``model_kwargs``
+        go to the constructor."""
+        if attn_implementation is not None:
+            config.attn_implementation = attn_implementation
+        model = cls(config, **model_kwargs)
+        resolved = dtype if dtype is not None else torch_dtype
+        if resolved is not None:
+            model.to(getattr(torch, resolved) if isinstance(resolved, str) else resolved)
+            config.dtype = model.dtype
+        return model
+
     def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str | None = None) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (sharded when ``max_shard_size`` is set)."""
+        """Write ``config.json`` and ``model.safetensors`` (sharded when ``max_shard_size`` is set).
+
+        Like the reference, the config records the dtype of the weights (``"dtype"``).
+        """
         from .checkpoint import save_pretrained
 
+        self.config.dtype = self.dtype
         save_pretrained(self, save_directory, max_shard_size=max_shard_size)
 
     # ------------------------------------------------------------------- helpers for heads
@@ -464,9 +591,6 @@ class DeiTModel(DeiTPreTrainedModel):
     @property
     def backbone(self) -> "DeiTModel":
         return self
-
-    def get_input_embeddings(self) -> DeiTPatchEmbeddings:
-        return self.embeddings.patch_embeddings
 
     def _check_inputs(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None, interpolate_pos_encoding: bool) -> None:
         """Raise a clear ValueError for inputs the model cannot read correctly."""
@@ -523,6 +647,7 @@ class DeiTModel(DeiTPreTrainedModel):
         layer for the first n tokens only (what a classification head reads), so that
         ``last_hidden_state`` holds n tokens. Ignored when hidden states or attentions are asked for.
         """
+        output_attentions, output_hidden_states, return_dict = self._output_flags(output_attentions, output_hidden_states, return_dict)
         self._check_inputs(pixel_values, bool_masked_pos, interpolate_pos_encoding)
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
         use_sdpa = self.config.attn_implementation == "sdpa"
@@ -546,7 +671,7 @@ class DeiTModel(DeiTPreTrainedModel):
         sequence_output = self.layernorm(hidden_states)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
         output = BaseModelOutputWithPooling(sequence_output, pooled_output, all_hidden, all_attentions)
-        return output if return_dict is not False else output.to_tuple()
+        return output if return_dict else output.to_tuple()
 
 
 # -------------------------------------------------------------------------------- heads
@@ -562,8 +687,17 @@ class _HeadModel(DeiTPreTrainedModel):
         super().__init__(config)
         setattr(self, self.base_model_prefix, self.body_class(config, add_pooling_layer=False, use_mask_token=use_mask_token))
 
-    def _run_body(self, pixel_values: torch.Tensor, **kwargs: Any) -> BaseModelOutputWithPooling:
-        return self.backbone(pixel_values, return_dict=True, last_layer_tokens=self.tokens_read, **kwargs)
+    def _run_body(self, pixel_values: torch.Tensor, output_attentions: bool | None, output_hidden_states: bool | None,
+                  **kwargs: Any) -> BaseModelOutputWithPooling:
+        output_attentions, output_hidden_states, _ = self._output_flags(output_attentions, output_hidden_states, None)
+        return self.backbone(
+            pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True, last_layer_tokens=self.tokens_read, **kwargs,
+        )
+
+    def _returned(self, output: Any, return_dict: bool | None) -> Any:
+        """The output dataclass, or its tuple when ``return_dict`` (or, if None, the config) says False."""
+        return output if self._output_flags(None, None, return_dict)[2] else output.to_tuple()
 
     def _linear_head(self) -> nn.Module:
         n = self.config.num_labels
@@ -597,8 +731,7 @@ class DeiTForImageClassification(_HeadModel):
         )
         logits = self.classifier(body.last_hidden_state[:, 0])
         loss = self._classification_loss(logits, labels) if labels is not None else None
-        output = ImageClassifierOutput(loss, logits, body.hidden_states, body.attentions)
-        return output if return_dict is not False else output.to_tuple()
+        return self._returned(ImageClassifierOutput(loss, logits, body.hidden_states, body.attentions), return_dict)
 
 
 class DeiTForImageClassificationWithTeacher(_HeadModel):
@@ -657,7 +790,7 @@ class DeiTForImageClassificationWithTeacher(_HeadModel):
         output = DeiTForImageClassificationWithTeacherOutput(
             loss, logits, cls_logits, distillation_logits, body.hidden_states, body.attentions
         )
-        return output if return_dict is not False else output.to_tuple()
+        return self._returned(output, return_dict)
 
 
 class DeiTForMaskedImageModeling(_HeadModel):
@@ -705,8 +838,7 @@ class DeiTForMaskedImageModeling(_HeadModel):
             target = pixel_values[:, :, : mask.shape[2], : mask.shape[3]].to(reconstruction.dtype)
             l1 = F.l1_loss(target, reconstruction, reduction="none")
             loss = (l1 * mask).sum() / (mask.sum() + 1e-5) / self.config.num_channels
-        output = MaskedImageModelingOutput(loss, reconstruction, body.hidden_states, body.attentions)
-        return output if return_dict is not False else output.to_tuple()
+        return self._returned(MaskedImageModelingOutput(loss, reconstruction, body.hidden_states, body.attentions), return_dict)
 
 
 # ------------------------------------------------------------------- plain ViT (non-distilled)
@@ -742,6 +874,17 @@ MODEL_CLASSES: dict[str, type[DeiTPreTrainedModel]] = {
 }
 
 
+@functools.cache
+def model_init_arguments() -> frozenset[str]:
+    """Keyword arguments of the model constructors besides ``config`` (``add_pooling_layer``,
+    ``use_mask_token``): ``from_pretrained`` passes these to the constructor, not to the config."""
+    import inspect
+
+    return frozenset(
+        name for cls in MODEL_CLASSES.values() for name in inspect.signature(cls.__init__).parameters if name not in ("self", "config")
+    )
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -749,5 +892,5 @@ def count_parameters(model: nn.Module) -> int:
 __all__ = [
     "DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher", "DeiTForMaskedImageModeling",
     "DeiTPreTrainedModel", "ViTModel", "ViTForImageClassification", "ViTForMaskedImageModeling", "ViTPreTrainedModel",
-    "MODEL_CLASSES", "count_parameters",
+    "MODEL_CLASSES", "count_parameters", "model_init_arguments",
 ]

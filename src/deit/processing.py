@@ -33,14 +33,34 @@ __all__ = [
     "BatchFeature",
     "DeiTImageProcessor",
     "DeiTFeatureExtractor",
+    "DEFAULT_CROP_PCT",
     "IMAGENET_DEFAULT_MEAN",
     "IMAGENET_DEFAULT_STD",
     "PREPROCESSOR_CONFIG_NAME",
+    "eval_resize_size",
+    "pil_to_8bit",
 ]
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
+# Share of the resized image that the evaluation centre crop keeps (224 of 256).
+DEFAULT_CROP_PCT = 0.875
+
+
+def eval_resize_size(crop_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int:
+    """The side to resize an image to before an evaluation centre crop of ``crop_size`` that keeps
+    ``crop_pct`` of it: ``int(crop_size / crop_pct)`` (224 at 0.875 -> 256; 384 at 0.875 -> 438).
+
+    The DeiT authors' formula (``size = int(args.input_size / args.eval_crop_ratio)`` in
+    ``datasets.py`` of facebookresearch/deit), which timm's eval transform also uses
+    (``math.floor(img_size / crop_pct)``).
+    """
+    if isinstance(crop_size, bool) or not isinstance(crop_size, (int, np.integer)) or crop_size <= 0:
+        raise ValueError(f"crop_size must be a positive int, got {crop_size!r}")
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    return int(crop_size / crop_pct)
 
 ImageLike = Union[Image.Image, np.ndarray, "torch.Tensor", str, os.PathLike]
 ImageInput = Union[ImageLike, Sequence[ImageLike]]
@@ -151,16 +171,40 @@ def _parse_size(size: Any, what: str, allow_shortest_edge: bool) -> dict[str, in
     raise ValueError(f"{what} must be an int, a (height, width) pair or a dict {allowed}; got {size!r}")
 
 
-def _parse_channel_stats(value: Any, what: str) -> tuple[float, float, float]:
-    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
-        value = (value,) * 3
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+def _parse_channel_stats(value: Any, what: str, channels: int = 3) -> tuple[float, ...]:
+    """A float (the same for every channel) or one float per channel: 3 for RGB images, 1 for
+    grayscale, 4 for RGBA; ``channels`` is the count a float stands for."""
+    if _is_scalar(value):
+        value = (value,) * channels
     try:
         stats = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         raise ValueError(f"{what} must be a float or 3 floats (one per RGB channel), got {value!r}") from None
-    if len(stats) != 3:
-        raise ValueError(f"{what} must have 3 values (one per RGB channel), got {len(stats)}: {value!r}")
-    return stats  # type: ignore[return-value]
+    if len(stats) not in _ALLOWED_CHANNELS:
+        raise ValueError(f"{what} must have 3 values (one per RGB channel), or 1 / 4 for grayscale / RGBA images; "
+                         f"got {len(stats)}: {value!r}")
+    return stats
+
+
+def _parse_mean_std(mean: Any, std: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std with one value per output channel; a float takes the other's channel count."""
+    channels = 3 if _is_scalar(mean) and _is_scalar(std) else len(std if _is_scalar(mean) else mean)
+    mean_values = _parse_channel_stats(mean, "image_mean", channels)
+    std_values = _parse_channel_stats(std, "image_std", channels)
+    if len(mean_values) != len(std_values):
+        raise ValueError(f"image_mean has {len(mean_values)} values but image_std has {len(std_values)}; "
+                         "give one per image channel to both")
+    return mean_values, std_values
+
+
+def _as_given(value: Any) -> Any:
+    """How the reference's ``to_dict`` keeps a mean/std it was given: a float as a float, a
+    sequence as a tuple."""
+    return float(value) if _is_scalar(value) else tuple(float(v) for v in value)
 
 
 def _parse_bool(value: Any, what: str) -> bool:
@@ -221,8 +265,9 @@ def _float_to_255(a: np.ndarray, label: str) -> tuple[np.ndarray, bool]:
 
 
 class _Pixels:
-    """One decoded image: a PIL image (mode "RGB" or "L", 8-bit) or a float32 HWC array on the
-    0..255 scale (only when no resize is asked for, to keep float precision)."""
+    """One decoded image: a PIL image (mode "RGB" or "L", or "RGBA" when four channels are kept;
+    8-bit) or a float32 HWC array on the 0..255 scale (only when no resize is asked for, to keep
+    float precision)."""
 
     __slots__ = ("pil", "array", "prescaled")
 
@@ -234,8 +279,21 @@ class _Pixels:
         self.prescaled = prescaled
 
 
-def _decode_pil(img: Image.Image, label: str, keep_float: bool) -> _Pixels:
+def _channel_mismatch(label: str, found: int, channels: int) -> ValueError:
+    return ValueError(f"{label}: image has {found} channel(s) but image_mean/image_std have {channels} value(s); "
+                      "give one mean/std value per image channel")
+
+
+def _decode_pil(img: Image.Image, label: str, keep_float: bool, channels: int = 3) -> _Pixels:
+    """``channels``: 3 makes every image RGB (grayscale stays one plane, repeated at the end);
+    1 and 4 keep grayscale and RGBA images as they are and refuse others."""
     mode = img.mode
+    if channels == 4 and mode in ("RGBA", "RGBa", "PA"):
+        return _Pixels(pil=img if mode == "RGBA" else img.convert("RGBA"))
+    if channels == 1 and (mode in ("L", "1", "LA", "La", "I", "F") or mode.startswith("I;16")):
+        return _decode_pil(img, label, keep_float)  # one 8-bit plane (or float array) on the grayscale path
+    if channels != 3:
+        raise _channel_mismatch(label, len(img.getbands()), channels)
     if mode in ("RGB", "L"):
         return _Pixels(pil=img)
     if mode == "1" or mode in ("LA", "La"):
@@ -252,18 +310,22 @@ def _decode_pil(img: Image.Image, label: str, keep_float: bool) -> _Pixels:
 
 
 def _decode_array(a: np.ndarray, label: str, input_data_format: str | None, keep_float: bool,
-                  sixteen_bit: bool = False) -> _Pixels:
+                  sixteen_bit: bool = False, channels: int = 3) -> _Pixels:
     if a.ndim == 3:
         axis = _channel_axis(a.shape, label, input_data_format)
         if axis == 0:
             a = np.moveaxis(a, 0, -1)
-        if a.shape[-1] == 4:
+        if channels != 3 and a.shape[-1] != channels:
+            raise _channel_mismatch(label, a.shape[-1], channels)
+        if a.shape[-1] == 4 and channels == 3:
             a = a[..., :3]  # RGBA -> RGB: drop alpha like PIL convert("RGB")
         elif a.shape[-1] == 1:
             a = a[..., 0]
     elif a.ndim != 2:
         raise ValueError(f"{label}: an image must be a 2-D (H, W) or 3-D (H, W, C) / (C, H, W) array, "
                          f"got shape {tuple(a.shape)}")
+    elif channels not in (1, 3):
+        raise _channel_mismatch(label, 1, channels)
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"{label}: image has an empty side (shape {tuple(a.shape)})")
 
@@ -302,15 +364,15 @@ def _tensor_to_numpy(t: "torch.Tensor") -> np.ndarray:
         return t.to(torch.int64).numpy()
 
 
-def _decode(item: Any, label: str, input_data_format: str | None, keep_float: bool) -> _Pixels:
+def _decode(item: Any, label: str, input_data_format: str | None, keep_float: bool, channels: int = 3) -> _Pixels:
     if isinstance(item, Image.Image):
-        return _decode_pil(item, label, keep_float)
+        return _decode_pil(item, label, keep_float, channels)
     if _is_torch_tensor(item):
         item = _tensor_to_numpy(item)
     if isinstance(item, np.ndarray):
-        return _decode_array(item, label, input_data_format, keep_float)
+        return _decode_array(item, label, input_data_format, keep_float, channels=channels)
     if isinstance(item, (str, os.PathLike)):
-        return _decode_pil(_open_path(item, label), label, keep_float)
+        return _decode_pil(_open_path(item, label), label, keep_float, channels)
     raise TypeError(f"{label}: expected a PIL image, numpy array, torch tensor or file path, "
                     f"got {type(item).__name__}")
 
@@ -403,6 +465,34 @@ def _crop_array(a: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return out
 
 
+def _to_channels_last(image: np.ndarray, input_data_format: str | None) -> tuple[np.ndarray, bool]:
+    """(H, W, C) view of a 2-D or 3-D image, and whether it was channels-first."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        return image[..., None], False
+    if image.ndim != 3:
+        raise ValueError(f"image: expected a 2-D (H, W) or 3-D (H, W, C) / (C, H, W) array, got shape {image.shape}")
+    if _channel_axis(image.shape, "image", input_data_format) == 0:
+        return np.moveaxis(image, 0, -1), True
+    return image, False
+
+
+def _from_channels_last(hwc: np.ndarray, channels_first: bool, data_format: str | None, ndim: int) -> np.ndarray:
+    """Back to the input's layout (2-D stays 2-D), or to ``data_format`` when given."""
+    if data_format not in (None, "channels_first", "channels_last"):
+        raise ValueError(f"data_format must be 'channels_first', 'channels_last' or None, got {data_format!r}")
+    if ndim == 2 and data_format is None:
+        return hwc[..., 0]
+    first = channels_first if data_format is None else data_format == "channels_first"
+    return np.ascontiguousarray(np.moveaxis(hwc, -1, 0)) if first else hwc
+
+
+def pil_to_8bit(image: Image.Image, label: str = "image") -> Image.Image:
+    """The image as the processor resizes it: 8-bit RGB, or L for grayscale (alpha dropped,
+    palettes and other modes converted by Pillow, 16-bit and float images mapped to 8 bits)."""
+    return _decode_pil(image, label, keep_float=False).pil
+
+
 # --------------------------------------------------------------------------- the processor
 
 
@@ -438,11 +528,13 @@ class DeiTImageProcessor:
         self.do_rescale = _parse_bool(do_rescale, "do_rescale")
         self.rescale_factor = float(rescale_factor)
         self.do_normalize = _parse_bool(do_normalize, "do_normalize")
-        self.image_mean = _parse_channel_stats(IMAGENET_DEFAULT_MEAN if image_mean is None else image_mean,
-                                               "image_mean")
-        self.image_std = _parse_channel_stats(IMAGENET_DEFAULT_STD if image_std is None else image_std, "image_std")
+        given_mean = IMAGENET_DEFAULT_MEAN if image_mean is None else image_mean
+        given_std = IMAGENET_DEFAULT_STD if image_std is None else image_std
+        self.image_mean, self.image_std = _parse_mean_std(given_mean, given_std)
         if any(s == 0.0 for s in self.image_std):
             raise ValueError(f"image_std must not contain zeros, got {self.image_std}")
+        # to_dict() gives mean/std back in the form they were given (a float stays a float), as the reference.
+        self._given_stats = (_as_given(given_mean), _as_given(given_std))
         # Keys of a foreign preprocessor_config.json we do not use are kept (and written back)
         # so a load/save round trip does not lose them.
         self.extra_config = {k: v for k, v in kwargs.items() if k not in _DROPPED_KEYS}
@@ -478,8 +570,11 @@ class DeiTImageProcessor:
         ``images``: a PIL image, numpy array or torch tensor (HWC or CHW; uint8, uint16 or
         float in [0, 1]), a file path, a list of those, or a 4-D batch. Every setting of the
         processor can be overridden for this call. ``return_tensors``: ``"pt"`` (float32 torch
-        tensor, N x 3 x H x W), ``"np"`` (numpy array) or ``None`` (list of numpy arrays).
-        ``do_convert_rgb`` is accepted for Hugging Face compatibility; images always become RGB.
+        tensor, N x C x H x W), ``"np"`` (numpy array) or ``None`` (list of numpy arrays).
+        The output has one channel per ``image_mean`` / ``image_std`` value: with 3 (the default)
+        every image becomes RGB (alpha dropped, grayscale repeated); with 1 or 4, grayscale or RGBA
+        images keep their channels and others are refused. ``do_convert_rgb`` is accepted for
+        Hugging Face compatibility.
         """
         do_resize = self.do_resize if do_resize is None else _parse_bool(do_resize, "do_resize")
         size = self.size if size is None else _parse_size(size, "size", True)
@@ -490,8 +585,9 @@ class DeiTImageProcessor:
         do_rescale = self.do_rescale if do_rescale is None else _parse_bool(do_rescale, "do_rescale")
         rescale_factor = self.rescale_factor if rescale_factor is None else float(rescale_factor)
         do_normalize = self.do_normalize if do_normalize is None else _parse_bool(do_normalize, "do_normalize")
-        mean = self.image_mean if image_mean is None else _parse_channel_stats(image_mean, "image_mean")
-        std = self.image_std if image_std is None else _parse_channel_stats(image_std, "image_std")
+        mean, std = _parse_mean_std(self.image_mean if image_mean is None else image_mean,
+                                    self.image_std if image_std is None else image_std)
+        channels = len(mean)
         if do_normalize and any(s == 0.0 for s in std):
             raise ValueError(f"image_std must not contain zeros, got {std}")
         if data_format not in ("channels_first", "channels_last"):
@@ -509,22 +605,14 @@ class DeiTImageProcessor:
 
         def prepare(entry: tuple[str, Any]) -> _Pixels:
             label, item = entry
-            px = _decode(item, label, input_data_format, keep_float=not do_resize)
+            px = _decode(item, label, input_data_format, keep_float=not do_resize, channels=channels)
             if px.pil is not None:
-                img = px.pil
                 if do_resize:
-                    h, w = _resize_target(img.height, img.width, size)
-                    if (h, w) != (img.height, img.width):
-                        img = img.resize((w, h), resample=resample)
+                    px.pil = self.resize(px.pil, size, resample)
                 if do_center_crop:
-                    box = _crop_box(img.height, img.width, crop_size)
-                    if box != (0, 0, img.width, img.height):
-                        img = img.crop(box)  # Pillow fills the area outside the image with zeros
-                px.pil = img
+                    px.pil = self.center_crop(px.pil, crop_size)
             elif do_center_crop:
-                assert px.array is not None
-                h, w = px.array.shape[:2]
-                px.array = _crop_array(px.array, _crop_box(h, w, crop_size))
+                px.array = self.center_crop(px.array, crop_size, input_data_format="channels_last")
             return px
 
         workers = min(len(items), os.cpu_count() or 1, _MAX_WORKERS)
@@ -547,7 +635,7 @@ class DeiTImageProcessor:
         shapes = [(px.pil.height, px.pil.width) if px.pil is not None else px.array.shape[:2] for px in decoded]
 
         def layout(h: int, w: int) -> tuple[int, int, int]:
-            return (3, h, w) if data_format == "channels_first" else (h, w, 3)
+            return (channels, h, w) if data_format == "channels_first" else (h, w, channels)
 
         if return_tensors is not None:
             if len(set(shapes)) != 1:
@@ -572,7 +660,7 @@ class DeiTImageProcessor:
                         luts[scale] = _lookup_table(scale, do_normalize, mean, std)
                     _write_channels(chw, pixels, luts[scale])
             else:
-                _write_channels(chw, _float_pixels(px.array, scale, do_normalize, mean, std), None)
+                _write_channels(chw, _float_pixels(px.array, scale, do_normalize, mean, std, channels), None)
 
         if return_tensors is None:
             return BatchFeature(pixel_values=outputs)
@@ -584,6 +672,128 @@ class DeiTImageProcessor:
         if device is not None:
             tensor = tensor.to(device)
         return BatchFeature(pixel_values=tensor)
+
+    # ------------------------------------------------------------ the steps, one by one
+    # The reference's processors have these as methods that users call in turn on numpy images.
+    # Each takes a PIL image (and gives one back: what preprocess and deit.loading use) or a
+    # numpy array, channels-last or channels-first (``input_data_format``, else inferred), and
+    # gives back the same layout unless ``data_format`` asks for the other.
+
+    def resized_size(self, height: int, width: int, size: int | Sequence[int] | Mapping[str, int] | None = None) -> tuple[int, int]:
+        """(height, width) that :meth:`resize` gives an image of ``height`` x ``width``."""
+        return _resize_target(height, width, self.size if size is None else _parse_size(size, "size", True))
+
+    def resize(
+        self,
+        image: Image.Image | np.ndarray,
+        size: int | Sequence[int] | Mapping[str, int] | None = None,
+        resample: int | Image.Resampling | str | None = None,
+        data_format: str | None = None,
+        input_data_format: str | None = None,
+        **kwargs: Any,
+    ) -> Image.Image | np.ndarray:
+        """Resize to ``size`` (default: the processor's; ``{"shortest_edge": n}`` keeps the aspect)
+        with Pillow's ``resample`` filter (default: the processor's) on 8-bit pixels, as the
+        reference. Arrays: uint8, or float on the 0..1 / 0..255 scale (rounded to 8-bit levels for
+        the resize, returned as float32 on the same scale)."""
+        resample = self.resample if resample is None else _resample_to_int(resample)
+        if isinstance(image, Image.Image):
+            height, width = self.resized_size(image.height, image.width, size)
+            return image if (height, width) == (image.height, image.width) else image.resize((width, height), resample=resample)
+        hwc, channels_first = _to_channels_last(image, input_data_format)
+        floats = np.issubdtype(hwc.dtype, np.floating)
+        if floats:
+            f255, zero_to_one = _float_to_255(hwc, "image")
+            hwc = np.rint(f255).astype(np.uint8)
+        elif hwc.dtype != np.uint8:
+            raise TypeError(f"resize takes uint8 or float images, got {hwc.dtype}")
+        pil = Image.fromarray(np.ascontiguousarray(hwc[..., 0] if hwc.shape[-1] == 1 else hwc))
+        out = np.asarray(self.resize(pil, size, resample))
+        out = out[..., None] if out.ndim == 2 else out
+        if floats:
+            out = out.astype(np.float32) / np.float32(255.0) if zero_to_one else out.astype(np.float32)
+        return _from_channels_last(out, channels_first, data_format, image.ndim)
+
+    def center_crop(
+        self,
+        image: Image.Image | np.ndarray,
+        size: int | Sequence[int] | Mapping[str, int] | None = None,
+        data_format: str | None = None,
+        input_data_format: str | None = None,
+        **kwargs: Any,
+    ) -> Image.Image | np.ndarray:
+        """The centre ``size`` (default: the processor's ``crop_size``) of the image; an image
+        smaller than that is padded with zeros, at the reference's offsets."""
+        crop = self.crop_size if size is None else _parse_size(size, "crop_size", False)
+        if isinstance(image, Image.Image):
+            box = _crop_box(image.height, image.width, crop)
+            # Pillow fills the area outside the image with zeros.
+            return image if box == (0, 0, image.width, image.height) else image.crop(box)
+        hwc, channels_first = _to_channels_last(image, input_data_format)
+        out = _crop_array(hwc, _crop_box(hwc.shape[0], hwc.shape[1], crop))
+        return _from_channels_last(out, channels_first, data_format, image.ndim)
+
+    def rescale(
+        self,
+        image: np.ndarray,
+        scale: float | None = None,
+        data_format: str | None = None,
+        dtype: Any = np.float32,
+        input_data_format: str | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """``image * scale`` (default: the processor's ``rescale_factor``), computed in float64 and
+        returned as ``dtype``, as the reference."""
+        scale = self.rescale_factor if scale is None else float(scale)
+        out = (np.asarray(image).astype(np.float64) * scale).astype(dtype)
+        if data_format is None or out.ndim != 3:
+            return out
+        hwc, channels_first = _to_channels_last(out, input_data_format)
+        return _from_channels_last(hwc, channels_first, data_format, 3)
+
+    def normalize(
+        self,
+        image: np.ndarray,
+        mean: float | Sequence[float] | None = None,
+        std: float | Sequence[float] | None = None,
+        data_format: str | None = None,
+        input_data_format: str | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """``(image - mean) / std`` per channel (default: the processor's mean/std), in the image's
+        float dtype (float32 for integer images); one mean/std value per channel, any count."""
+        mean = self.image_mean if mean is None else mean
+        std = self.image_std if std is None else std
+        hwc, channels_first = _to_channels_last(np.asarray(image), input_data_format)
+        if not np.issubdtype(hwc.dtype, np.floating):
+            hwc = hwc.astype(np.float32)
+        channels = hwc.shape[-1]
+        mean_values = np.broadcast_to(np.asarray(mean, dtype=hwc.dtype), (channels,)) if _is_scalar(mean) or len(mean) == channels else None
+        std_values = np.broadcast_to(np.asarray(std, dtype=hwc.dtype), (channels,)) if _is_scalar(std) or len(std) == channels else None
+        if mean_values is None or std_values is None:
+            raise ValueError(f"normalize: the image has {channels} channel(s); mean and std need one value each per channel "
+                             f"(got {mean!r} and {std!r})")
+        return _from_channels_last((hwc - mean_values) / std_values, channels_first, data_format, np.ndim(image))
+
+    def level_table(self) -> np.ndarray:
+        """(channels, 256) float32: what rescale + normalize make of each 8-bit level of each
+        channel, bit for bit what :meth:`preprocess` computes (it reads this table)."""
+        scale = self.rescale_factor if self.do_rescale else None
+        return _lookup_table(scale, self.do_normalize, self.image_mean, self.image_std)
+
+    # ------------------------------------------------------------------ choosing one
+
+    @classmethod
+    def for_model(cls, source: str | os.PathLike, image_size: int) -> DeiTImageProcessor:
+        """The processor of the model at ``source`` (a folder or a weights file): the
+        ``preprocessor_config.json`` beside it, else the DeiT evaluation recipe for
+        ``image_size`` (resize to :func:`eval_resize_size` of it at the default 0.875 crop ratio,
+        centre crop to ``image_size``, ImageNet mean/std)."""
+        path = Path(source)
+        folder = path if path.is_dir() else path.parent
+        if (folder / PREPROCESSOR_CONFIG_NAME).is_file():
+            return cls.from_pretrained(folder)
+        return cls(size=eval_resize_size(image_size), crop_size=image_size)
 
     # ------------------------------------------------------------------ serialization
 
@@ -600,8 +810,8 @@ class DeiTImageProcessor:
             do_rescale=self.do_rescale,
             rescale_factor=self.rescale_factor,
             do_normalize=self.do_normalize,
-            image_mean=list(self.image_mean),
-            image_std=list(self.image_std),
+            image_mean=self._given_stats[0],
+            image_std=self._given_stats[1],
         )
         return d
 
@@ -665,7 +875,7 @@ DeiTFeatureExtractor = DeiTImageProcessor
 
 def _lookup_table(scale: float | None, do_normalize: bool, mean: Iterable[float],
                   std: Iterable[float]) -> np.ndarray:
-    """(3, 256) float32 table: output value of each 8-bit level for each channel.
+    """(channels, 256) float32 table: output value of each 8-bit level for each channel.
 
     Computed with the same dtypes as Hugging Face (rescale in float64 then cast to float32,
     normalize in float32), so table entries equal its per-pixel results bit for bit.
@@ -674,15 +884,15 @@ def _lookup_table(scale: float | None, do_normalize: bool, mean: Iterable[float]
     if scale is not None:
         levels = levels * scale
     values = levels.astype(np.float32)
-    table = np.repeat(values[None, :], 3, axis=0)
+    table = np.repeat(values[None, :], len(tuple(mean)), axis=0)
     if do_normalize:
         table = (table - np.asarray(mean, dtype=np.float32)[:, None]) / np.asarray(std, dtype=np.float32)[:, None]
     return np.ascontiguousarray(table, dtype=np.float32)
 
 
 def _write_channels(chw_out: np.ndarray, pixels: np.ndarray, table: np.ndarray | None) -> None:
-    """Write HWC (or HW grayscale) ``pixels`` into the (3, H, W) view ``chw_out``, via ``table`` if given."""
-    for c in range(3):
+    """Write HWC (or HW grayscale) ``pixels`` into the (C, H, W) view ``chw_out``, via ``table`` if given."""
+    for c in range(chw_out.shape[0]):
         plane = pixels if pixels.ndim == 2 else pixels[..., c]
         if table is None:
             chw_out[c] = plane
@@ -691,10 +901,10 @@ def _write_channels(chw_out: np.ndarray, pixels: np.ndarray, table: np.ndarray |
 
 
 def _float_pixels(a: np.ndarray, scale: float | None, do_normalize: bool, mean: Sequence[float],
-                  std: Sequence[float]) -> np.ndarray:
-    """Float path (no resize): HWC float32 on 0..255 -> rescaled/normalized HWC float32 with 3 channels."""
+                  std: Sequence[float], channels: int = 3) -> np.ndarray:
+    """Float path (no resize): HWC float32 on 0..255 -> rescaled/normalized HWC float32 with ``channels`` channels."""
     if a.shape[-1] == 1:
-        a = np.repeat(a, 3, axis=-1)
+        a = np.repeat(a, channels, axis=-1)
     out = a.astype(np.float64) * scale if scale is not None else a
     out = out.astype(np.float32)
     if do_normalize:

@@ -13,9 +13,9 @@ from deit.train.transforms import (
     build_eval_transform,
     build_train_transform,
     parse_rand_augment,
-    resize_size_for_crop,
     smoothed_one_hot,
 )
+from deit.processing import eval_resize_size
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -49,11 +49,11 @@ def test_train_transform_normalises_then_erases():
 
 
 def test_eval_transform_is_resize_to_size_over_crop_pct_then_center_crop():
-    assert resize_size_for_crop(224, 0.875) == 256
-    assert resize_size_for_crop(28, 0.875) == 32
-    assert resize_size_for_crop(32, 0.9) == 35
+    assert eval_resize_size(224, 0.875) == 256
+    assert eval_resize_size(28, 0.875) == 32
+    assert eval_resize_size(32, 0.9) == 35
     with pytest.raises(ValueError):
-        resize_size_for_crop(32, 0.0)
+        eval_resize_size(32, 0.0)
     # A 64x32 image whose left half is black and right half white: the shorter side goes to
     # 32 / 0.5 = 64 (so 128x64), the centre 32x32 crop straddles the edge at column 16.
     image = Image.new("L", (64, 32), 0)

@@ -38,10 +38,9 @@ def _images_and_model(model_path: str | None, data: str, size: str, num_images: 
         processor = DeiTImageProcessor()
     else:
         from ..auto import AutoModelForImageClassification
-        from ..commands.predict import load_processor
 
         model = AutoModelForImageClassification.from_pretrained(model_path, torch_dtype=torch.float32).eval()
-        processor = load_processor(model_path, model.config)
+        processor = DeiTImageProcessor.for_model(model_path, model.config.image_size)
     if data == "photos":
         images = photo_variants(num_images, seed=seed)
     else:

@@ -28,10 +28,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..auto import AutoModelForImageClassification
     from ..explain import explain, render
-    from .predict import load_processor
+    from ..processing import DeiTImageProcessor
 
     model = AutoModelForImageClassification.from_pretrained(args.model, device=args.device, attn_implementation="eager")
-    processor = load_processor(args.model, model.config)
+    processor = DeiTImageProcessor.for_model(args.model, model.config.image_size)
     tokens = ("cls", "dist") if args.token == "both" else (args.token,)
     if args.token == "dist" and model.num_prefix_tokens < 2:
         raise ValueError(f"{args.model}: a ViT checkpoint has no [DIST] token; use --token cls")

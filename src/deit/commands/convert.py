@@ -8,7 +8,6 @@ preprocessor_config.json); ``--to timm`` writes one timm-layout safetensors file
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +41,14 @@ def processor_for(src: str, image_size: int, hub_kwargs: dict[str, Any]):
     """The source's own preprocessor_config.json when it has one, else the DeiT evaluation recipe
     (resize to image_size / 0.875, center crop to image_size)."""
     from ..hub import resolve_file
-    from ..processing import PREPROCESSOR_CONFIG_NAME, DeiTImageProcessor
+    from ..processing import PREPROCESSOR_CONFIG_NAME, DeiTImageProcessor, eval_resize_size
 
     source = Path(src)
     folder = source if source.is_dir() else source.parent if source.exists() else src
     found = resolve_file(folder, PREPROCESSOR_CONFIG_NAME, required=False, **hub_kwargs)
     if found is not None:
         return DeiTImageProcessor.from_json_file(found)
-    return DeiTImageProcessor(size=math.floor(image_size / 0.875), crop_size=image_size)
+    return DeiTImageProcessor(size=eval_resize_size(image_size), crop_size=image_size)
 
 
 def timm_usage(recipe: dict[str, Any], dst: str) -> str:

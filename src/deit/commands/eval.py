@@ -66,12 +66,12 @@ def run(args: argparse.Namespace) -> int:
     from ..train.evaluate import evaluate, format_metrics
     from ..train.samplers import ShardedEvalSampler
     from ..train.transforms import build_eval_transform
-    from .predict import load_processor
+    from ..processing import DeiTImageProcessor
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     model = AutoModelForImageClassification.from_pretrained(args.model, device=args.device)
-    processor = load_processor(args.model, model.config)
+    processor = DeiTImageProcessor.for_model(args.model, model.config.image_size)
     if args.transform == "processor":
         transform: Any = ProcessorTransform(processor)
     else:

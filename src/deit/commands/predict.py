@@ -48,22 +48,11 @@ def expand_inputs(items: list[str]) -> list[Path]:
     return paths
 
 
-def load_processor(model_source: str, config: Any):
-    from ..processing import DeiTImageProcessor
-
-    source = Path(model_source)
-    folder = source if source.is_dir() else source.parent
-    if (folder / "preprocessor_config.json").is_file():
-        return DeiTImageProcessor.from_pretrained(folder)
-    # No processor file: the DeiT recipe (resize to size/0.875, center crop to the model's size).
-    crop = config.image_size
-    return DeiTImageProcessor(size=int(round(crop / 0.875)), crop_size=crop)
-
-
 def run(args: argparse.Namespace) -> int:
     from ..auto import AutoModelForImageClassification
     from ..loading import load_batches, to_model_input
     from ..optimize import optimize
+    from ..processing import DeiTImageProcessor
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
@@ -71,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be at least 1 and --workers at least 0, got {args.threads} and {args.workers}")
     dtype = DTYPES[args.dtype]
     model = optimize(AutoModelForImageClassification.from_pretrained(args.model, torch_dtype=dtype, device=args.device))
-    processor = load_processor(args.model, model.config)
+    processor = DeiTImageProcessor.for_model(args.model, model.config.image_size)
     id2label = model.config.id2label
     k = min(args.top_k, model.config.num_labels)
 

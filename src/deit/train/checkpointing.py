@@ -77,9 +77,9 @@ def resolve_resume_path(resume: str | os.PathLike, output_dir: str | os.PathLike
 
 def save_hf_model(model: torch.nn.Module, directory: str | os.PathLike, *, mean: Sequence[float], std: Sequence[float], crop_pct: float) -> None:
     """``save_pretrained`` plus the ``preprocessor_config.json`` of the eval transform it was validated with."""
-    from ..processing import DeiTImageProcessor
+    from ..processing import DeiTImageProcessor, eval_resize_size
 
     model.save_pretrained(directory)
     size = model.config.image_size
-    processor = DeiTImageProcessor(size={"shortest_edge": int(size / crop_pct)}, crop_size=size, image_mean=list(mean), image_std=list(std))
+    processor = DeiTImageProcessor(size={"shortest_edge": eval_resize_size(size, crop_pct)}, crop_size=size, image_mean=list(mean), image_std=list(std))
     processor.save_pretrained(directory)

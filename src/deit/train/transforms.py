@@ -18,8 +18,10 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
+from ..processing import eval_resize_size
+
 __all__ = [
-    "build_train_transform", "build_eval_transform", "parse_rand_augment", "resize_size_for_crop",
+    "build_train_transform", "build_eval_transform", "parse_rand_augment",
     "RandAugment", "MixupCutmix", "smoothed_one_hot",
 ]
 
@@ -130,21 +132,13 @@ def build_train_transform(
     return v2.Compose(steps)
 
 
-def resize_size_for_crop(image_size: int, crop_pct: float) -> int:
-    """The shorter side before the centre crop: ``int(image_size / crop_pct)`` (224 at 0.875 -> 256)."""
-    if not 0 < crop_pct <= 1:
-        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
-    # The small epsilon keeps exact ratios (e.g. 224 / 0.875) from flooring one pixel short.
-    return int(image_size / crop_pct + 1e-6)
-
-
 def build_eval_transform(
     image_size: int, *, mean: Sequence[float], std: Sequence[float], crop_pct: float = 0.875, interpolation: str = "bicubic"
 ) -> v2.Compose:
     """The authors' evaluation transform: shorter side to ``image_size / crop_pct``, centre crop."""
     return v2.Compose(
         [
-            v2.Resize(resize_size_for_crop(image_size, crop_pct), interpolation=_interpolation(interpolation), antialias=True),
+            v2.Resize(eval_resize_size(image_size, crop_pct), interpolation=_interpolation(interpolation), antialias=True),
             v2.CenterCrop(image_size),
             *_to_normalized_tensor(mean, std),
         ]
