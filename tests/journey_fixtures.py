@@ -4,6 +4,7 @@ on images, image folders and checkpoints written to disk.
 Plain functions (no pytest), so the journey tests and the README test build the same things:
 
 - :func:`run_deit`: the installed ``deit`` console script in a subprocess, on these sources.
+- :func:`write_photo`: a real photograph as a JPEG file (matplotlib's ``grace_hopper.jpg``).
 - :func:`write_predict_inputs`: a folder with a JPEG photograph, a PNG, a grayscale image and a
   file with an image suffix that is not an image.
 - :func:`write_image_folder`: a tiny ``train/`` + ``val/`` ImageFolder of real photographs.
@@ -77,6 +78,14 @@ def photograph() -> Image.Image:
     return Image.open(photo_sources()[0]).convert("RGB")
 
 
+def write_photo(path: str | os.PathLike) -> Path:
+    """The photograph's JPEG file, byte for byte as shipped, at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(photo_sources()[0].read_bytes())
+    return path
+
+
 def write_predict_inputs(folder: str | os.PathLike) -> dict[str, Path]:
     """A folder of what ``deit predict`` meets: ``jpeg`` (the photograph as shipped), ``png`` (a
     smaller RGB copy), ``gray`` (a grayscale PNG) and ``not_image`` (text under an image suffix,
@@ -87,7 +96,7 @@ def write_predict_inputs(folder: str | os.PathLike) -> dict[str, Path]:
         "jpeg": folder / "hopper.jpg", "png": folder / "hopper_small.png",
         "gray": folder / "hopper_gray.png", "not_image": folder / "notes.png",
     }
-    paths["jpeg"].write_bytes(photo_sources()[0].read_bytes())
+    write_photo(paths["jpeg"])
     photo = photograph()
     photo.resize((120, 140)).save(paths["png"])
     photo.resize((90, 100)).convert("L").save(paths["gray"])
@@ -162,9 +171,3 @@ def save_original_pth(path: str | os.PathLike, model: torch.nn.Module) -> Path:
     """A timm model's state dict as the DeiT authors released theirs: ``torch.save({"model": ...})``."""
     torch.save({"model": model.state_dict()}, path)
     return Path(path)
-
-
-def timm_logits(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The logits timm's model gives (a distilled model in eval mode averages its two heads)."""
-    with torch.no_grad():
-        return model(pixel_values)
