@@ -283,7 +283,8 @@ def test_export_onnx_runs_in_onnxruntime(workspace, hf_checkpoint):
     (logits,) = session.run(None, {"pixel_values": pixels.numpy()})
     with torch.no_grad():
         expected = tiny_deit()(pixels).logits.numpy()
-    # float32 through another runtime's kernels: a few ulps of logits of order one.
+    # float32 through another runtime's kernels: measured under 1e-6 on logits of order one; 1e-4
+    # is the bound deit export's own check applies (its --atol default).
     np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
 
 
@@ -311,6 +312,7 @@ def test_demo_quick(workspace):
     out = workspace / "demo"
     proc = run_deit("demo", "--quick", "--out", out, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    assert "| student, hard distillation |" in proc.stdout and "| student, no distillation |" in proc.stdout
     results = json.loads((out / "results.json").read_text())
     assert 0 <= results["teacher_acc1"] <= 100
     assert set(results["students"]) == {"no distillation", "hard distillation"}
