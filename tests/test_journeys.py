@@ -1,0 +1,324 @@
+"""One journey per ``deit`` command, as a new user runs it: the installed console script in a
+subprocess, on image files and checkpoints written to disk (tests/journey_fixtures.py).
+
+Each journey checks what the user would look at: the labels printed, the accuracies, the files
+written, the exit code. The checkpoints and image folders are built once for the module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from journey_fixtures import (
+    CLASSES, IMAGE_SIZE, console_script, deit_command, deit_env, run_deit, save_hf_checkpoint, save_original_pth,
+    save_timm_safetensors, tiny_deit, tiny_timm, write_image_folder, write_predict_inputs,
+)
+from PIL import Image
+from safetensors.torch import load_file
+
+import deit
+from deit.train import checkpointing
+
+# Images per split of the ImageFolder (write_image_folder's defaults, three classes).
+TRAIN_IMAGES, VAL_IMAGES = 4 * len(CLASSES), 2 * len(CLASSES)
+# One epoch of one-image steps (so a run is long enough to be killed in the middle), with no
+# loader processes and no progress bar: a second or so.
+QUICK_TRAIN = ("--epochs", "1", "--batch-size", "1", "--num-workers", "0", "--no-progress", "--device", "cpu",
+               "--checkpoint-every-steps", "1", "--deterministic")
+
+needs_script = pytest.mark.skipif(console_script() is None, reason="no deit console script next to this Python; pip install -e . installs it")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("journeys")
+
+
+@pytest.fixture(scope="module")
+def hf_checkpoint(workspace) -> Path:
+    return save_hf_checkpoint(workspace / "tiny-deit")
+
+
+@pytest.fixture(scope="module")
+def image_folder(workspace) -> Path:
+    return write_image_folder(workspace / "imagefolder")
+
+
+@pytest.fixture(scope="module")
+def predict_inputs(workspace) -> dict[str, Path]:
+    return write_predict_inputs(workspace / "photos")
+
+
+def pixels_for(folder: Path, image: Path) -> torch.Tensor:
+    """The model input a checkpoint folder's own image processor makes of ``image``."""
+    processor = deit.DeiTImageProcessor.from_pretrained(folder)
+    return processor(Image.open(image), return_tensors="pt")["pixel_values"]
+
+
+# ------------------------------------------------------------------ the two fixes of issue 12
+def test_auto_classes_are_attributes_of_the_package(hf_checkpoint):
+    """The README's ``deit.AutoModelForImageClassification.from_pretrained(...)`` (issue 12, item 1.1)."""
+    assert {"AutoModel", "AutoModelForImageClassification", "AutoModelForMaskedImageModeling"} <= set(deit.__all__)
+    classifier = deit.AutoModelForImageClassification.from_pretrained(hf_checkpoint)
+    assert type(classifier) is deit.DeiTForImageClassificationWithTeacher
+    assert type(deit.AutoModel.from_pretrained(hf_checkpoint)) is deit.DeiTModel
+    assert type(deit.AutoModelForMaskedImageModeling.from_pretrained(hf_checkpoint)) is deit.DeiTForMaskedImageModeling
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(classifier(x).logits, tiny_deit()(x).logits)
+
+
+# ------------------------------------------------------------------ predict
+@needs_script
+def test_predict_a_folder_labels_the_images_and_names_the_bad_file(hf_checkpoint, predict_inputs):
+    folder = predict_inputs["jpeg"].parent
+    good = [predict_inputs[k] for k in ("jpeg", "gray", "png")]  # the folder's sorted order
+    text = run_deit("predict", folder, "--model", hf_checkpoint, "--top-k", "2")
+    as_json = run_deit("predict", folder, "--model", hf_checkpoint, "--top-k", "2", "--json")
+
+    for proc in (text, as_json):
+        assert proc.returncode == 1, proc.stderr
+        assert f"{predict_inputs['not_image']}: not an image file" in proc.stderr
+        assert "1 of 4 file(s) could not be classified" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+    # Text: per good image its path, then two "score label" lines, best first.
+    lines = text.stdout.splitlines()
+    assert [lines[i] for i in range(0, 9, 3)] == [str(p) for p in good] and len(lines) == 9
+    printed = {}
+    for i, path in enumerate(good):
+        rows = [line.split() for line in lines[3 * i + 1: 3 * i + 3]]
+        scores, labels = [float(s) for s, _ in rows], [name for _, name in rows]
+        assert set(labels) <= set(CLASSES) and scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
+        printed[str(path)] = labels[0]
+
+    results = {r["image"]: r for r in json.loads(as_json.stdout)}
+    assert set(results) == {str(p) for p in predict_inputs.values()}
+    assert "error" in results[str(predict_inputs["not_image"])]
+    model = tiny_deit()
+    for path in good:
+        predictions = results[str(path)]["predictions"]
+        assert [p["label"] for p in predictions] == [CLASSES[p["id"]] for p in predictions]
+        assert predictions[0]["label"] == printed[str(path)]
+        with torch.no_grad():
+            expected = CLASSES[int(model(pixels_for(hf_checkpoint, path)).logits.argmax())]
+        assert predictions[0]["label"] == expected, path
+
+
+# ------------------------------------------------------------------ eval
+@needs_script
+def test_eval_reports_every_head_on_an_image_folder(hf_checkpoint, image_folder):
+    proc = run_deit("eval", hf_checkpoint, "--data", image_folder, "--num-workers", "0", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["num_samples"] == VAL_IMAGES and report["corrupt_images"] == 0
+    accuracies = {k: v for k, v in report.items() if k.startswith("acc")}
+    assert set(accuracies) == {f"acc{k}{head}" for k in (1, 5) for head in ("", "_cls", "_dist")}
+    for name, value in accuracies.items():
+        # A share of the six validation images, in percent.
+        assert 0 <= value <= 100 and math.isclose(value * VAL_IMAGES / 100, round(value * VAL_IMAGES / 100), abs_tol=1e-6), name
+    assert report["acc5"] == 100.0  # three classes: the top five hold every label
+
+
+# ------------------------------------------------------------------ train
+@pytest.fixture(scope="module")
+def train_sources(workspace, hf_checkpoint) -> dict[str, tuple[list[str], dict]]:
+    """What ``--model`` names, with the architecture the trained model must have."""
+    timm_file = save_timm_safetensors(workspace / "timm-deit.safetensors", tiny_timm(distilled=True))
+    pth_file = save_original_pth(workspace / "original-vit.pth", tiny_timm(distilled=False))
+    timm_body = {"hidden_size": 192, "num_hidden_layers": 1, "model_type": "deit"}
+    return {
+        # A preset is 224 px: a tiny width, depth, head count and patch size, and a small input.
+        "preset": (["--model", "deit-tiny-distilled-patch16-224", "--hidden-size", "32", "--depth", "1", "--heads", "2",
+                    "--patch-size", "8", "--image-size", str(IMAGE_SIZE)], {"hidden_size": 32, "num_hidden_layers": 1, "model_type": "deit"}),
+        # The checkpoints are trained at their own resolution: no --image-size (issue 12, item 1.2).
+        "hf-folder": (["--model", str(hf_checkpoint)], {"hidden_size": 32, "num_hidden_layers": 2, "model_type": "deit"}),
+        "timm-safetensors": (["--model", str(timm_file)], timm_body),
+        "original-pth": (["--model", str(pth_file)], {**timm_body, "model_type": "vit"}),
+    }
+
+
+def train_command(source_args: list[str], image_folder: Path, output: Path) -> list[str]:
+    """``deit train`` for one epoch, checkpointing after every step (the SIGKILL journey needs the
+    checkpoints, and its uninterrupted reference is the hf-folder run of test_train_one_epoch)."""
+    return ["train", *source_args, "--data", str(image_folder), "--output", str(output), *QUICK_TRAIN]
+
+
+@pytest.fixture(scope="module")
+def train_runs(workspace, image_folder, train_sources):
+    """``train_runs(source)``: the finished ``deit train`` process and its output folder, run once."""
+    runs: dict[str, tuple[subprocess.CompletedProcess, Path]] = {}
+
+    def run(source: str) -> tuple[subprocess.CompletedProcess, Path]:
+        if source not in runs:
+            output = workspace / f"train-{source}"
+            runs[source] = run_deit(*train_command(train_sources[source][0], image_folder, output)), output
+        return runs[source]
+
+    return run
+
+
+@needs_script
+@pytest.mark.parametrize("source", ["preset", "hf-folder", "timm-safetensors", "original-pth"])
+def test_train_one_epoch(train_runs, train_sources, source):
+    proc, output = train_runs(source)
+    assert proc.returncode == 0, proc.stderr
+
+    history = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 1 and history[0]["epoch"] == 0 and history[0]["global_step"] == TRAIN_IMAGES
+    metrics = history[0]
+    accuracies = [v for k, v in metrics.items() if k.startswith(("val_acc", "ema_acc"))]
+    assert accuracies and all(0 <= v <= 100 for v in accuracies)
+    assert math.isfinite(metrics["train_loss"])
+    assert f"finished 1 epochs: top-1 {metrics['val_acc1']:.2f}" in proc.stdout
+    assert (output / "curves.png").stat().st_size > 0 and (output / checkpointing.CHECKPOINT_NAME).is_file()
+
+    trained = deit.AutoModelForImageClassification.from_pretrained(output / "last")
+    config = trained.config
+    architecture = train_sources[source][1]
+    assert {k: getattr(config, k) for k in architecture} == architecture
+    assert config.image_size == IMAGE_SIZE and [config.id2label[i] for i in range(config.num_labels)] == list(CLASSES)
+    assert ("val_acc1_cls" in metrics) == (config.model_type == "deit")
+    # The only epoch is the best one: best/ holds the same weights as last/.
+    best, last = (load_file(output / name / "model.safetensors") for name in ("best", "last"))
+    assert best.keys() == last.keys() and all(torch.equal(best[k], last[k]) for k in best)
+
+
+@needs_script
+def test_train_resumed_after_sigkill_ends_with_the_uninterrupted_weights(workspace, image_folder, train_sources, train_runs):
+    """Killed (SIGKILL, no chance to clean up) in the middle of the epoch and resumed with
+    ``--resume``, a run ends with the same weights, bit for bit, as one that was never stopped:
+    the engine makes data order, augmentation and random state functions of the position alone,
+    and on the CPU with --deterministic the arithmetic is the same."""
+    output = workspace / "train-killed"
+    args = train_command(train_sources["hf-folder"][0], image_folder, output)
+    killed = subprocess.Popen(deit_command(*args), env=deit_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        checkpoint = output / checkpointing.CHECKPOINT_NAME
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and killed.poll() is None:
+            if checkpoint.exists() and checkpointing.load_checkpoint(checkpoint)["global_step"] >= 2:
+                break
+            time.sleep(0.01)
+        assert killed.poll() is None, f"the run ended before it could be killed: {killed.stderr.read()}"
+        killed.send_signal(signal.SIGKILL)
+        assert killed.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        killed.kill()
+        killed.stderr.close()
+    state = checkpointing.load_checkpoint(checkpoint)
+    assert state["epoch"] == 0 and 0 < state["batches_done"] < TRAIN_IMAGES, "killed in the middle of the epoch"
+    assert not (output / "last").exists()
+
+    resumed = run_deit(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    whole, whole_output = train_runs("hf-folder")
+    assert whole.returncode == 0, whole.stderr
+    final_whole = load_file(whole_output / "last" / "model.safetensors")
+    final_resumed = load_file(output / "last" / "model.safetensors")
+    assert final_whole.keys() == final_resumed.keys()
+    assert all(torch.equal(final_whole[k], final_resumed[k]) for k in final_whole)
+    metrics = [[json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] for out in (whole_output, output)]
+    assert [m["val_acc1"] for m in metrics[0]] == [m["val_acc1"] for m in metrics[1]]
+
+
+# ------------------------------------------------------------------ convert
+@needs_script
+def test_convert_original_to_folder_to_timm_and_back_then_predict(workspace, predict_inputs):
+    """An original DeiT ``.pth`` -> a Hugging Face folder -> a timm file -> a folder again; the
+    last folder predicts what the original timm model does."""
+    original = tiny_timm(distilled=True, seed=3)
+    work = workspace / "convert"
+    work.mkdir()
+    pth = save_original_pth(work / "deit-original.pth", original)
+    folder, timm_file, back = work / "from-pth", work / "deit.safetensors", work / "back"
+
+    to_folder = run_deit("convert", pth, folder)
+    assert to_folder.returncode == 0, to_folder.stderr
+    assert f"wrote DeiTForImageClassificationWithTeacher to {folder}/" in to_folder.stdout
+    assert {p.name for p in folder.iterdir()} >= {"config.json", "model.safetensors", "preprocessor_config.json"}
+
+    to_timm = run_deit("convert", folder, timm_file, "--to", "timm")
+    assert to_timm.returncode == 0, to_timm.stderr
+    assert f"wrote DeiTForImageClassificationWithTeacher in timm layout to {timm_file}" in to_timm.stdout
+    # The conversions rename and split/join tensors only: the timm file is the original state
+    # dict bit for bit (so timm's own class loads it, strictly).
+    written, expected = load_file(timm_file), original.state_dict()
+    assert written.keys() == expected.keys() and all(torch.equal(written[k], expected[k]) for k in expected)
+
+    to_hf = run_deit("convert", timm_file, back)
+    assert to_hf.returncode == 0, to_hf.stderr
+    proc = run_deit("predict", predict_inputs["jpeg"], "--model", back, "--top-k", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    predicted = json.loads(proc.stdout)[0]["predictions"][0]
+    with torch.no_grad():
+        probabilities = original(pixels_for(back, predict_inputs["jpeg"])).softmax(-1)[0]
+    # timm files carry no label names, so the labels are LABEL_<id>.
+    assert predicted["label"] == f"LABEL_{int(probabilities.argmax())}"
+    # LayerNorm eps: timm's 1e-6 travels in the converted config, so only float rounding differs.
+    assert predicted["score"] == pytest.approx(float(probabilities.max()), abs=1e-5)
+
+
+# ------------------------------------------------------------------ export
+@needs_script
+def test_export_onnx_runs_in_onnxruntime(workspace, hf_checkpoint):
+    ort = pytest.importorskip("onnxruntime")
+    onnx_file = workspace / "tiny-deit.onnx"
+    # --no-check: the command's own onnxruntime comparison is what this test does, independently.
+    proc = run_deit("export", hf_checkpoint, "--onnx", onnx_file, "--no-check")
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote ONNX graph of DeiTForImageClassificationWithTeacher to {onnx_file}" in proc.stdout
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["pixel_values"] and [o.name for o in session.get_outputs()] == ["logits"]
+    pixels = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
+    (logits,) = session.run(None, {"pixel_values": pixels.numpy()})
+    with torch.no_grad():
+        expected = tiny_deit()(pixels).logits.numpy()
+    # float32 through another runtime's kernels: measured under 1e-6 on logits of order one; 1e-4
+    # is the bound deit export's own check applies (its --atol default).
+    np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------ bench
+@needs_script
+def test_bench_inference_prints_a_table(workspace):
+    report = workspace / "bench.md"
+    proc = run_deit("bench", "inference", "--sizes", "tiny", "--batch-sizes", "1", "--dtypes", "fp32", "--rounds", "1",
+                    "--peers", "", "--threads", "1", "--output", report)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("|")]
+    header, rule, *cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    assert header[:5] == ["model", "batch", "dtype", "implementation (best setting)", "images/s"]
+    assert len(rule) == len(header) and all(set(c) <= set("-:") for c in rule)
+    # Ours and the two Linear-only bounds, on the one model, batch and dtype asked for.
+    assert len(cells) == 3 and all(len(row) == len(header) for row in cells)
+    assert [row[:3] for row in cells] == [["DeiT-T", "1", "fp32"]] * 3
+    assert cells[0][3].startswith("ours") and all(float(row[4]) > 0 for row in cells)
+    assert report.read_text().count("| DeiT-T |") == 3
+
+
+# ------------------------------------------------------------------ demo
+@needs_script
+def test_demo_quick(workspace):
+    out = workspace / "demo"
+    proc = run_deit("demo", "--quick", "--out", out, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "| student, hard distillation |" in proc.stdout and "| student, no distillation |" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert 0 <= results["teacher_acc1"] <= 100
+    assert set(results["students"]) == {"no distillation", "hard distillation"}
+    for heads in results["students"].values():
+        assert set(heads) == {"cls", "dist", "avg"} and all(0 <= v <= 100 for v in heads.values())
+    assert (out / "curves.png").stat().st_size > 0
+    student = deit.AutoModelForImageClassification.from_pretrained(out / "student")
+    assert type(student) is deit.DeiTForImageClassificationWithTeacher and student.config.num_labels == 10
+    assert (out / "student" / "model.safetensors").is_file()
