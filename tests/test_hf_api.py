@@ -8,6 +8,7 @@ Outputs are compared with max abs difference <= 1e-4 in float32 (ATOL), the pari
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 
@@ -206,6 +207,21 @@ def test_gradient_checkpointing_api(pixels):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         assert model.is_gradient_checkpointing is True and model.is_activation_checkpointing is True
         model(pixels, labels=labels).loss.backward()
+        for a, b in zip(plain, (p.grad for p in model.parameters())):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    # What the Trainer also passes: every n-th layer only, and the saved inputs kept on the host.
+    calls = []
+
+    def counting_context():
+        calls.append(1)
+        return contextlib.nullcontext(), contextlib.nullcontext()
+
+    for every_n_layers, offload, expected_calls in ((2, False, 1), (1, True, 2)):
+        model.zero_grad()
+        calls.clear()
+        model.activation_checkpointing_enable({"use_reentrant": False, "context_fn": counting_context}, every_n_layers=every_n_layers, offload=offload)
+        model(pixels, labels=labels).loss.backward()
+        assert len(calls) == expected_calls  # one per checkpointed layer
         for a, b in zip(plain, (p.grad for p in model.parameters())):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     model.gradient_checkpointing_disable()

@@ -148,14 +148,15 @@ def load_state_dict_into(
     names), ``mismatched_keys`` (a set of ``(name, checkpoint shape, model shape)``) and
     ``error_msgs`` (a list, empty: every problem is raised or warned about).
     """
-    def _name_in_file(key: str, in_file: Any, prefix: str) -> str:
-        """A key of the prefix-adapted state dict as the file names it (the reference reports those)."""
-        if key in in_file:
+    own = model.state_dict()
+    original, prefix = state_dict.keys(), model.base_model_prefix + "."
+
+    def name_in_file(key: str) -> str:
+        """The file's name of a key of the prefix-adapted state dict (the reference reports those)."""
+        if key in original:
             return key
         return key[len(prefix):] if key.startswith(prefix) else prefix + key
 
-    own = model.state_dict()
-    original = state_dict.keys()
     adapted = _adapt_prefix(model, state_dict)
     # Nothing recognised either way: report the keys as the file names them.
     state_dict = adapted if adapted.keys() & own.keys() else state_dict
@@ -169,7 +170,7 @@ def load_state_dict_into(
     loadable = {k: v for k, v in state_dict.items() if k in own and k not in mismatched}
     missing = [k for k in own if k not in loadable and k not in mismatched]
     unexpected = [k for k in state_dict if k not in own]
-    unexpected_in_file = [_name_in_file(k, original, model.base_model_prefix + ".") for k in unexpected]
+    unexpected_in_file = [name_in_file(k) for k in unexpected]
     # A pooler in the checkpoint is expected to go unused by the heads (they are built without one).
     quiet = [k for k in unexpected if k.startswith("pooler.") or ".pooler." in k]
     if quiet:

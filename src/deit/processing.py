@@ -192,7 +192,8 @@ def _parse_channel_stats(value: Any, what: str, channels: int = 3) -> tuple[floa
 
 def _parse_mean_std(mean: Any, std: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std with one value per output channel; a float takes the other's channel count."""
-    channels = 3 if _is_scalar(mean) and _is_scalar(std) else len(std if _is_scalar(mean) else mean)
+    sequence = std if _is_scalar(mean) else mean
+    channels = len(sequence) if np.ndim(sequence) == 1 else 3  # (anything else is reported by the parser)
     mean_values = _parse_channel_stats(mean, "image_mean", channels)
     std_values = _parse_channel_stats(std, "image_std", channels)
     if len(mean_values) != len(std_values):

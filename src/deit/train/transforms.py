@@ -18,7 +18,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
-from ..processing import eval_resize_size
+from ..processing import DEFAULT_CROP_PCT, eval_resize_size
 
 __all__ = [
     "build_train_transform", "build_eval_transform", "parse_rand_augment",
@@ -133,7 +133,7 @@ def build_train_transform(
 
 
 def build_eval_transform(
-    image_size: int, *, mean: Sequence[float], std: Sequence[float], crop_pct: float = 0.875, interpolation: str = "bicubic"
+    image_size: int, *, mean: Sequence[float], std: Sequence[float], crop_pct: float = DEFAULT_CROP_PCT, interpolation: str = "bicubic"
 ) -> v2.Compose:
     """The authors' evaluation transform: shorter side to ``image_size / crop_pct``, centre crop."""
     return v2.Compose(
