@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import keras
 import numpy as np
 
 # Per kind: the axes that turn the Keras array into the PyTorch one (None: the same array).
@@ -28,7 +29,7 @@ class TorchWeight:
         return TorchWeight(f"{prefix}.{self.name}", self.variable, self.kind)
 
     def torch_value(self) -> np.ndarray:
-        value = np.asarray(self.variable.numpy() if hasattr(self.variable, "numpy") else self.variable)
+        value = keras.ops.convert_to_numpy(self.variable)
         axes = _TO_TORCH_AXES[self.kind]
         return np.ascontiguousarray(value if axes is None else value.transpose(axes))
 
