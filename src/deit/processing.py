@@ -478,7 +478,8 @@ class DeiTImageProcessor:
         ``images``: a PIL image, numpy array or torch tensor (HWC or CHW; uint8, uint16 or
         float in [0, 1]), a file path, a list of those, or a 4-D batch. Every setting of the
         processor can be overridden for this call. ``return_tensors``: ``"pt"`` (float32 torch
-        tensor, N x 3 x H x W), ``"np"`` (numpy array) or ``None`` (list of numpy arrays).
+        tensor, N x 3 x H x W), ``"np"`` (numpy array), ``"tf"`` / ``"jax"`` (a TensorFlow / JAX array of the
+        same values) or ``None`` (list of numpy arrays).
         ``do_convert_rgb`` is accepted for Hugging Face compatibility; images always become RGB.
         """
         do_resize = self.do_resize if do_resize is None else _parse_bool(do_resize, "do_resize")
@@ -500,8 +501,8 @@ class DeiTImageProcessor:
             raise ValueError(f"input_data_format must be 'channels_first', 'channels_last' or None, "
                              f"got {input_data_format!r}")
         return_tensors = getattr(return_tensors, "value", return_tensors)  # HF's TensorType enum
-        if return_tensors not in (None, "pt", "np"):
-            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+        if return_tensors not in (None, "pt", "np", "tf", "jax"):
+            raise ValueError(f"return_tensors must be 'pt', 'np', 'tf', 'jax' or None, got {return_tensors!r}")
         if device is not None and return_tensors != "pt":
             raise ValueError("device= needs return_tensors='pt'")
 
@@ -578,6 +579,17 @@ class DeiTImageProcessor:
             return BatchFeature(pixel_values=outputs)
         if return_tensors == "np":
             return BatchFeature(pixel_values=batch)
+        if return_tensors == "tf":
+            from .tensorflow_import import import_dynamo_before_tensorflow
+
+            import_dynamo_before_tensorflow()
+            import tensorflow as tf
+
+            return BatchFeature(pixel_values=tf.convert_to_tensor(batch))
+        if return_tensors == "jax":
+            import jax.numpy as jnp
+
+            return BatchFeature(pixel_values=jnp.asarray(batch))
         import torch
 
         tensor = torch.from_numpy(batch)

@@ -5,13 +5,9 @@ Imported only when asked for (``import deit.keras``, or ``deit.TFDeiTModel`` etc
 never imports TensorFlow, JAX or Keras.
 """
 
-import importlib.util
+from ..tensorflow_import import import_dynamo_before_tensorflow
 
-# With torch's triton installed, TensorFlow imported before torch._dynamo crashes the interpreter
-# (a segfault) at the later dynamo import, which torch.compile and transformers make; importing
-# dynamo first avoids it.
-if importlib.util.find_spec("triton") is not None:
-    import torch._dynamo  # noqa: F401
+import_dynamo_before_tensorflow()  # before Keras imports its backend
 
 from .models import (  # noqa: E402
     TFDeiTForImageClassification,
