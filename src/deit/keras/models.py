@@ -119,6 +119,12 @@ class TFDeiTPreTrainedModel(keras.Model):
             save_file(self.state_dict(), str(tmp), metadata={"format": "pt"})
         config.save_pretrained(directory)
 
+    def export_saved_model(self, path: str | os.PathLike) -> Path:
+        """A TensorFlow SavedModel with a dynamic-batch serving signature (see :mod:`deit.keras.export`)."""
+        from .export import export_saved_model
+
+        return export_saved_model(self, path)
+
     # ------------------------------------------------------------------------- input checks
     def _check_inputs(self, pixel_values: Any, bool_masked_pos: Any, interpolate_pos_encoding: bool) -> None:
         """Raise a clear ValueError for inputs the model cannot read correctly (as the PyTorch model does)."""
@@ -181,6 +187,11 @@ class TFDeiTModel(TFDeiTPreTrainedModel):
     def __init__(self, config: DeiTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.deit = self._body(add_pooling_layer, use_mask_token)
+        self.built = True  # every variable exists from construction (the shapes follow from the config)
+
+    @property
+    def pooler(self) -> Any:
+        return self.deit.pooler
 
     def torch_weights(self) -> list[TorchWeight]:
         return self.deit.torch_weights()  # the PyTorch DeiTModel's names carry no prefix
@@ -250,6 +261,7 @@ class TFDeiTForImageClassification(_TFClassifier):
     def __init__(self, config: DeiTConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.classifier = self._linear_head("classifier")
+        self.built = True  # every variable exists from construction (the shapes follow from the config)
 
     def head_weights(self) -> list[TorchWeight]:
         return _head_weights("classifier", self.classifier)
@@ -291,6 +303,7 @@ class TFDeiTForImageClassificationWithTeacher(_TFClassifier):
         self.cls_classifier = self._linear_head("cls_classifier")
         self.distillation_classifier = self._linear_head("distillation_classifier")
         self.distillation = dict(distillation_type=distillation_type, alpha=distillation_alpha, tau=distillation_tau)
+        self.built = True  # every variable exists from construction (the shapes follow from the config)
 
     def head_weights(self) -> list[TorchWeight]:
         return _head_weights("cls_classifier", self.cls_classifier) + _head_weights("distillation_classifier", self.distillation_classifier)
@@ -346,6 +359,7 @@ class TFDeiTForMaskedImageModeling(_TFHeadModel):
         super().__init__(config, use_mask_token=True, **kwargs)
         self.decoder = keras.layers.Conv2D(config.encoder_stride**2 * config.num_channels, 1, name="decoder")
         self.decoder.build((None, None, None, config.hidden_size))
+        self.built = True  # every variable exists from construction (the shapes follow from the config)
 
     def head_weights(self) -> list[TorchWeight]:
         return conv_weights("decoder.0", self.decoder)
