@@ -63,8 +63,12 @@ def _forward_fn(name: str, checkpoint: str, threads: int):
 
     import deit.keras as dk  # before TensorFlow: see deit.tensorflow_import
 
-    if name.startswith("reference"):
+    if name != "keras-jax":
         import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)  # before TensorFlow runs anything
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    if name.startswith("reference"):
         import transformers
 
         model = transformers.TFDeiTForImageClassificationWithTeacher.from_pretrained(checkpoint, from_pt=True)
@@ -82,10 +86,6 @@ def _forward_fn(name: str, checkpoint: str, threads: int):
         non_trainable = [v.value for v in model.non_trainable_variables]
         return lambda batch: np.asarray(logits(trainable, non_trainable, batch))
 
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
     if name == "keras-tf":
         return lambda batch: np.asarray(model(batch).logits)
     compiled = tf.function(lambda batch: model(batch, training=False).logits, jit_compile=name.endswith("xla"))
