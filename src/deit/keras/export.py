@@ -13,15 +13,17 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 
 from ..export import output_names
-from .models import TFDeiTPreTrainedModel
+
+if TYPE_CHECKING:
+    from .models import TFDeiTPreTrainedModel
 
 
-def export_saved_model(model: TFDeiTPreTrainedModel, path: str | os.PathLike) -> Path:
+def export_saved_model(model: "TFDeiTPreTrainedModel", path: str | os.PathLike) -> Path:
     """Write ``model`` as a SavedModel folder at ``path`` (replaced whole, never left half-written)."""
     config = model.config
     names = output_names(model)
