@@ -200,10 +200,11 @@ class DropPath(keras.layers.Layer):
     def __init__(self, rate: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rate = rate
-        self.seed_generator = keras.random.SeedGenerator(0)
+        # Unseeded: each layer draws its own masks (a fixed seed would give every layer the same ones).
+        self.seed_generator = keras.random.SeedGenerator() if rate > 0 else None
 
     def call(self, x: Any, training: bool = False) -> Any:
-        if self.rate == 0.0 or not training:
+        if self.seed_generator is None or not training:
             return x
         keep = 1.0 - self.rate
         shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
