@@ -155,10 +155,13 @@ def test_tuple_outputs_and_input_errors():
         dk.TFDeiTModel(model.config)(pixels.numpy(), bool_masked_pos=np.zeros((3, 16), bool))
 
 
-def test_dropout_only_in_training():
-    _, keras_model = twin(deit.DeiTForImageClassification, dk.TFDeiTForImageClassification,
-                          hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
+@pytest.mark.parametrize("rates", [dict(hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3), dict(drop_path_rate=0.5)],
+                         ids=["dropout", "drop_path"])
+def test_dropout_only_in_training(rates):
+    model, keras_model = twin(deit.DeiTForImageClassification, dk.TFDeiTForImageClassification, **rates)
     pixels, _ = inputs()
+    with torch.no_grad():
+        assert_close(keras_model(pixels.numpy()).logits, model(pixels).logits, "inference logits")
     inference = [np.asarray(keras_model(pixels.numpy()).logits) for _ in range(2)]
     training = [np.asarray(keras_model(pixels.numpy(), training=True).logits) for _ in range(2)]
     np.testing.assert_array_equal(inference[0], inference[1])
