@@ -412,8 +412,8 @@ def test_bad_inputs_raise_clear_errors(hopper, proc):
         proc(np.full((8, 8), -3, np.int32))
     with pytest.raises(ValueError, match=r"images: float image contains NaN"):
         proc(np.full((8, 8), np.nan, np.float32))
-    with pytest.raises(ValueError, match="return_tensors must be 'pt', 'np' or None, got 'tf'"):
-        proc(good, return_tensors="tf")
+    with pytest.raises(ValueError, match="return_tensors must be 'pt', 'np', 'tf', 'jax' or None, got 'mlx'"):
+        proc(good, return_tensors="mlx")
     with pytest.raises(TypeError, match="unexpected keyword argument 'do_flip'"):
         proc(good, do_flip=True)
 

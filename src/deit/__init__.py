@@ -32,6 +32,12 @@ __all__ = [
     "BaseModelOutputWithPooling", "DeiTForImageClassificationWithTeacherOutput", "ImageClassifierOutput", "MaskedImageModelingOutput",
 ]
 
+_KERAS_NAMES = (
+    "TFDeiTModel", "TFDeiTForImageClassification", "TFDeiTForImageClassificationWithTeacher", "TFDeiTForMaskedImageModeling",
+    "TFDeiTPreTrainedModel", "TFBaseModelOutputWithPooling", "TFImageClassifierOutput",
+    "TFDeiTForImageClassificationWithTeacherOutput", "TFMaskedImageModelingOutput",
+)
+
 
 def __getattr__(name: str):
     # The image processor pulls in PIL; import it only when asked for.
@@ -39,4 +45,9 @@ def __getattr__(name: str):
         from . import processing
 
         return getattr(processing, name)
+    # The Keras models pull in Keras and its backend (TensorFlow or JAX): import them only when asked for.
+    if name in _KERAS_NAMES:
+        from . import keras
+
+        return getattr(keras, name)
     raise AttributeError(f"module 'deit' has no attribute {name!r}")

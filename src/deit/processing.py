@@ -571,7 +571,8 @@ class DeiTImageProcessor:
         ``images``: a PIL image, numpy array or torch tensor (HWC or CHW; uint8, uint16 or
         float in [0, 1]), a file path, a list of those, or a 4-D batch. Every setting of the
         processor can be overridden for this call. ``return_tensors``: ``"pt"`` (float32 torch
-        tensor, N x C x H x W), ``"np"`` (numpy array) or ``None`` (list of numpy arrays).
+        tensor, N x C x H x W), ``"np"`` (numpy array), ``"tf"`` / ``"jax"`` (a TensorFlow / JAX
+        array of the same values) or ``None`` (list of numpy arrays).
         The output has one channel per ``image_mean`` / ``image_std`` value: with 3 (the default)
         every image becomes RGB (alpha dropped, grayscale repeated); with 1 or 4, grayscale or RGBA
         images keep their channels and others are refused. ``do_convert_rgb`` is accepted for
@@ -597,8 +598,8 @@ class DeiTImageProcessor:
             raise ValueError(f"input_data_format must be 'channels_first', 'channels_last' or None, "
                              f"got {input_data_format!r}")
         return_tensors = getattr(return_tensors, "value", return_tensors)  # HF's TensorType enum
-        if return_tensors not in (None, "pt", "np"):
-            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+        if return_tensors not in (None, "pt", "np", "tf", "jax"):
+            raise ValueError(f"return_tensors must be 'pt', 'np', 'tf', 'jax' or None, got {return_tensors!r}")
         if device is not None and return_tensors != "pt":
             raise ValueError("device= needs return_tensors='pt'")
 
@@ -667,6 +668,17 @@ class DeiTImageProcessor:
             return BatchFeature(pixel_values=outputs)
         if return_tensors == "np":
             return BatchFeature(pixel_values=batch)
+        if return_tensors == "tf":
+            from .tensorflow_import import import_dynamo_before_tensorflow
+
+            import_dynamo_before_tensorflow()
+            import tensorflow as tf
+
+            return BatchFeature(pixel_values=tf.convert_to_tensor(batch))
+        if return_tensors == "jax":
+            import jax.numpy as jnp
+
+            return BatchFeature(pixel_values=jnp.asarray(batch))
         import torch
 
         tensor = torch.from_numpy(batch)

@@ -1,0 +1,30 @@
+"""The DeiT models in Keras 3, for the TensorFlow and JAX backends (``pip install 'deit[tf]'`` or
+``'deit[jax]'``; the backend is Keras', chosen by ``KERAS_BACKEND`` before Keras is first imported).
+
+Imported only when asked for (``import deit.keras``, or ``deit.TFDeiTModel`` etc.): ``import deit``
+never imports TensorFlow, JAX or Keras.
+"""
+
+from ..tensorflow_import import import_dynamo_before_tensorflow
+
+import_dynamo_before_tensorflow()  # before Keras imports its backend
+
+from .models import (  # noqa: E402
+    TFDeiTForImageClassification,
+    TFDeiTForImageClassificationWithTeacher,
+    TFDeiTForMaskedImageModeling,
+    TFDeiTModel,
+    TFDeiTPreTrainedModel,
+)
+from .outputs import (  # noqa: E402
+    TFBaseModelOutputWithPooling,
+    TFDeiTForImageClassificationWithTeacherOutput,
+    TFImageClassifierOutput,
+    TFMaskedImageModelingOutput,
+)
+
+__all__ = [
+    "TFDeiTModel", "TFDeiTForImageClassification", "TFDeiTForImageClassificationWithTeacher", "TFDeiTForMaskedImageModeling",
+    "TFDeiTPreTrainedModel", "TFBaseModelOutputWithPooling", "TFImageClassifierOutput",
+    "TFDeiTForImageClassificationWithTeacherOutput", "TFMaskedImageModelingOutput",
+]
