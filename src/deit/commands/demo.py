@@ -16,13 +16,22 @@ from pathlib import Path
 DEFAULT_EPOCHS = 20
 DEFAULT_TEACHER_EPOCHS = 3
 SAMPLE_COUNT = 6
+# --quick: the same steps on a class-balanced slice of the data (300 training, 200 validation
+# images) for one epoch each, so that the whole pipeline can be checked in seconds.
+QUICK_TRAIN_PER_CLASS = 30
+QUICK_VAL_PER_CLASS = 20
+QUICK_EPOCHS = 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="train a teacher and a DeiT student with and without distillation on mnist5k")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"student epochs per run (default {DEFAULT_EPOCHS})")
-    p.add_argument("--teacher-epochs", type=int, default=DEFAULT_TEACHER_EPOCHS, help=f"teacher epochs (default {DEFAULT_TEACHER_EPOCHS})")
+    p.add_argument("--epochs", type=int, help=f"student epochs per run (default {DEFAULT_EPOCHS}; {QUICK_EPOCHS} with --quick)")
+    p.add_argument("--teacher-epochs", type=int,
+                   help=f"teacher epochs (default {DEFAULT_TEACHER_EPOCHS}; {QUICK_EPOCHS} with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"a smoke run: {QUICK_TRAIN_PER_CLASS * 10} training and {QUICK_VAL_PER_CLASS * 10} validation images, "
+                        f"{QUICK_EPOCHS} epoch(s) per model (accuracies are not meaningful)")
     p.add_argument("--seed", type=int, default=0)
     # One compute thread and one loader process: on two idle cores about 1.5x slower than two
     # threads, on a busy machine several times faster (OpenMP threads that wait for a
@@ -67,24 +76,29 @@ def run(args: argparse.Namespace) -> int:
     from ..train.checkpointing import save_hf_model
     from ..train.engine import fit
     from ..train.metrics import plot_curves
-    from ..train.mnist5k_recipe import head_accuracies, load_data, student_config, train_teacher
+    from ..train.mnist5k_recipe import ClassBalancedSubset, head_accuracies, load_data, student_config, train_teacher
 
     start = time.perf_counter()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    quick_epochs = QUICK_EPOCHS if args.quick else None
+    epochs = args.epochs or quick_epochs or DEFAULT_EPOCHS
+    teacher_epochs = args.teacher_epochs or quick_epochs or DEFAULT_TEACHER_EPOCHS
 
     labels = {"none": "no distillation", "hard": "hard distillation"}
     configs = {
-        kind: student_config(str(out / f"student-{kind}"), kind, epochs=args.epochs, seed=args.seed, num_workers=args.num_workers,
+        kind: student_config(str(out / f"student-{kind}"), kind, epochs=epochs, seed=args.seed, num_workers=args.num_workers,
                              progress=True)
         for kind in labels
     }
     train_set, val_set = load_data(configs["none"])  # the same data and transforms for both runs
+    if args.quick:
+        train_set, val_set = ClassBalancedSubset(train_set, QUICK_TRAIN_PER_CLASS), ClassBalancedSubset(val_set, QUICK_VAL_PER_CLASS)
     print(f"mnist5k: {len(train_set)} training and {len(val_set)} validation images, {len(train_set.classes)} classes")
 
-    teacher = train_teacher(train_set, val_set, num_classes=len(train_set.classes), epochs=args.teacher_epochs, seed=args.seed)
-    print(f"teacher (SmallConvNet): {teacher.acc1:.2f}% top-1 after {args.teacher_epochs} epochs ({teacher.seconds:.0f} s)")
+    teacher = train_teacher(train_set, val_set, num_classes=len(train_set.classes), epochs=teacher_epochs, seed=args.seed)
+    print(f"teacher (SmallConvNet): {teacher.acc1:.2f}% top-1 after {teacher_epochs} epochs ({teacher.seconds:.0f} s)")
 
     runs, histories = {}, {}
     for kind, label in labels.items():
@@ -93,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         result = fit(config, teacher=teacher.model if kind != "none" else None, train_dataset=train_set, val_dataset=val_set)
         runs[label] = head_accuracies(result.final_metrics)
         histories[label] = result.history
-        print(f"student, {label}: {runs[label]['avg']:.2f}% top-1 (averaged heads) after {args.epochs} epochs ({time.perf_counter() - run_start:.0f} s)")
+        print(f"student, {label}: {runs[label]['avg']:.2f}% top-1 (averaged heads) after {epochs} epochs ({time.perf_counter() - run_start:.0f} s)")
         if kind == "hard":
             save_hf_model(result.model, out / "student", mean=config.mean, std=config.std, crop_pct=config.crop_pct)
 
@@ -108,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     predict_status = deit_main(["predict", *map(str, save_samples(out, args.seed)), "--model", str(out / "student"), "--top-k", "1"])
 
     elapsed = time.perf_counter() - start
-    results = {"teacher_acc1": teacher.acc1, "students": runs, "epochs": args.epochs, "teacher_epochs": args.teacher_epochs, "seed": args.seed, "seconds": elapsed}
+    results = {"teacher_acc1": teacher.acc1, "students": runs, "epochs": epochs, "teacher_epochs": teacher_epochs, "seed": args.seed,
+               "quick": args.quick, "train_images": len(train_set), "val_images": len(val_set), "seconds": elapsed}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "results.md", table + "\n")
     print(f"\ndemo finished in {elapsed / 60:.1f} min")

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .epoch_order import seed_everything
 from .loaders import build_datasets
@@ -43,6 +43,29 @@ def student_config(output: str, distillation_type: str, *, epochs: int = 20, see
 def load_data(config: TrainConfig) -> tuple[Dataset, Dataset]:
     """mnist5k with the recipe's training and evaluation transforms."""
     return build_datasets(config, config.image_size)
+
+
+class ClassBalancedSubset(Subset):
+    """The first ``per_class`` images of every class, in the data set's order.
+
+    Fixed and independent of the seed, so every seed and every distillation type sees the same
+    images. Keeps ``.classes`` and ``.targets``, which the training engine reads.
+    """
+
+    def __init__(self, dataset: Dataset, per_class: int) -> None:
+        targets: list[int] = list(dataset.targets)
+        self.classes = list(dataset.classes)
+        taken = [0] * len(self.classes)
+        indices = []
+        for index, target in enumerate(targets):
+            if taken[target] < per_class:
+                taken[target] += 1
+                indices.append(index)
+        short = [self.classes[c] for c, n in enumerate(taken) if n < per_class]
+        if short:
+            raise ValueError(f"{dataset!r}: fewer than {per_class} images in class(es) {', '.join(short)}")
+        super().__init__(dataset, indices)
+        self.targets = [targets[i] for i in indices]
 
 
 @torch.no_grad()
