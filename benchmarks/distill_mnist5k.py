@@ -10,28 +10,18 @@ distillation type. Prints a markdown table and, with ``--markdown``, writes it w
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+from seed_report import mean_std, write_report
 
 from deit.commands.demo import DEFAULT_EPOCHS, DEFAULT_TEACHER_EPOCHS
-from deit.bench.timing import cpu_name
-from deit.io import atomic_write_text
 from deit.train.engine import fit
 from deit.train.mnist5k_recipe import head_accuracies, load_data, student_config, train_teacher
 
 KINDS = ("none", "soft", "hard")
 NAMES = {"none": "no distillation", "soft": "soft distillation", "hard": "hard distillation"}
-
-
-def mean_std(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {spread:.2f}"
 
 
 def main() -> int:
@@ -78,18 +68,12 @@ def main() -> int:
     print("\n" + table)
     print(f"\n{elapsed / 60:.1f} min")
     if args.markdown:
-        command = " ".join([".venv/bin/python", "benchmarks/distill_mnist5k.py", *sys.argv[1:]])
-        machine = (f"{cpu_name()} ({platform.machine()}, {os.cpu_count()} logical cores), {torch.get_num_threads()} torch threads, "
-                   f"torch {torch.__version__}, Python {platform.python_version()}")
-        text = (
-            "# Distillation on mnist5k: none vs soft vs hard\n\n"
-            f"Command: `{command}`\n\nMachine: {machine}; wall time {elapsed / 60:.1f} min.\n\n"
-            f"{table}\n\n"
+        write_report(
+            args.markdown, "Distillation on mnist5k: none vs soft vs hard", table, elapsed,
             "In the no-distillation row both heads learn the labels (the same architecture and cost as the distilled runs); "
             "with a teacher the DIST head learns the teacher's predictions (hard: its argmax; soft: its temperature-softened "
-            "distribution, tau = 1, alpha = 0.5).\n"
+            "distribution, tau = 1, alpha = 0.5).",
         )
-        atomic_write_text(Path(args.markdown), text)
     return 0
 
 

@@ -54,6 +54,7 @@ def test_masks_are_a_function_of_the_sample_seed_and_differ_between_samples():
         ((224, 32, 16, 1.0), r"mask ratio must be in \(0, 1\), got 1.0"),
         ((224, 32, 16, 0.0), r"mask ratio must be in \(0, 1\), got 0.0"),
         ((224, 0, 16, 0.5), r"mask_patch_size must be a positive integer, got 0"),
+        ((28, 28, 4, 0.6), r"mask ratio of 0.6 masks all 1 block\(s\) of 28 px in a 28 px image"),
     ],
 )
 def test_sizes_that_do_not_fit_are_errors_naming_the_values(args, message):

@@ -60,6 +60,11 @@ class MaskGenerator:
         self.scale = mask_patch_size // model_patch_size
         self.num_blocks = self.blocks_per_side**2
         self.num_masked_blocks = math.ceil(mask_ratio * self.num_blocks)
+        if self.num_masked_blocks == self.num_blocks:
+            raise ValueError(
+                f"a mask ratio of {mask_ratio} masks all {self.num_blocks} block(s) of {mask_patch_size} px in a {input_size} px image: "
+                "use smaller mask patches or a lower ratio"
+            )
 
     @property
     def num_patches(self) -> int:

@@ -97,7 +97,8 @@ class PretrainTrainer(Trainer):
         count = min(self.config.reconstruction_images, len(self.data.val_set))
         if count == 0:
             return
-        samples = [self.data.val_loader.dataset[i] for i in range(count)]
+        # Spread over the validation set (which may be sorted by class), the same images every epoch.
+        samples = [self.data.val_loader.dataset[k * len(self.data.val_set) // count] for k in range(count)]
         images = torch.stack([image for image, _ in samples])
         masks = torch.stack([mask for _, mask in samples])
         save_reconstructions(
