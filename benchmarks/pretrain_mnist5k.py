@@ -19,7 +19,7 @@ import torch
 from seed_report import mean_std, write_report
 
 from deit.commands.pretrain_demo import DEFAULT_FINETUNE_EPOCHS, DEFAULT_PRETRAIN_EPOCHS
-from deit.train.pretrain_mnist5k import LABELLED_PER_CLASS, MASK_PATCH_SIZE, compare
+from deit.train.pretrain_mnist5k import LABELLED_PER_CLASS, MASK_PATCH_SIZE, PATCH_SIZE, compare
 
 
 def main() -> int:
@@ -45,9 +45,9 @@ def main() -> int:
     gains = [p - s for p, s in zip(pretrained, scratch)]
     lines = [
         f"Validation top-1 (%) on mnist5k (1,000 held-out digits), mean ± std over seeds {', '.join(map(str, args.seeds))}; "
-        f"student: DeiT 4 blocks x 96 wide, 3 heads, patch 4 on 28 px; {LABELLED_PER_CLASS * 10} labelled training digits "
+        f"student: DeiT 4 blocks x 96 wide, 3 heads, patch {PATCH_SIZE} on 28 px; {LABELLED_PER_CLASS * 10} labelled training digits "
         f"(10 %), {args.epochs} epochs, batch 32, the demo's recipe without a teacher; pre-training: SimMIM, "
-        f"{args.pretrain_epochs} epochs on the 4,000 training digits without labels, mask blocks of {MASK_PATCH_SIZE} px, ratio 0.6.",
+        f"{args.pretrain_epochs} epochs on the 4,000 training digits without labels, mask blocks of {MASK_PATCH_SIZE} px, ratio 0.6 (10 of 16 blocks).",
         "",
         "| student | top-1 | per seed |",
         "|---|---:|---|",
