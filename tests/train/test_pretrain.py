@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from deit import DeiTConfig, DeiTForMaskedImageModeling
 from deit.cli import main
 from deit.train import PretrainConfig, pretrain
+from deit.train.data import build_dataset
 from deit.train.engine import fit
 from deit.train.masking import MaskGenerator
 from deit.train.reconstruction import reconstruction_panels
@@ -116,11 +117,33 @@ def test_fine_tuning_a_pretrained_checkpoint_loads_the_encoder_and_says_what_is_
     assert result.completed and "newly initialised 4" in capsys.readouterr().out
 
 
+def test_pretrain_under_bf16_autocast_with_ema_stops_and_keeps_a_checkpoint(tmp_path):
+    train_set, val_set = datasets()
+    config = tiny_pretrain_config(str(tmp_path / "run"), amp="bf16", model_ema=True, model_ema_decay=0.9, stop_after_steps=3)
+    result = pretrain(config, train_dataset=train_set, val_dataset=val_set)
+    assert not result.completed and len(result.step_losses) == 3
+    assert all(0 < loss < 10 for loss in result.step_losses)
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
 def test_pretrain_refuses_labels_only_settings():
     with pytest.raises(ValueError, match="mixup/cutmix"):
         PretrainConfig(mixup=0.8).validate()
     with pytest.raises(ValueError, match="no teacher"):
         PretrainConfig(teacher="SmallConvNet").validate()
+
+
+def test_an_hf_dataset_without_a_label_column_is_read_for_pretraining_only(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)) for _ in range(30)]
+    datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()})).save_to_disk(str(tmp_path / "ds"))
+    train = build_dataset(f"hf:{tmp_path / 'ds'}", "train", labelled=False)
+    val = build_dataset(f"hf:{tmp_path / 'ds'}", "val", labelled=False)
+    assert (len(train), len(val)) == (27, 3)  # 10 % held out, as for a labelled data set
+    assert train[0][0].size == (12, 12)
+    with pytest.raises(ValueError, match="no label column"):
+        build_dataset(f"hf:{tmp_path / 'ds'}", "train")
 
 
 def test_cli_pretrains_on_an_unlabelled_folder_and_names_bad_sizes(tmp_path, capsys):

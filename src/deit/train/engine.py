@@ -1,5 +1,9 @@
 """The training loop: ``fit(TrainConfig(...))`` runs the DeiT recipe, with or without a teacher.
 
+The same loop pre-trains by masked-image modeling (``deit.train.pretraining``): the objective (data,
+model, loss, evaluation, files of its own) is a set of methods a subclass of :class:`Trainer`
+overrides; the loop, checkpoints, resume, DDP, AMP, EMA and metrics are shared.
+
 Exactness is designed in, not hoped for: the data order, every sample's augmentation and the
 main process's random state at every batch are functions of (seed, epoch, position), and the
 learning rate is a function of the optimizer step. A checkpoint therefore only has to record
@@ -108,7 +112,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the objective
     # Image classification, with or without a teacher. A subclass trains another objective in
-    # the same loop by overriding these methods (deit.train.pretrain: masked-image modeling).
+    # the same loop by overriding these methods (deit.train.pretraining: masked-image modeling).
     best_metric = "val_acc1"  # the epoch metric that picks best/
     best_is_max = True
 
