@@ -14,7 +14,7 @@ import sys
 import time
 
 import torch
-from seed_report import mean_std, write_report
+from seed_report import add_run_arguments, mean_std, write_report
 
 from deit.commands.demo import DEFAULT_EPOCHS, DEFAULT_TEACHER_EPOCHS
 from deit.train.engine import fit
@@ -26,13 +26,9 @@ NAMES = {"none": "no distillation", "soft": "soft distillation", "hard": "hard d
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="student epochs per run")
     parser.add_argument("--teacher-epochs", type=int, default=DEFAULT_TEACHER_EPOCHS)
-    parser.add_argument("--out", default="runs/bench-distill-mnist5k", help="where the runs are written")
-    parser.add_argument("--markdown", help="also write the table and the command to this file")
-    parser.add_argument("--threads", type=int, default=1, help="torch compute threads (default 1, as deit demo)")
-    parser.add_argument("--num-workers", type=int, default=1, help="DataLoader workers (default 1, as deit demo)")
+    add_run_arguments(parser, out="runs/bench-distill-mnist5k")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from seed_report import mean_std, write_report
+from seed_report import add_run_arguments, mean_std, write_report
 
 from deit.commands.pretrain_demo import DEFAULT_FINETUNE_EPOCHS, DEFAULT_PRETRAIN_EPOCHS
 from deit.train.pretrain_mnist5k import LABELLED_PER_CLASS, MASK_PATCH_SIZE, PATCH_SIZE, compare
@@ -24,13 +24,9 @@ from deit.train.pretrain_mnist5k import LABELLED_PER_CLASS, MASK_PATCH_SIZE, PAT
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--pretrain-epochs", type=int, default=DEFAULT_PRETRAIN_EPOCHS)
     parser.add_argument("--epochs", type=int, default=DEFAULT_FINETUNE_EPOCHS, help="fine-tuning (and from-scratch) epochs")
-    parser.add_argument("--out", default="runs/bench-pretrain-mnist5k", help="where the runs are written")
-    parser.add_argument("--markdown", help="also write the table and the command to this file")
-    parser.add_argument("--threads", type=int, default=1, help="torch compute threads (default 1, as deit demo)")
-    parser.add_argument("--num-workers", type=int, default=1, help="DataLoader workers (default 1, as deit demo)")
+    add_run_arguments(parser, out="runs/bench-pretrain-mnist5k")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

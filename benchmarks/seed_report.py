@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -12,6 +13,15 @@ import torch
 
 from deit.bench.timing import cpu_name
 from deit.io import atomic_write_text
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, out: str) -> None:
+    """The options every seed benchmark has: seeds, where the runs go, the markdown file, threads, loaders."""
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default=out, help="where the runs are written")
+    parser.add_argument("--markdown", help="also write the table and the command to this file")
+    parser.add_argument("--threads", type=int, default=1, help="torch compute threads (default 1, as deit demo)")
+    parser.add_argument("--num-workers", type=int, default=1, help="DataLoader workers (default 1, as deit demo)")
 
 
 def mean_std(values: list[float], digits: int = 2) -> str:

@@ -106,8 +106,8 @@ def test_fine_tuning_a_pretrained_checkpoint_loads_the_encoder_and_says_what_is_
     with pytest.warns(UserWarning, match="newly initialised"):
         student = build_student(finetune, dict(enumerate(train_set.classes)), log=print)
     log = capsys.readouterr().out
-    assert "loaded 39 tensors" in log and "deit.encoder.layer.*.attention.attention.query.weight" in log
-    assert "newly initialised 4 (cls_classifier.bias, cls_classifier.weight, distillation_classifier.bias, distillation_classifier.weight)" in log
+    assert "loaded 39 tensors" in log and "deit.encoder.layer.*.attention.attention.query, " in log
+    assert "newly initialised 4 (cls_classifier, distillation_classifier)" in log
     state = student.state_dict()
     body = [k for k in state if k.startswith("deit.")]
     assert len(body) == 39 and all(torch.equal(state[k], pretrained[k]) for k in body)

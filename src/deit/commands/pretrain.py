@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..train.pretrain_recipe import PretrainConfig
-from .train import TRAIN_OPTIONS, add_train_options, config_from_args
+from .train import TRAIN_OPTIONS, add_train_options, config_from_args, finished_on_main
 
 _DEFAULTS = PretrainConfig()
 # The augmentation of SimMIM is a random resized crop and a flip; the label-based options of
@@ -43,10 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args, PretrainConfig)
     result = pretrain(config)
-    if not result.is_main:
-        return 0
-    if not result.completed:
-        print(f"stopped after {config.stop_after_steps} steps; continue with: deit pretrain ... --output {config.output} --resume", file=sys.stderr)
+    if not finished_on_main(result, config, "pretrain"):
         return 0
     last = result.final_metrics
     print(f"finished {len(result.history)} epochs: validation reconstruction loss {last['val_loss']:.4f} (best {result.best:.4f})")

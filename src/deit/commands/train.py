@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from typing import Any
 
 from ..train.recipe import AMP_CHOICES, DISTILLATION_CHOICES, TrainConfig
 
@@ -117,15 +118,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def finished_on_main(result: Any, config: TrainConfig, command: str) -> bool:
+    """Whether to report a finished run: rank 0 of a run that was not stopped early (then say how to continue)."""
+    if result.is_main and not result.completed:
+        print(f"stopped after {config.stop_after_steps} steps; continue with: deit {command} ... --output {config.output} --resume", file=sys.stderr)
+    return result.is_main and result.completed
+
+
 def run(args: argparse.Namespace) -> int:
     from ..train.engine import fit
 
     config = config_from_args(args)
     result = fit(config)
-    if not result.is_main:
-        return 0
-    if not result.completed:
-        print(f"stopped after {config.stop_after_steps} steps; continue with: deit train ... --output {config.output} --resume", file=sys.stderr)
+    if not finished_on_main(result, config, "train"):
         return 0
     last = result.final_metrics
     heads = "  ".join(f"{label} {last[key]:.2f}" for key, label in (("val_acc1", "top-1"), ("val_acc1_cls", "CLS"), ("val_acc1_dist", "DIST"), ("val_acc5", "top-5")) if key in last)

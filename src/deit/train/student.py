@@ -120,6 +120,6 @@ def build_model(
 
 
 def _summary(keys: list[str]) -> str:
-    """Tensor names with the layer numbers folded (``deit.encoder.layer.*.output.dense.weight``)."""
-    folded = dict.fromkeys(re.sub(r"\.layer\.\d+\.", ".layer.*.", k) for k in keys)
+    """Tensor names with layer numbers and weight/bias folded (``deit.encoder.layer.*.output.dense``)."""
+    folded = dict.fromkeys(re.sub(r"\.(weight|bias)$", "", re.sub(r"\.layer\.\d+\.", ".layer.*.", k)) for k in keys)
     return ", ".join(folded)
