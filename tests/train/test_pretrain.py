@@ -126,6 +126,29 @@ def test_pretrain_under_bf16_autocast_with_ema_stops_and_keeps_a_checkpoint(tmp_
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
 
 
+def test_pretraining_from_a_classifier_keeps_its_encoder_and_starts_a_new_decoder(tmp_path, capsys):
+    from deit import DeiTForImageClassificationWithTeacher
+    from deit.train.distributed import DistributedContext
+    from deit.train.pretraining import PretrainTrainer
+
+    torch.manual_seed(0)
+    # encoder_stride 16 (the Hugging Face default) on 4 px patches: the new decoder must use 4.
+    source = DeiTForImageClassificationWithTeacher(DeiTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                                              image_size=16, patch_size=4, num_labels=3))
+    source.save_pretrained(tmp_path / "source")
+    train_set, val_set = datasets()
+    config = tiny_pretrain_config(str(tmp_path / "run"), model=str(tmp_path / "source"), image_size=None, patch_size=None, hidden_size=None,
+                                  depth=None, heads=None)
+    with pytest.warns(UserWarning, match="newly initialised"):
+        trainer = PretrainTrainer(config, DistributedContext(0, 1, 0, torch.device("cpu")), train_set=train_set, val_set=val_set)
+    assert "newly initialised 3 (decoder.0, deit.embeddings.mask_token)" in capsys.readouterr().out
+    model = trainer.model
+    assert model.config.encoder_stride == 4 and model.decoder[0].out_channels == 4 * 4 * 3
+    theirs = source.state_dict()
+    assert all(torch.equal(value, theirs[key]) for key, value in model.state_dict().items() if key in theirs)
+    assert sum(key in theirs for key in model.state_dict()) == 39
+
+
 def test_pretrain_refuses_labels_only_settings():
     with pytest.raises(ValueError, match="mixup/cutmix"):
         PretrainConfig(mixup=0.8).validate()
@@ -157,3 +180,16 @@ def test_cli_pretrains_on_an_unlabelled_folder_and_names_bad_sizes(tmp_path, cap
     assert main([*common, "--mask-patch-size", "8", "--output", str(tmp_path / "run")]) == 0
     assert "validation reconstruction loss" in capsys.readouterr().out
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text())["val_num_samples"] == 2  # 10 % of 24 held out
+
+
+def test_demo_pretrain_quick_runs_the_whole_path(tmp_path, capsys):
+    assert main(["demo", "--pretrain", "--quick", "--out", str(tmp_path), "--num-workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "loaded 71 tensors" in out and "newly initialised 4 (cls_classifier, distillation_classifier)" in out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (results["pretrain_epochs"], results["finetune_epochs"]) == (1, 1)
+    assert 0 <= results["pretrained_acc1"] <= 100 and 0 <= results["scratch_acc1"] <= 100
+    pretrain_metrics = json.loads((tmp_path / "pretrain" / "metrics.jsonl").read_text())
+    assert pretrain_metrics["val_num_samples"] == 200  # the quick slice: 20 validation digits per class
+    for name in ("pretrain/reconstructions.png", "curves.png", "results.md", "finetune/last/model.safetensors", "scratch/last/model.safetensors"):
+        assert (tmp_path / name).is_file(), name

@@ -13,7 +13,10 @@ _DEFAULTS = PretrainConfig()
 # deit train (smoothing, mixup, teacher) do not apply.
 _AUGMENTATION = ("scale", "hflip", "interpolation", "model_ema", "model_ema_decay")
 _PRETRAIN_OPTIONS = {
-    "model": TRAIN_OPTIONS["model"],
+    "model": [
+        ("model", "a preset (fresh weights), e.g. deit-tiny-distilled-patch16-224, or a checkpoint whose encoder pre-training starts from", {}),
+        *TRAIN_OPTIONS["model"][1:],
+    ],
     "masking": [
         ("mask_patch_size", "side of the square blocks that are masked (a multiple of the patch size dividing the image size)", {"type": int}),
         ("mask_ratio", "share of the blocks of each image that are masked", {"type": float}),

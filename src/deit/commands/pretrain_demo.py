@@ -14,7 +14,10 @@ from pathlib import Path
 
 DEFAULT_PRETRAIN_EPOCHS = 15
 DEFAULT_FINETUNE_EPOCHS = 30
+# --quick: the distillation demo's slice (30 training, 20 validation digits per class), one epoch
+# per run, and 4 labelled digits per class (40: one batch of 32 and a few).
 QUICK_EPOCHS = 1
+QUICK_LABELLED_PER_CLASS = 4
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.metrics import plot_curves
     from ..train.pretrain_mnist5k import LABELLED_PER_CLASS, compare
     from ..train.pretraining import RECONSTRUCTIONS_NAME
+    from .demo import QUICK_TRAIN_PER_CLASS, QUICK_VAL_PER_CLASS
 
     start = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -31,9 +35,11 @@ def run(args: argparse.Namespace) -> int:
     quick = QUICK_EPOCHS if args.quick else None
     pretrain_epochs = args.pretrain_epochs or quick or DEFAULT_PRETRAIN_EPOCHS
     finetune_epochs = args.epochs or quick or DEFAULT_FINETUNE_EPOCHS
+    labelled = QUICK_LABELLED_PER_CLASS if args.quick else LABELLED_PER_CLASS
     print(f"mnist5k: SimMIM pre-training for {pretrain_epochs} epoch(s) on the training digits without labels, then "
-          f"{finetune_epochs} epoch(s) on {LABELLED_PER_CLASS} labelled digits per class, against the same student from scratch")
-    result = compare(out, seed=args.seed, pretrain_epochs=pretrain_epochs, finetune_epochs=finetune_epochs, num_workers=args.num_workers, progress=True)
+          f"{finetune_epochs} epoch(s) on {labelled} labelled digits per class, against the same student from scratch")
+    result = compare(out, seed=args.seed, pretrain_epochs=pretrain_epochs, finetune_epochs=finetune_epochs, labelled_per_class=labelled,
+                     subset=(QUICK_TRAIN_PER_CLASS, QUICK_VAL_PER_CLASS) if args.quick else None, num_workers=args.num_workers, progress=True)
     plot_curves(result.histories, out / "curves.png", title="DeiT student on 10 % of the mnist5k labels: pre-trained vs from scratch")
     table = "\n".join([
         "| student | validation top-1 (%) |",

@@ -25,6 +25,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from .engine import fit
+from .loaders import build_datasets
 from .mnist5k_recipe import ClassBalancedSubset, load_data, student_config
 from .pretrain_recipe import PretrainConfig
 from .recipe import TrainConfig
@@ -72,22 +73,30 @@ class Comparison:
     seconds: dict[str, float]
 
 
-def labelled_subset(train_set: Dataset, per_class: int = LABELLED_PER_CLASS) -> Dataset:
-    return ClassBalancedSubset(train_set, per_class)
-
-
 def compare(out: Path, *, seed: int, pretrain_epochs: int, finetune_epochs: int, labelled_per_class: int = LABELLED_PER_CLASS,
-            num_workers: int = 0, progress: bool = False, log: Callable[[str], None] = print) -> Comparison:
-    """Pre-train, fine-tune, and train from scratch; the runs are written under ``out``."""
+            subset: tuple[int, int] | None = None, num_workers: int = 0, progress: bool = False,
+            log: Callable[[str], None] = print) -> Comparison:
+    """Pre-train, fine-tune, and train from scratch; the runs are written under ``out``.
+
+    ``subset`` = (training, validation) images per class limits the data (a smoke run); by
+    default all 4,000 training digits are pre-trained on and all 1,000 validation digits score.
+    """
+    def limited(train_set: Dataset, val_set: Dataset) -> tuple[Dataset, Dataset]:
+        if subset is None:
+            return train_set, val_set
+        return ClassBalancedSubset(train_set, subset[0]), ClassBalancedSubset(val_set, subset[1])
+
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    pre = pretrain(pretrain_config(str(out / "pretrain"), epochs=pretrain_epochs, seed=seed, num_workers=num_workers, progress=progress))
+    pre_config = pretrain_config(str(out / "pretrain"), epochs=pretrain_epochs, seed=seed, num_workers=num_workers, progress=progress)
+    pre_train, pre_val = limited(*build_datasets(pre_config, pre_config.image_size, labelled=False))
+    pre = pretrain(pre_config, train_dataset=pre_train, val_dataset=pre_val)
     seconds["pretrain"] = time.perf_counter() - start
-    log(f"seed {seed}: pre-trained {pretrain_epochs} epochs on all training images, validation reconstruction loss "
-        f"{pre.final_metrics['val_loss']:.4f} ({seconds['pretrain']:.0f} s)")
+    log(f"seed {seed}: pre-trained {pretrain_epochs} epochs on {len(pre_train)} training images without labels, validation "
+        f"reconstruction loss {pre.final_metrics['val_loss']:.4f} ({seconds['pretrain']:.0f} s)")
 
-    train_set, val_set = load_data(finetune_config("unused", None, epochs=finetune_epochs, seed=seed))
-    labelled = labelled_subset(train_set, labelled_per_class)
+    train_set, val_set = limited(*load_data(finetune_config("unused", None, epochs=finetune_epochs, seed=seed)))
+    labelled = ClassBalancedSubset(train_set, labelled_per_class)
     accuracy, histories = {}, {}
     for name, model in (("pre-trained", str(out / "pretrain" / "last")), ("from scratch", None)):
         start = time.perf_counter()

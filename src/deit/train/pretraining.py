@@ -54,13 +54,9 @@ class PretrainTrainer(Trainer):
         return build_run_data(config, self.ctx, self.image_size, train_set, val_set, masks=self.masks)
 
     def _build_model(self) -> DeiTPreTrainedModel:
-        model = build_model(self.config, _masked_image_modeling_class, {}, lambda source, config: False, log=self._log)
-        if model.config.encoder_stride != model.config.patch_size:
-            raise ValueError(
-                f"{self.config.model}: the decoder's encoder_stride ({model.config.encoder_stride}) differs from the patch size "
-                f"({model.config.patch_size}), so the reconstruction would not cover the image"
-            )
-        return model
+        # The decoder is always new: its stride is the patch size, so that it rebuilds the whole image.
+        settings = {"encoder_stride": self.masks.model_patch_size}
+        return build_model(self.config, _masked_image_modeling_class, settings, lambda source, config: False, log=self._log)
 
     def _setup_objective(self, teacher: nn.Module | None) -> None:
         if teacher is not None:

@@ -89,7 +89,7 @@ def build_model(
     if train.image_size is not None:
         architecture["image_size"] = train.image_size
     if is_preset(train.model):
-        config = DeiTConfig.from_preset(train.model, drop_path_rate=train.drop_path, **architecture, **settings)
+        config = DeiTConfig.from_preset(train.model, drop_path_rate=train.drop_path, **{**architecture, **settings})
         return model_class(config)(config)
 
     if set(architecture) - {"image_size"}:
