@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if args.pretrain:
         from .pretrain_demo import run as run_pretrain_demo
 
-        return run_pretrain_demo(args)
+        return run_pretrain_demo(args, quick_subset=(QUICK_TRAIN_PER_CLASS, QUICK_VAL_PER_CLASS))
     import torch
 
     from ..cli import main as deit_main

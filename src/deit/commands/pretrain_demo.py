@@ -14,20 +14,20 @@ from pathlib import Path
 
 DEFAULT_PRETRAIN_EPOCHS = 15
 DEFAULT_FINETUNE_EPOCHS = 30
-# --quick: the distillation demo's slice (30 training, 20 validation digits per class), one epoch
-# per run, and 4 labelled digits per class (40: one batch of 32 and a few).
+# --quick: the distillation demo's slice of the data (its caller passes it), one epoch per run,
+# and 4 labelled digits per class (40: one batch of 32 and a few).
 QUICK_EPOCHS = 1
 QUICK_LABELLED_PER_CLASS = 4
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, quick_subset: tuple[int, int]) -> int:
+    """The demo; ``quick_subset`` = (training, validation) digits per class with ``--quick``."""
     import torch
 
     from ..io import atomic_write_text
     from ..train.metrics import plot_curves
     from ..train.pretrain_mnist5k import LABELLED_PER_CLASS, compare
     from ..train.pretraining import RECONSTRUCTIONS_NAME
-    from .demo import QUICK_TRAIN_PER_CLASS, QUICK_VAL_PER_CLASS
 
     start = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"mnist5k: SimMIM pre-training for {pretrain_epochs} epoch(s) on the training digits without labels, then "
           f"{finetune_epochs} epoch(s) on {labelled} labelled digits per class, against the same student from scratch")
     result = compare(out, seed=args.seed, pretrain_epochs=pretrain_epochs, finetune_epochs=finetune_epochs, labelled_per_class=labelled,
-                     subset=(QUICK_TRAIN_PER_CLASS, QUICK_VAL_PER_CLASS) if args.quick else None, num_workers=args.num_workers, progress=True)
+                     subset=quick_subset if args.quick else None, num_workers=args.num_workers, progress=True)
     plot_curves(result.histories, out / "curves.png", title="DeiT student on 10 % of the mnist5k labels: pre-trained vs from scratch")
     table = "\n".join([
         "| student | validation top-1 (%) |",
