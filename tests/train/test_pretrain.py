@@ -112,9 +112,12 @@ def test_fine_tuning_a_pretrained_checkpoint_loads_the_encoder_and_says_what_is_
     body = [k for k in state if k.startswith("deit.")]
     assert len(body) == 39 and all(torch.equal(state[k], pretrained[k]) for k in body)
     assert "deit.embeddings.mask_token" not in state and not any(k.startswith("decoder") for k in state)
-    # And the engine trains it, with the same log line.
+    # And the engine trains it, with the same log line, without and with a teacher (hard distillation).
     result = fit(finetune, train_dataset=train_set, val_dataset=val_set)
     assert result.completed and "newly initialised 4" in capsys.readouterr().out
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * IMAGE_SIZE * IMAGE_SIZE, len(train_set.classes)))
+    distilled = fit(finetune, teacher=teacher, output=str(tmp_path / "distilled"), train_dataset=train_set, val_dataset=val_set)
+    assert distilled.completed and "val_acc1_dist" in distilled.final_metrics
 
 
 def test_pretrain_under_bf16_autocast_with_ema_stops_and_keeps_a_checkpoint(tmp_path):
