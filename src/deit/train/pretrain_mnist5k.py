@@ -28,8 +28,8 @@ from .engine import fit
 from .loaders import build_datasets
 from .mnist5k_recipe import ClassBalancedSubset, load_data, student_config
 from .pretrain_recipe import PretrainConfig
-from .recipe import TrainConfig
 from .pretraining import pretrain
+from .recipe import TrainConfig
 
 LABELLED_PER_CLASS = 40  # of about 400 training images per class: 10 % of the labels
 PATCH_SIZE = 7
