@@ -10,18 +10,13 @@ distillation type. Prints a markdown table and, with ``--markdown``, writes it w
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+from seed_report import add_run_arguments, mean_std, write_report
 
 from deit.commands.demo import DEFAULT_EPOCHS, DEFAULT_TEACHER_EPOCHS
-from deit.bench.timing import cpu_name
-from deit.io import atomic_write_text
 from deit.train.engine import fit
 from deit.train.mnist5k_recipe import head_accuracies, load_data, student_config, train_teacher
 
@@ -29,20 +24,11 @@ KINDS = ("none", "soft", "hard")
 NAMES = {"none": "no distillation", "soft": "soft distillation", "hard": "hard distillation"}
 
 
-def mean_std(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {spread:.2f}"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="student epochs per run")
     parser.add_argument("--teacher-epochs", type=int, default=DEFAULT_TEACHER_EPOCHS)
-    parser.add_argument("--out", default="runs/bench-distill-mnist5k", help="where the runs are written")
-    parser.add_argument("--markdown", help="also write the table and the command to this file")
-    parser.add_argument("--threads", type=int, default=1, help="torch compute threads (default 1, as deit demo)")
-    parser.add_argument("--num-workers", type=int, default=1, help="DataLoader workers (default 1, as deit demo)")
+    add_run_arguments(parser, out="runs/bench-distill-mnist5k")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -78,18 +64,12 @@ def main() -> int:
     print("\n" + table)
     print(f"\n{elapsed / 60:.1f} min")
     if args.markdown:
-        command = " ".join([".venv/bin/python", "benchmarks/distill_mnist5k.py", *sys.argv[1:]])
-        machine = (f"{cpu_name()} ({platform.machine()}, {os.cpu_count()} logical cores), {torch.get_num_threads()} torch threads, "
-                   f"torch {torch.__version__}, Python {platform.python_version()}")
-        text = (
-            "# Distillation on mnist5k: none vs soft vs hard\n\n"
-            f"Command: `{command}`\n\nMachine: {machine}; wall time {elapsed / 60:.1f} min.\n\n"
-            f"{table}\n\n"
+        write_report(
+            args.markdown, "Distillation on mnist5k: none vs soft vs hard", table, elapsed,
             "In the no-distillation row both heads learn the labels (the same architecture and cost as the distilled runs); "
             "with a teacher the DIST head learns the teacher's predictions (hard: its argmax; soft: its temperature-softened "
-            "distribution, tau = 1, alpha = 0.5).\n"
+            "distribution, tau = 1, alpha = 0.5).",
         )
-        atomic_write_text(Path(args.markdown), text)
     return 0
 
 

@@ -55,8 +55,12 @@ PLACEHOLDERS = {
 }
 # (command prefix, arguments appended): the smallest run of each long command.
 TINY_MODEL = "--image-size 32 --patch-size 8 --hidden-size 32 --depth 1 --heads 2"
+RUN_SHRINK = "--epochs 2 --batch-size 8 --num-workers 0 --no-progress"
+# The first entry whose prefix starts the line applies.
 SHRINK = [
-    ("deit train", f"{TINY_MODEL} --epochs 2 --batch-size 8 --num-workers 0 --no-progress"),
+    ("deit train --model runs/", RUN_SHRINK),  # fine-tuning an earlier run's checkpoint: its architecture is fixed
+    ("deit train", f"{TINY_MODEL} {RUN_SHRINK}"),
+    ("deit pretrain", f"{TINY_MODEL} --mask-patch-size 16 {RUN_SHRINK}"),  # 32 px mask blocks would cover all of a 32 px image
     ("torchrun", f"{TINY_MODEL} --epochs 1 --batch-size 8 --num-workers 0 --no-progress"),
 ]
 # The first run of a resumable pair stops early, so that --resume has something to continue.
@@ -193,6 +197,7 @@ class ReadmeRunner:
                 # Output folders are fresh per command unless the README resumes them.
                 if "--resume" not in line and self._resumed_later(line, resumed):
                     line = f"{line} {STOP_EARLY}"
+                break
         if program == "torchrun":
             line = line.replace("--output runs/tiny", "--output runs/tiny-ddp")
         argv = [str(BIN / program)] + shlex.split(substitute(line))[1:]
@@ -212,9 +217,9 @@ def resumed_outputs(blocks: list[Block]) -> set[str]:
     for block in blocks:
         for line in command_lines(block.source) if block.language == "bash" else []:
             found = re.search(r"--output (\S+)", line)
-            if line.startswith("deit train") and found:
+            if line.startswith(("deit train", "deit pretrain")) and found:
                 last = found.group(1)
-            if line.startswith("deit train") and "--resume" in line and last:
+            if line.startswith(("deit train", "deit pretrain")) and "--resume" in line and last:
                 outputs.add(last)
     return outputs
 

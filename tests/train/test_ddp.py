@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -12,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fit_helpers import datasets, one_thread, tiny_config  # noqa: F401 (one_thread: autouse fixture)
+from fit_helpers import datasets, one_thread  # noqa: F401 (one_thread: autouse fixture)
 
 from deit.train import checkpointing
-from deit.train.engine import fit
 
 HERE = Path(__file__).parent
 SRC = HERE.parents[1] / "src"
@@ -38,13 +38,14 @@ WORKER = textwrap.dedent(
             replaced.append(str(dst))
             return real_replace(src, dst, *args, **kwargs)
         os.replace = recording_replace
-    from fit_helpers import datasets, tiny_config
-    from deit.train.engine import fit
+    from fit_helpers import datasets
+    from {config_module} import {make_config} as make_config
+    from {run_module} import {run} as run
 
     output, repeated_aug = sys.argv[1], sys.argv[2] == "ra"
     train_set, val_set = datasets()
-    config = tiny_config(output, batch_size={per_rank}, repeated_aug=repeated_aug, **{settings!r})
-    result = fit(config, train_dataset=train_set, val_dataset=val_set)
+    config = make_config(output, batch_size={per_rank}, repeated_aug=repeated_aug, **{settings!r})
+    result = run(config, train_dataset=train_set, val_dataset=val_set)
     report = {{"step_losses": result.step_losses, "history": result.history, "replaced": replaced}}
     with open(os.path.join(sys.argv[3], f"rank{{rank}}.json"), "w") as f:
         json.dump(report, f)
@@ -52,13 +53,27 @@ WORKER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("sampler", ["plain", "ra"])
-def test_two_gloo_processes_match_one_process(tmp_path, sampler):
+# Both objectives of the engine: config maker, run function, the validation metrics to compare and
+# their tolerance (accuracies are counts, exact; a mean loss is a float sum in another order).
+OBJECTIVES = {
+    "classification": ("fit_helpers", "tiny_config", "deit.train.engine", "fit", ("val_acc1", "val_acc1_cls", "val_acc1_dist", "ema_acc1"), 0.0),
+    "pretraining": ("pretrain_helpers", "tiny_pretrain_config", "deit.train.pretraining", "pretrain", ("val_loss", "ema_loss"), 1e-6),
+}
+
+
+@pytest.mark.parametrize(("objective", "sampler"), [("classification", "plain"), ("classification", "ra"), ("pretraining", "plain")])
+def test_two_gloo_processes_match_one_process(tmp_path, objective, sampler):
+    config_module, make_config, run_module, run, metrics, rel = OBJECTIVES[objective]
+    make_config = getattr(importlib.import_module(config_module), make_config)
     train_set, val_set = datasets()
-    alone = fit(tiny_config(str(tmp_path / "alone"), batch_size=GLOBAL_BATCH, repeated_aug=sampler == "ra", **SETTINGS), train_dataset=train_set, val_dataset=val_set)
+    alone = getattr(importlib.import_module(run_module), run)(
+        make_config(str(tmp_path / "alone"), batch_size=GLOBAL_BATCH, repeated_aug=sampler == "ra", **SETTINGS),
+        train_dataset=train_set, val_dataset=val_set,
+    )
 
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(helpers=str(HERE), src=str(SRC), per_rank=GLOBAL_BATCH // 2, settings=SETTINGS))
+    script.write_text(WORKER.format(helpers=str(HERE), src=str(SRC), per_rank=GLOBAL_BATCH // 2, settings=SETTINGS,
+                                    config_module=config_module, make_config=OBJECTIVES[objective][1], run_module=run_module, run=run))
     reports = tmp_path / "reports"
     reports.mkdir()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -80,8 +95,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, sampler):
     np.testing.assert_allclose(rank0["step_losses"], alone.step_losses, rtol=1e-5, atol=1e-6)
     assert rank0["step_losses"] == rank1["step_losses"]
     # Validation metrics count every image once over both ranks.
-    for key in ("val_acc1", "val_acc1_cls", "val_acc1_dist", "ema_acc1"):
-        assert [h[key] for h in rank0["history"]] == pytest.approx([h[key] for h in alone.history], abs=1e-9), key
+    for key in metrics:
+        assert [h[key] for h in rank0["history"]] == pytest.approx([h[key] for h in alone.history], rel=rel, abs=1e-9), key
     # Only rank 0 wrote files; what it wrote is a complete run.
     assert rank1["replaced"] == []
     assert (tmp_path / "ddp" / "metrics.jsonl").read_text().count("\n") == 2

@@ -38,6 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # descheduled sibling waste most of their time), so the demo's time stays predictable.
     p.add_argument("--threads", type=int, default=1, help="torch compute threads (default 1)")
     p.add_argument("--num-workers", type=int, default=1, help="DataLoader worker processes (default 1)")
+    # The other demo (commands/pretrain_demo.py): --epochs are then its fine-tuning epochs.
+    p.add_argument("--pretrain", action="store_true",
+                   help="instead: SimMIM pre-training without labels, then fine-tuning on 10%% of the labels vs from scratch")
+    from .pretrain_demo import DEFAULT_PRETRAIN_EPOCHS
+
+    p.add_argument("--pretrain-epochs", type=int, help=f"pre-training epochs with --pretrain (default {DEFAULT_PRETRAIN_EPOCHS}; 1 with --quick)")
     p.set_defaults(func=run)
 
 
@@ -69,6 +75,10 @@ def save_samples(out: Path, seed: int) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pretrain:
+        from .pretrain_demo import run as run_pretrain_demo
+
+        return run_pretrain_demo(args, quick_subset=(QUICK_TRAIN_PER_CLASS, QUICK_VAL_PER_CLASS))
     import torch
 
     from ..cli import main as deit_main

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from typing import Any
 
 from ..train.recipe import AMP_CHOICES, DISTILLATION_CHOICES, TrainConfig
 
@@ -12,7 +13,7 @@ _DEFAULTS = TrainConfig()
 
 # (field, help, extra argparse options). Flags are the field names with dashes; a flag that is
 # not given keeps the TrainConfig default, so the defaults live in one place.
-_OPTIONS: dict[str, list[tuple[str, str, dict]]] = {
+TRAIN_OPTIONS: dict[str, list[tuple[str, str, dict]]] = {
     "model": [
         ("model", "a preset (fresh weights), e.g. deit-tiny-distilled-patch16-224, or a checkpoint to fine-tune from", {}),
         ("image_size", "input resolution; fine-tuning at a new one resamples the position embeddings", {"type": int}),
@@ -88,21 +89,23 @@ _OPTIONS: dict[str, list[tuple[str, str, dict]]] = {
 }
 
 
-def add_train_options(parser: argparse.ArgumentParser) -> None:
-    for title, options in _OPTIONS.items():
+def add_train_options(parser: argparse.ArgumentParser, options: dict[str, list[tuple[str, str, dict]]] | None = None,
+                      defaults: TrainConfig = _DEFAULTS) -> None:
+    """One flag per config field in ``options`` (default: all of ``deit train``'s), shown with ``defaults``."""
+    for title, group_options in (options or TRAIN_OPTIONS).items():
         group = parser.add_argument_group(title)
-        for name, help_text, extra in options:
-            default = getattr(_DEFAULTS, name)
+        for name, help_text, extra in group_options:
+            default = getattr(defaults, name)
             shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
             group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS, help=f"{help_text} (default: {shown})", **extra)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+def config_from_args(args: argparse.Namespace, config_class: type[TrainConfig] = TrainConfig) -> TrainConfig:
+    fields = {f.name for f in dataclasses.fields(config_class)}
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k in fields}
     if given.get("aa") == "none":
         given["aa"] = None
-    return TrainConfig(**given)
+    return config_class(**given)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -115,19 +118,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def finished_on_main(result: Any, config: TrainConfig, command: str) -> bool:
+    """Whether to report a finished run: rank 0 of a run that was not stopped early (then say how to continue)."""
+    if result.is_main and not result.completed:
+        print(f"stopped after {config.stop_after_steps} steps; continue with: deit {command} ... --output {config.output} --resume", file=sys.stderr)
+    return result.is_main and result.completed
+
+
 def run(args: argparse.Namespace) -> int:
     from ..train.engine import fit
 
     config = config_from_args(args)
     result = fit(config)
-    if not result.is_main:
-        return 0
-    if not result.completed:
-        print(f"stopped after {config.stop_after_steps} steps; continue with: deit train ... --output {config.output} --resume", file=sys.stderr)
+    if not finished_on_main(result, config, "train"):
         return 0
     last = result.final_metrics
     heads = "  ".join(f"{label} {last[key]:.2f}" for key, label in (("val_acc1", "top-1"), ("val_acc1_cls", "CLS"), ("val_acc1_dist", "DIST"), ("val_acc5", "top-5")) if key in last)
-    print(f"finished {len(result.history)} epochs: {heads}; best top-1 {result.best_acc1:.2f}")
+    print(f"finished {len(result.history)} epochs: {heads}; best top-1 {result.best:.2f}")
     corrupt = last.get("train_corrupt_images", 0) + last.get("val_corrupt_images", 0)
     if corrupt:
         print(f"deit train: warning: {corrupt} unreadable image(s) were skipped (named in the warnings above)", file=sys.stderr)

@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 __all__ = [
-    "CorruptImageWarning", "ImageDataset", "Mnist5k", "ImageFolderDataset", "HFDiskDataset",
+    "CorruptImageWarning", "ImageDataset", "Mnist5k", "ImageFolderDataset", "UnlabelledImageFolder", "HFDiskDataset",
     "build_dataset", "count_corrupt", "SPLITS", "MNIST5K_SPEC",
 ]
 
@@ -40,6 +40,8 @@ MNIST5K_SPEC = "mnist5k"
 VAL_FRACTION = 0.1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 VAL_FOLDER_NAMES = ("val", "validation")
+# The one "class" of a data set read without labels (pre-training).
+UNLABELLED_CLASSES = ("image",)
 # What Pillow (and the datasets decoder on top of it) raises for a file it cannot decode.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
@@ -293,6 +295,36 @@ class ImageFolderDataset(ImageDataset):
         return str(self.samples[index][0])
 
 
+class UnlabelledImageFolder(ImageDataset):
+    """Every image file under a folder, without labels (masked-image pre-training).
+
+    ``root/train/...`` and ``root/val/...`` (or ``validation``) are the split when both exist;
+    otherwise a fixed 10 % of the files (sorted by path, shuffled with a fixed seed) are held out
+    for validation. Sub-folders, class folders or not, are only searched for images.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str, transform: Callable | None = None) -> None:
+        _check_split(split)
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: no such data folder")
+        val_dir = next((root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()), None)
+        if (root / "train").is_dir() and val_dir is not None:
+            self.files = _images_under(root / "train" if split == "train" else val_dir)
+        else:
+            self.files = _holdout(_images_under(root), "unlabelled")[0 if split == "train" else 1]
+        if not self.files:
+            raise ValueError(f"{root}: no {split} images ({', '.join(IMAGE_SUFFIXES)}) found under it")
+        super().__init__(UNLABELLED_CLASSES, [0] * len(self.files), transform, str(root))
+
+    def load_image(self, index: int) -> Image.Image:
+        with Image.open(self.files[index]) as image:
+            return _to_rgb(image)
+
+    def describe(self, index: int) -> str:
+        return str(self.files[index])
+
+
 # ------------------------------------------------------------------ Hugging Face datasets
 HF_PREFIX = "hf:"
 HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -318,9 +350,10 @@ class HFDiskDataset(ImageDataset):
     ImageFolder tree is: 10 % of each class, fixed per class name. Images come from the column
     ``image`` (or ``img``), labels from ``label`` (or ``labels``); class names are the
     ``ClassLabel`` names, else the label values (integers 0..max, or sorted strings).
+    ``labelled=False`` (pre-training) also reads a data set without a label column.
     """
 
-    def __init__(self, path: str | os.PathLike, split: str, transform: Callable | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, split: str, transform: Callable | None = None, *, labelled: bool = True) -> None:
         _check_split(split)
         try:
             import datasets
@@ -343,10 +376,13 @@ class HFDiskDataset(ImageDataset):
         else:
             table, whole = loaded, True
         self._image_col = _pick_column(table.column_names, ("image", "img"), "image", path)
-        label_col = _pick_column(table.column_names, ("label", "labels"), "label", path)
-        raw_labels = table[label_col]
-        feature = table.features[label_col]
-        if isinstance(feature, datasets.ClassLabel):
+        has_labels = labelled or any(name in table.column_names for name in ("label", "labels"))
+        label_col = _pick_column(table.column_names, ("label", "labels"), "label", path) if has_labels else None
+        raw_labels = table[label_col] if label_col else [0] * len(table)
+        feature = table.features[label_col] if label_col else None
+        if not has_labels:
+            classes, labels = list(UNLABELLED_CLASSES), raw_labels
+        elif isinstance(feature, datasets.ClassLabel):
             classes, labels = list(feature.names), [int(v) for v in raw_labels]
         elif all(isinstance(v, str) for v in raw_labels):
             classes = sorted(set(raw_labels))
@@ -383,24 +419,26 @@ class HFDiskDataset(ImageDataset):
 
 
 # ------------------------------------------------------------------------------ entry
-def build_dataset(spec: str, split: str, transform: Callable | None = None, *, image_size: int | None = None) -> ImageDataset:
+def build_dataset(spec: str, split: str, transform: Callable | None = None, *, image_size: int | None = None, labelled: bool = True) -> ImageDataset:
     """The data set named by ``spec``, for ``split`` ("train" or "val").
 
     ``spec`` is ``mnist5k`` (built in), ``hf:PATH`` or a folder written by ``datasets``'
     ``save_to_disk`` (recognised by its ``dataset_info.json`` / ``state.json`` /
     ``dataset_dict.json``), or an ImageFolder tree. ``image_size`` is used by ``mnist5k`` only,
-    to resize its 28 px digits once when loading; the other sources ignore it.
+    to resize its 28 px digits once when loading; the other sources ignore it. ``labelled=False``
+    (pre-training) reads a folder as :class:`UnlabelledImageFolder` and an ``hf:`` data set
+    with or without labels; the labels of the items are then meaningless.
     """
     _check_split(split)
     if spec == MNIST5K_SPEC:
         return Mnist5k(split, transform, image_size=image_size)
     if spec.startswith(HF_PREFIX):
-        return HFDiskDataset(spec[len(HF_PREFIX):], split, transform)
+        return HFDiskDataset(spec[len(HF_PREFIX):], split, transform, labelled=labelled)
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"{spec}: no such data folder (expected {MNIST5K_SPEC!r}, hf:PATH, or an ImageFolder folder)")
     if not path.is_dir():
         raise ValueError(f"{spec}: not a folder (expected {MNIST5K_SPEC!r}, hf:PATH, or an ImageFolder folder)")
     if _is_hf_folder(path):
-        return HFDiskDataset(path, split, transform)
-    return ImageFolderDataset(path, split, transform)
+        return HFDiskDataset(path, split, transform, labelled=labelled)
+    return ImageFolderDataset(path, split, transform) if labelled else UnlabelledImageFolder(path, split, transform)

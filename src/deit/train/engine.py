@@ -1,5 +1,9 @@
 """The training loop: ``fit(TrainConfig(...))`` runs the DeiT recipe, with or without a teacher.
 
+The same loop pre-trains by masked-image modeling (``deit.train.pretraining``): the objective (data,
+model, loss, evaluation, files of its own) is a set of methods a subclass of :class:`Trainer`
+overrides; the loop, checkpoints, resume, DDP, AMP, EMA and metrics are shared.
+
 Exactness is designed in, not hoped for: the data order, every sample's augmentation and the
 main process's random state at every batch are functions of (seed, epoch, position), and the
 learning rate is a function of the optimizer step. A checkpoint therefore only has to record
@@ -51,7 +55,7 @@ class TrainResult:
     ema_model: nn.Module | None
     history: list[dict[str, Any]]  # one entry per finished epoch, as in metrics.jsonl
     step_losses: list[float] = field(default_factory=list)  # mean loss over all ranks, per optimizer step of this call
-    best_acc1: float = -math.inf
+    best: float = math.nan  # the best epoch's value of the metric that picks best/ (val_acc1; pre-training: val_loss)
     completed: bool = True  # False when stop_after_steps ended the run early
     is_main: bool = True  # rank 0 (the process that wrote the files)
 
@@ -81,24 +85,15 @@ class Trainer:
         self.amp_dtype = None if config.amp == "none" else to_dtype(config.amp, "amp")
 
         self.image_size = student_image_size(config)
-        self.data: RunData = build_run_data(config, ctx, self.image_size, train_set, val_set)
+        self.data: RunData = self._build_data(train_set, val_set)
         seed_everything(config.seed)  # the same initial weights on every rank
-        student = build_student(config, self.data.id2label).to(self.device)
-        self.distillation_type = config.resolved_distillation_type
-        if self.distillation_type != "none" and student.num_prefix_tokens != 2:
-            raise ValueError(f"{config.model} has no distillation token: distillation needs a DeiT '-distilled' model")
+        student = self._build_model().to(self.device)
         self.model = student
         self.train_model: nn.Module = student
         if ctx.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(student, device_ids=device_ids)
-
-        self.teacher = self._prepare_teacher(teacher) if self.distillation_type != "none" else None
-        distillation = None
-        if self.distillation_type != "none":
-            distillation = DistillationLoss(self.distillation_type, alpha=config.distillation_alpha, tau=config.distillation_tau)
-        self.criterion = StudentCriterion(LabelSmoothingCrossEntropy(config.smoothing), distillation)
-        self.mixup = self._build_mixup() if config.uses_mixup else None
+        self._setup_objective(teacher)
 
         self.global_batch = config.batch_size * ctx.world_size * config.accum_steps
         self.peak_lr = scaled_lr(config.lr, self.global_batch)
@@ -112,8 +107,56 @@ class Trainer:
         self.ema = ModelEma(student, config.model_ema_decay) if config.model_ema else None
         self.position = _Position()
         self.history: list[dict[str, Any]] = []
-        self.best_acc1 = -math.inf
+        self.best = -math.inf if self.best_is_max else math.inf
         self.step_losses: list[float] = []
+
+    # ------------------------------------------------------------------ the objective
+    # Image classification, with or without a teacher. A subclass trains another objective in
+    # the same loop by overriding these methods (deit.train.pretraining: masked-image modeling).
+    best_metric = "val_acc1"  # the epoch metric that picks best/
+    best_is_max = True
+
+    def _log(self, message: str) -> None:
+        if self.ctx.is_main:
+            print(message, flush=True)
+
+    def _build_data(self, train_set: Any, val_set: Any) -> RunData:
+        return build_run_data(self.config, self.ctx, self.image_size, train_set, val_set)
+
+    def _build_model(self) -> DeiTPreTrainedModel:
+        return build_student(self.config, self.data.id2label, log=self._log)
+
+    def _setup_objective(self, teacher: nn.Module | None) -> None:
+        config = self.config
+        self.distillation_type = config.resolved_distillation_type
+        if self.distillation_type != "none" and self.model.num_prefix_tokens != 2:
+            raise ValueError(f"{config.model} has no distillation token: distillation needs a DeiT '-distilled' model")
+        self.teacher = self._prepare_teacher(teacher) if self.distillation_type != "none" else None
+        distillation = None
+        if self.distillation_type != "none":
+            distillation = DistillationLoss(self.distillation_type, alpha=config.distillation_alpha, tau=config.distillation_tau)
+        self.criterion = StudentCriterion(LabelSmoothingCrossEntropy(config.smoothing), distillation)
+        self.mixup = self._build_mixup() if config.uses_mixup else None
+
+    def _loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of one micro-batch (on the device), under the run's autocast."""
+        if self.mixup is not None:
+            images, targets = self.mixup(images, targets)
+        with self._autocast():
+            teacher_logits = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(images)
+            outputs = self.train_model(images)
+            return self.criterion(outputs, targets, teacher_logits)
+
+    def _evaluate_model(self, model: nn.Module) -> dict[str, float]:
+        from .evaluate import evaluate
+
+        return evaluate(model, self.data.val_loader, device=self.device, dtype=self.amp_dtype)
+
+    def _write_epoch_files(self) -> None:
+        """Files of the objective's own, written by rank 0 at the end of each epoch."""
 
     # ------------------------------------------------------------------ setup helpers
     def _prepare_teacher(self, teacher: nn.Module | None) -> nn.Module:
@@ -179,7 +222,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": checkpointing.capture_rng_state(),
             "history": self.history,
-            "best_acc1": self.best_acc1,
+            "best": self.best,
         }
 
     def save_checkpoint(self) -> None:
@@ -212,7 +255,7 @@ class Trainer:
         checkpointing.restore_rng_state(state["rng"])
         self.position = _Position(state["epoch"], state["batches_done"], state["global_step"])
         self.history = list(state["history"])
-        self.best_acc1 = state["best_acc1"]
+        self.best = state["best"] if "best" in state else state["best_acc1"]  # "best_acc1": checkpoints of classification only
 
     def _save_hf(self, model: nn.Module, name: str) -> None:
         c = self.config
@@ -233,18 +276,8 @@ class Trainer:
             "Lower --lr, set --clip-grad, or use --amp bf16 instead of fp16"
         )
 
-    def _train_batch(self, images: torch.Tensor, labels: torch.Tensor, sync: bool) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True)
-        targets = labels.to(self.device, non_blocking=True)
-        if self.mixup is not None:
-            images, targets = self.mixup(images, targets)
-        with self._autocast():
-            teacher_logits = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = self.teacher(images)
-            outputs = self.train_model(images)
-            loss = self.criterion(outputs, targets, teacher_logits)
+    def _train_batch(self, images: torch.Tensor, targets: torch.Tensor, sync: bool) -> torch.Tensor:
+        loss = self._loss(images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True))
         no_sync = self.train_model.no_sync() if isinstance(self.train_model, DistributedDataParallel) and not sync else contextlib.nullcontext()
         # Backward even for a non-finite loss: under DDP every rank must join the gradient
         # all-reduce. The step that follows is refused by train_epoch, so NaN gradients do no harm.
@@ -278,7 +311,7 @@ class Trainer:
         )
         step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         tick, images_seen, lr = time.perf_counter(), 0, math.nan
-        for images, labels in self.data.train_loader:
+        for images, targets in self.data.train_loader:
             if position.batches_done >= batches_per_epoch:
                 break  # micro-batches that do not fill a last accumulation step
             micro = position.batches_done % accum
@@ -286,7 +319,7 @@ class Trainer:
                 lr = self.schedule.apply(position.global_step)
             # The random state of this batch (mixup, stochastic depth) depends on where it is only.
             seed_everything(step_seed(config.seed, self.ctx.rank, position.epoch * batches_per_epoch + position.batches_done))
-            loss = self._train_batch(images, labels, sync=micro == accum - 1)
+            loss = self._train_batch(images, targets, sync=micro == accum - 1)
             step_loss += loss.double() * images.shape[0]
             position.batches_done += 1
             images_seen += images.shape[0]
@@ -328,12 +361,9 @@ class Trainer:
         return limit is not None and self.position.global_step >= limit
 
     def evaluate(self) -> dict[str, float]:
-        from .evaluate import evaluate
-
-        results = {f"val_{k}": v for k, v in evaluate(self.model, self.data.val_loader, device=self.device, dtype=self.amp_dtype).items()}
+        results = {f"val_{k}": v for k, v in self._evaluate_model(self.model).items()}
         if self.ema is not None:
-            ema_results = evaluate(self.ema.module, self.data.val_loader, device=self.device, dtype=self.amp_dtype)
-            results.update({f"ema_{k}": v for k, v in ema_results.items()})
+            results.update({f"ema_{k}": v for k, v in self._evaluate_model(self.ema.module).items()})
         return results
 
     def _corrupt_image_counts(self) -> dict[str, int]:
@@ -350,9 +380,10 @@ class Trainer:
         position = self.position
         entry = {"epoch": position.epoch, "global_step": position.global_step, **train_stats, **self.evaluate(), **self._corrupt_image_counts()}
         self.history.append(entry)
-        improved = entry.get("val_acc1", -math.inf) > self.best_acc1
+        value = entry.get(self.best_metric, math.nan)
+        improved = value > self.best if self.best_is_max else value < self.best
         if improved:
-            self.best_acc1 = entry["val_acc1"]
+            self.best = value
         position.epoch += 1
         position.batches_done = 0
         if self.ctx.is_main:
@@ -364,6 +395,7 @@ class Trainer:
                 if self.ema is not None:
                     self._save_hf(self.ema.module, "ema")
             write_metrics(self.output_dir / METRICS_NAME, self.history)
+            self._write_epoch_files()
             plot_curves({"": self.history}, self.output_dir / CURVES_NAME, title=f"{self.config.model} on {self.config.data}")
         self.save_checkpoint()
 
@@ -383,7 +415,7 @@ class Trainer:
                 completed = False
                 break
         ema_model = self.ema.module if self.ema is not None else None
-        return TrainResult(self.output_dir, self.model, ema_model, self.history, self.step_losses, self.best_acc1, completed, self.ctx.is_main)
+        return TrainResult(self.output_dir, self.model, ema_model, self.history, self.step_losses, self.best, completed, self.ctx.is_main)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -421,6 +453,12 @@ def fit(config: TrainConfig | None = None, *, teacher: nn.Module | None = None, 
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     if teacher is not None and config.teacher is None:
         config = dataclasses.replace(config, teacher="<module>")
+    return run_trainer(Trainer, config, teacher=teacher, train_dataset=train_dataset, val_dataset=val_dataset)
+
+
+def run_trainer(trainer_class: type[Trainer], config: TrainConfig, *, teacher: nn.Module | None = None,
+                train_dataset: Any = None, val_dataset: Any = None) -> TrainResult:
+    """Validate ``config``, join or start the process group, and run ``trainer_class`` to the end."""
     config.validate()
     if (train_dataset is None) != (val_dataset is None):
         raise ValueError("pass both train_dataset and val_dataset, or neither")
@@ -431,7 +469,7 @@ def fit(config: TrainConfig | None = None, *, teacher: nn.Module | None = None, 
             # The [CLS] and [DIST] tokens are concatenated, so their gradients are strided views;
             # DDP copies them into its buckets correctly and only warns about the copy.
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-            trainer = Trainer(config, ctx, teacher=teacher, train_set=train_dataset, val_set=val_dataset)
+            trainer = trainer_class(config, ctx, teacher=teacher, train_set=train_dataset, val_set=val_dataset)
             return trainer.run()
     finally:
         if owns_group:

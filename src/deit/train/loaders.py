@@ -10,6 +10,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 
 from .distributed import DistributedContext
 from .epoch_order import EpochOrder, SeededSamples
+from .masking import MaskedTrainingSamples, MaskedValidationImages, MaskGenerator
 from .recipe import TrainConfig
 
 
@@ -20,7 +21,7 @@ class RunData:
     train_loader: DataLoader
     val_loader: DataLoader
     order: EpochOrder
-    id2label: dict[int, str]
+    id2label: dict[int, str]  # empty for masked-image modeling, which reads no labels
 
     @property
     def batches_per_epoch(self) -> int:
@@ -35,8 +36,12 @@ def class_names(dataset: Dataset) -> list[str]:
     return [str(name) for name in classes]
 
 
-def build_datasets(train: TrainConfig, image_size: int) -> tuple[Dataset, Dataset]:
-    """The training data with the recipe's augmentation, the validation data with the eval transform."""
+def build_datasets(train: TrainConfig, image_size: int, *, labelled: bool = True) -> tuple[Dataset, Dataset]:
+    """The training data with the recipe's augmentation, the validation data with the eval transform.
+
+    ``labelled=False`` (pre-training) reads folders and ``hf:`` data sets without labels and does
+    not compare the class lists of the two splits.
+    """
     from .data import build_dataset
     from .transforms import build_eval_transform, build_train_transform
 
@@ -46,9 +51,9 @@ def build_datasets(train: TrainConfig, image_size: int) -> tuple[Dataset, Datase
         interpolation=train.interpolation, re_prob=train.reprob, re_mode=train.remode, color_jitter=train.color_jitter,
     )
     eval_transform = build_eval_transform(image_size, mean=train.mean, std=train.std, crop_pct=train.crop_pct)
-    train_set = build_dataset(train.data, "train", train_transform, image_size=image_size)
-    val_set = build_dataset(train.val_data or train.data, "val", eval_transform, image_size=image_size)
-    if class_names(train_set) != class_names(val_set):
+    train_set = build_dataset(train.data, "train", train_transform, image_size=image_size, labelled=labelled)
+    val_set = build_dataset(train.val_data or train.data, "val", eval_transform, image_size=image_size, labelled=labelled)
+    if labelled and class_names(train_set) != class_names(val_set):
         raise ValueError(
             f"the training data has classes {class_names(train_set)[:5]}... but the validation data has "
             f"{class_names(val_set)[:5]}...: both must list the same classes in the same order"
@@ -66,10 +71,12 @@ def build_train_sampler(train: TrainConfig, dataset_len: int, ctx: DistributedCo
     return DistributedSampler(range(dataset_len), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=train.seed)
 
 
-def build_run_data(train: TrainConfig, ctx: DistributedContext, image_size: int, train_set: Dataset | None = None, val_set: Dataset | None = None) -> RunData:
+def build_run_data(train: TrainConfig, ctx: DistributedContext, image_size: int, train_set: Dataset | None = None,
+                   val_set: Dataset | None = None, *, masks: MaskGenerator | None = None) -> RunData:
+    """Loaders of ``(image, label)`` batches; with ``masks`` (masked-image modeling), of ``(image, mask)``."""
     if train_set is None or val_set is None:
-        train_set, val_set = build_datasets(train, image_size)
-    names = class_names(train_set)
+        train_set, val_set = build_datasets(train, image_size, labelled=masks is None)
+    names = class_names(train_set) if masks is None else []
     order = EpochOrder(build_train_sampler(train, len(train_set), ctx), seed=train.seed, rank=ctx.rank, world_size=ctx.world_size)
     per_step = train.batch_size * train.accum_steps
     if len(order) < per_step:
@@ -81,8 +88,9 @@ def build_run_data(train: TrainConfig, ctx: DistributedContext, image_size: int,
     loader_options: dict[str, Any] = dict(
         num_workers=train.num_workers, pin_memory=ctx.device.type == "cuda", persistent_workers=train.num_workers > 0,
     )
+    train_samples = SeededSamples(train_set) if masks is None else MaskedTrainingSamples(train_set, masks)
     train_loader = DataLoader(
-        SeededSamples(train_set), batch_sampler=BatchSampler(order, train.batch_size, drop_last=True),
+        train_samples, batch_sampler=BatchSampler(order, train.batch_size, drop_last=True),
         # Its own generator: making an iterator must not draw from the global random state,
         # or a resumed run would see other random numbers than an uninterrupted one.
         generator=torch.Generator().manual_seed(train.seed), **loader_options,
@@ -91,5 +99,6 @@ def build_run_data(train: TrainConfig, ctx: DistributedContext, image_size: int,
     from .samplers import ShardedEvalSampler
 
     val_sampler = ShardedEvalSampler(len(val_set), num_replicas=ctx.world_size, rank=ctx.rank)
-    val_loader = DataLoader(val_set, batch_size=train.batch_size, sampler=val_sampler, **loader_options)
+    val_samples = val_set if masks is None else MaskedValidationImages(val_set, masks, train.seed)
+    val_loader = DataLoader(val_samples, batch_size=train.batch_size, sampler=val_sampler, **loader_options)
     return RunData(train_set, val_set, train_loader, val_loader, order, dict(enumerate(names)))

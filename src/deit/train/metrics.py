@@ -57,15 +57,17 @@ def write_metrics(path: str | os.PathLike, history: Sequence[dict[str, Any]]) ->
 def plot_curves(runs: Mapping[str, Sequence[dict[str, Any]]], path: str | os.PathLike, title: str | None = None) -> None:
     """Training loss and validation top-1 per epoch, side by side, as a PNG; one or more runs.
 
-    ``runs`` maps a run's name (empty for a single run) to its history.
+    ``runs`` maps a run's name (empty for a single run) to its history. Histories without
+    accuracies (masked-image pre-training) get the loss panel only.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10, 4), dpi=100)
-    loss_axes, acc_axes = figure.subplots(1, 2)
+    has_accuracy = any("val_acc1" in entry for history in runs.values() for entry in history)
+    figure = Figure(figsize=(10, 4) if has_accuracy else (5, 4), dpi=100)
+    loss_axes, acc_axes = figure.subplots(1, 2) if has_accuracy else (figure.subplots(1, 1), None)
     # One colour per run; the line style tells the curves of a run apart.
     for colour, (run, history) in enumerate(runs.items()):
         prefix = f"{run}: " if run else ""
@@ -78,6 +80,8 @@ def plot_curves(runs: Mapping[str, Sequence[dict[str, Any]]], path: str | os.Pat
 
         curve(loss_axes, "train_loss", "training", "-")
         curve(loss_axes, "val_loss", "validation", "--")
+        if acc_axes is None:
+            continue
         curve(acc_axes, "val_acc1", "averaged heads" if any("val_acc1_cls" in e for e in history) else "top-1", "-")
         curve(acc_axes, "val_acc1_cls", "CLS head", "--")
         curve(acc_axes, "val_acc1_dist", "DIST head", ":")
@@ -85,9 +89,10 @@ def plot_curves(runs: Mapping[str, Sequence[dict[str, Any]]], path: str | os.Pat
     loss_axes.set_xlabel("epoch")
     loss_axes.set_ylabel("loss")
     loss_axes.legend(fontsize="small")
-    acc_axes.set_xlabel("epoch")
-    acc_axes.set_ylabel("validation top-1 (%)")
-    acc_axes.legend(fontsize="small")
+    if acc_axes is not None:
+        acc_axes.set_xlabel("epoch")
+        acc_axes.set_ylabel("validation top-1 (%)")
+        acc_axes.legend(fontsize="small")
     if title:
         figure.suptitle(title)
     figure.tight_layout()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -53,19 +56,41 @@ def load_source_model(name_or_path: str) -> DeiTPreTrainedModel:
     return AutoModelForImageClassification.from_pretrained(name_or_path, torch_dtype=torch.float32)
 
 
-def build_student(train: TrainConfig, id2label: dict[int, str]) -> DeiTPreTrainedModel:
+def build_student(train: TrainConfig, id2label: dict[int, str], log: Callable[[str], None] | None = None) -> DeiTPreTrainedModel:
     """A preset name gives a freshly initialised model; anything else is a checkpoint to fine-tune.
 
-    Fine-tuning keeps the body, re-initialises the heads when the label set differs, and
-    resamples the position embeddings (bicubic) when ``train.image_size`` differs.
+    Fine-tuning keeps the body, re-initialises the heads when the label set differs or the
+    checkpoint has none (a masked-image-modeling one, from ``deit pretrain``), and resamples the
+    position embeddings (bicubic) when ``train.image_size`` differs. ``log`` is told which
+    weights were loaded and which are new.
     """
     labels = {"num_labels": len(id2label), "id2label": dict(id2label), "label2id": {v: k for k, v in id2label.items()}}
+
+    def keeps_heads(source: DeiTPreTrainedModel, config: DeiTConfig) -> bool:
+        saved_as = (source.config.architectures or [""])[0]
+        return source.config.id2label == config.id2label and not saved_as.endswith("ForMaskedImageModeling")
+
+    return build_model(train, _student_class, labels, keeps_heads, log)
+
+
+def build_model(
+    train: TrainConfig,
+    model_class: Callable[[DeiTConfig], type[DeiTPreTrainedModel]],
+    settings: dict[str, Any],
+    keeps_heads: Callable[[DeiTPreTrainedModel, DeiTConfig], bool],
+    log: Callable[[str], None] | None = None,
+) -> DeiTPreTrainedModel:
+    """The model of a run: ``model_class(config)`` for ``train.model`` with ``settings`` (labels).
+
+    A preset is built fresh. From a checkpoint, the body always carries over and the heads only
+    where ``keeps_heads(source, config)``; the rest is initialised and ``log`` says which is which.
+    """
     architecture = _architecture_overrides(train)
     if train.image_size is not None:
         architecture["image_size"] = train.image_size
     if is_preset(train.model):
-        config = DeiTConfig.from_preset(train.model, drop_path_rate=train.drop_path, **architecture, **labels)
-        return _student_class(config)(config)
+        config = DeiTConfig.from_preset(train.model, drop_path_rate=train.drop_path, **{**architecture, **settings})
+        return model_class(config)(config)
 
     if set(architecture) - {"image_size"}:
         raise ValueError(
@@ -73,16 +98,28 @@ def build_student(train: TrainConfig, id2label: dict[int, str]) -> DeiTPreTraine
             "whose architecture is fixed (only --image-size may change)"
         )
     source = load_source_model(train.model)
-    config = config_from_dict({**source.config.to_dict(), **architecture, **labels, "drop_path_rate": train.drop_path})
-    student = _student_class(config)(config)
+    config = config_from_dict({**source.config.to_dict(), **architecture, **settings, "drop_path_rate": train.drop_path})
+    model = model_class(config)(config)
 
     state = source.state_dict()
     prefix = source.base_model_prefix + "."
-    if source.config.id2label != config.id2label:
-        state = {k: v for k, v in state.items() if k.startswith(prefix)}  # new label set: fresh heads
+    if not keeps_heads(source, config):
+        state = {k: v for k, v in state.items() if k.startswith(prefix)}  # fresh heads
     if config.image_size != source.config.image_size:
         grid = config.image_size // config.patch_size
         with torch.no_grad():
             state[prefix + "embeddings.position_embeddings"] = source.backbone.embeddings.interpolated_position_embeddings(grid, grid).clone()
-    load_state_dict_into(student, state, source=train.model)
-    return student
+    report = load_state_dict_into(model, state, source=train.model)
+    if log is not None:
+        new = set(report["missing"]) | set(report["mismatched"])
+        loaded = [k for k in model.state_dict() if k not in new]
+        log(f"{type(model).__name__} from {train.model}: loaded {len(loaded)} tensors ({_summary(loaded)}); "
+            f"newly initialised {len(new)} ({_summary(sorted(new)) or 'none'})"
+            + (f"; not used from the checkpoint: {_summary(report['unexpected'])}" if report["unexpected"] else ""))
+    return model
+
+
+def _summary(keys: list[str]) -> str:
+    """Tensor names with layer numbers and weight/bias folded (``deit.encoder.layer.*.output.dense``)."""
+    folded = dict.fromkeys(re.sub(r"\.(weight|bias)$", "", re.sub(r"\.layer\.\d+\.", ".layer.*.", k)) for k in keys)
+    return ", ".join(folded)
