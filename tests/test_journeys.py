@@ -322,3 +322,8 @@ def test_demo_quick(workspace):
     student = deit.AutoModelForImageClassification.from_pretrained(out / "student")
     assert type(student) is deit.DeiTForImageClassificationWithTeacher and student.config.num_labels == 10
     assert (out / "student" / "model.safetensors").is_file()
+    # The distilled student's attention maps of the held-out digits (deit attention), one PNG each.
+    pictures = sorted((out / "attention").glob("*.attention.png"))
+    assert len(pictures) == len(list((out / "samples").glob("*.png"))) > 0
+    with Image.open(pictures[0]) as picture:
+        assert picture.format == "PNG" and picture.size == (1020, 360)

@@ -129,7 +129,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"\ndistilled student saved to {out / 'student'}; curves in {out / 'curves.png'}")
 
     print("\nheld-out digits classified by the distilled student (deit predict):")
-    predict_status = deit_main(["predict", *map(str, save_samples(out, args.seed)), "--model", str(out / "student"), "--top-k", "1"])
+    samples = [str(path) for path in save_samples(out, args.seed)]
+    predict_status = deit_main(["predict", *samples, "--model", str(out / "student"), "--top-k", "1"])
+    print("\nwhere its [CLS] and [DIST] tokens look (attention rollout, deit attention):")
+    attention_status = deit_main(["attention", *samples, "--model", str(out / "student"), "--out", str(out / "attention")])
 
     elapsed = time.perf_counter() - start
     results = {"teacher_acc1": teacher.acc1, "students": runs, "epochs": epochs, "teacher_epochs": teacher_epochs, "seed": args.seed,
@@ -137,4 +140,4 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "results.md", table + "\n")
     print(f"\ndemo finished in {elapsed / 60:.1f} min")
-    return predict_status
+    return predict_status or attention_status

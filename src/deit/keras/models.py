@@ -78,6 +78,11 @@ class TFDeiTPreTrainedModel(keras.Model):
         return {"missing": missing, "unexpected": unexpected}
 
     @classmethod
+    def init_arguments(cls) -> frozenset[str]:
+        """Constructor keywords ``load_pretrained`` passes on (none: every setting is a config field)."""
+        return frozenset()
+
+    @classmethod
     def class_for_config(cls, config: DeiTConfig) -> type["TFDeiTPreTrainedModel"]:
         """The class that loads a checkpoint with ``config`` (asked by ``load_pretrained``)."""
         if config.model_type == "vit" and cls is TFDeiTForImageClassificationWithTeacher:
