@@ -9,6 +9,11 @@ from ..tensorflow_import import import_dynamo_before_tensorflow
 
 import_dynamo_before_tensorflow()  # before Keras imports its backend
 
+try:
+    import keras  # noqa: F401
+except ImportError as err:  # Keras itself, or the backend it was told to use
+    raise ImportError(f"deit.keras needs Keras 3 and its backend: pip install 'deit[tf]' (TensorFlow) or 'deit[jax]' (JAX) ({err})") from err
+
 from .models import (  # noqa: E402
     TFDeiTForImageClassification,
     TFDeiTForImageClassificationWithTeacher,

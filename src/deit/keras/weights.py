@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import keras
 import numpy as np
 
 # Per kind: the axes that turn the Keras array into the PyTorch one (None: the same array).
@@ -29,7 +28,8 @@ class TorchWeight:
         return TorchWeight(f"{prefix}.{self.name}", self.variable, self.kind)
 
     def torch_value(self) -> np.ndarray:
-        value = keras.ops.convert_to_numpy(self.variable)
+        value = self.variable.value  # the backend's array; TensorFlow's through .numpy() (its __array__ warns on numpy 2)
+        value = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
         axes = _TO_TORCH_AXES[self.kind]
         return np.ascontiguousarray(value if axes is None else value.transpose(axes))
 
