@@ -9,7 +9,8 @@ unchanged apart from those substitutions. ``deit train ...`` (a literal ``...``)
 arguments of the previous ``deit train`` line.
 
 A block that cannot run here is marked just above it in the README source with
-``<!-- not run: REASON -->``; any other block that the test has no way to run fails it (a new
+``<!-- not run: REASON -->``; a block that needs an optional extra (TensorFlow) with
+``<!-- needs: MODULE -->``, and runs wherever that module is installed (``make test`` installs it); any other block that the test has no way to run fails it (a new
 kind of block needs a runner here, or a reason there). Python blocks share one namespace, like a
 notebook; Hub names resolve from a Hugging Face cache tree the test writes (``HF_HUB_OFFLINE=1``),
 so the Hub examples run too.
@@ -17,6 +18,7 @@ so the Hub examples run too.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -73,15 +75,18 @@ class Block:
     source: str
     line: int  # 1-based line of the opening fence
     not_run: str | None  # the reason from a <!-- not run: ... --> marker
+    needs: str | None  # an optional package from a <!-- needs: MODULE --> marker (an extra such as deit[tf])
 
 
 def readme_blocks(text: str) -> list[Block]:
     blocks = []
     for match in re.finditer(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M):
         before = text[: match.start()].rstrip().splitlines()
-        marker = re.fullmatch(r"<!--\s*not run:\s*(.+?)\s*-->", before[-1].strip()) if before else None
+        last = before[-1].strip() if before else ""
+        marker = re.fullmatch(r"<!--\s*not run:\s*(.+?)\s*-->", last)
+        needs = re.fullmatch(r"<!--\s*needs:\s*([\w.]+)\s*-->", last)
         line = text.count("\n", 0, match.start()) + 1
-        blocks.append(Block(match.group(1), match.group(2), line, marker.group(1) if marker else None))
+        blocks.append(Block(match.group(1), match.group(2), line, marker.group(1) if marker else None, needs.group(1) if needs else None))
     return blocks
 
 
@@ -226,9 +231,10 @@ def resumed_outputs(blocks: list[Block]) -> set[str]:
 
 def test_readme_blocks_parse():
     """Guards the parser the test below relies on: markers, languages and line joins."""
-    text = "x\n<!-- not run: needs the Hub -->\n```python\nprint(1)\n```\n\n```bash\ndeit a \\\n  --b 1   # c\n```\n"
-    first, second = readme_blocks(text)
+    text = "x\n<!-- not run: needs the Hub -->\n```python\nprint(1)\n```\n\n```bash\ndeit a \\\n  --b 1   # c\n```\n<!-- needs: tensorflow -->\n```python\n```\n"
+    first, second, third = readme_blocks(text)
     assert (first.language, first.not_run, first.line) == ("python", "needs the Hub", 3)
+    assert third.needs == "tensorflow" and third.not_run is None and first.needs is None
     assert second.not_run is None and command_lines(second.source) == ["deit a --b 1"]
     assert substitute("deit eval ./my-deit --data ./imagenet") == "deit eval ckpt/deit-small-random --data data/imagefolder"
     assert substitute("runs/tiny/cat.jpg.bak") == "runs/tiny/cat.jpg.bak"
@@ -242,10 +248,13 @@ def test_every_readme_block_runs(tmp_path, record_readme_summary):
     cwd = os.getcwd()
     os.chdir(tmp_path)  # the python blocks open relative paths, as a user in that folder would
     try:
-        ran, skipped = 0, []
+        ran, skipped, missing_extra = 0, [], []
         for block in blocks:
             if block.not_run:
                 skipped.append(f"README.md:{block.line} ({block.not_run})")
+                continue
+            if block.needs and importlib.util.find_spec(block.needs) is None:
+                missing_extra.append(f"README.md:{block.line} (needs {block.needs}, not installed)")
                 continue
             if block.language == "python":
                 runner.python(block)
@@ -256,6 +265,7 @@ def test_every_readme_block_runs(tmp_path, record_readme_summary):
             ran += 1
     finally:
         os.chdir(cwd)
-    record_readme_summary(f"README.md: ran {ran} blocks ({runner.commands_run} commands), {len(skipped)} marked not run: {'; '.join(skipped) or 'none'}")
+    record_readme_summary(f"README.md: ran {ran} blocks ({runner.commands_run} commands), {len(skipped)} marked not run: {'; '.join(skipped) or 'none'}"
+                          + (f"; skipped for a missing extra: {'; '.join(missing_extra)}" if missing_extra else ""))
     assert ran >= 7 and runner.commands_run >= 10  # the walk found the README's blocks
     assert len(skipped) <= 2, skipped

@@ -111,11 +111,12 @@ def build_model(
             state[prefix + "embeddings.position_embeddings"] = source.backbone.embeddings.interpolated_position_embeddings(grid, grid).clone()
     report = load_state_dict_into(model, state, source=train.model)
     if log is not None:
-        new = set(report["missing"]) | set(report["mismatched"])
+        new = report["missing_keys"] | {key for key, *_ in report["mismatched_keys"]}
         loaded = [k for k in model.state_dict() if k not in new]
+        unused = sorted(report["unexpected_keys"])
         log(f"{type(model).__name__} from {train.model}: loaded {len(loaded)} tensors ({_summary(loaded)}); "
             f"newly initialised {len(new)} ({_summary(sorted(new)) or 'none'})"
-            + (f"; not used from the checkpoint: {_summary(report['unexpected'])}" if report["unexpected"] else ""))
+            + (f"; not used from the checkpoint: {_summary(unused)}" if unused else ""))
     return model
 
 
