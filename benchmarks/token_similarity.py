@@ -31,7 +31,7 @@ def similarity_per_layer(source: str, data: str, images: int, batch_size: int = 
     count = min(images, len(dataset)) if images > 0 else len(dataset)
     subset = torch.utils.data.Subset(dataset, range(count))
     embeddings = model.backbone.embeddings
-    learned = torch.cosine_similarity(embeddings.cls_token.flatten(), embeddings.distillation_token.flatten(), dim=0)
+    learned = torch.cosine_similarity(embeddings.cls_token.detach().flatten(), embeddings.distillation_token.detach().flatten(), dim=0)
     total, seen = None, 0
     for pixels, _ in DataLoader(subset, batch_size=batch_size):
         batch = token_similarity(model, pixels) * len(pixels)
