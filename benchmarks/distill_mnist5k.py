@@ -167,7 +167,8 @@ def fmt_epochs(values: list[int | None]) -> str:
 def regime_report(regime: str, teacher: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> str:
     """The tables of one regime; ``runs[kind]`` lists that kind's runs in seed order."""
     seeds = [run["seed"] for run in runs["none"]]
-    final = {kind: {head: [run["final"][head] for run in runs[kind]] for head in HEADS} for kind in KINDS}
+    kinds = [kind for kind in KINDS if kind in runs]
+    final = {kind: {head: [run["final"][head] for run in runs[kind]] for head in HEADS} for kind in kinds}
     lines = [
         f"### {'Full data' if regime == 'full' else 'Low data'}: {teacher['train_images']} training images",
         "",
@@ -179,7 +180,7 @@ def regime_report(regime: str, teacher: dict[str, Any], runs: dict[str, list[dic
         "|---|---:|---:|---:|---|",
         f"| teacher (SmallConvNet) | | | {teacher['acc1']:.2f} | |",
     ]
-    for kind in KINDS:
+    for kind in kinds:
         acc = final[kind]
         lines.append(f"| student, {NAMES[kind]} | {fmt(acc['cls'])} | {fmt(acc['dist'])} | {fmt(acc['avg'])} | "
                      f"{', '.join(f'{v:.1f}' for v in acc['avg'])} |")
@@ -191,7 +192,7 @@ def regime_report(regime: str, teacher: dict[str, Any], runs: dict[str, list[dic
         "| comparison | CLS head | DIST head | averaged heads | per seed (averaged heads) |",
         "|---|---:|---:|---:|---|",
     ]
-    for kind in ("hard", "soft"):
+    for kind in (k for k in ("hard", "soft") if k in kinds):
         cells = []
         for head in HEADS:
             mean, _, se = mean_sd_se([a - b for a, b in zip(final[kind][head], final["none"][head])])
@@ -205,7 +206,7 @@ def regime_report(regime: str, teacher: dict[str, Any], runs: dict[str, list[dic
         "| student | 50 % | 90 % | seconds per run (mean) |",
         "|---|---|---|---:|",
     ]
-    for kind in KINDS:
+    for kind in kinds:
         curves = [run["curves"]["avg"] for run in runs[kind]]
         lines.append(f"| {NAMES[kind]} | {fmt_epochs([epochs_to_reach(c, 50) for c in curves])} | "
                      f"{fmt_epochs([epochs_to_reach(c, 90) for c in curves])} | {statistics.mean(r['seconds'] for r in runs[kind]):.0f} |")
@@ -229,7 +230,7 @@ def plot_all(results: dict[str, tuple[dict[str, Any], dict[str, list[dict[str, A
     axes_list = figure.subplots(1, len(results), squeeze=False)[0]
     for axes, (regime, (teacher, runs)) in zip(axes_list, results.items()):
         for colour, kind in enumerate(KINDS):
-            for index, run in enumerate(runs[kind]):
+            for index, run in enumerate(runs.get(kind, [])):
                 curve = run["curves"]["avg"]
                 axes.plot(range(1, len(curve) + 1), curve, color=f"C{colour}", alpha=0.6, linewidth=1,
                           label=NAMES[kind] if index == 0 else None)
@@ -249,6 +250,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--regimes", nargs="+", choices=REGIMES, default=list(REGIMES))
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="distillation types (none is needed)")
     parser.add_argument("--epochs", type=int, default=STUDENT_EPOCHS, help="student epochs per full-data run")
     parser.add_argument("--low-data-epochs", type=int, default=LOW_DATA_EPOCHS, help="student epochs per low-data run")
     parser.add_argument("--low-data-per-class", type=int, default=LOW_DATA_PER_CLASS, help="training images per class, low-data regime")
@@ -262,6 +264,8 @@ def main() -> int:
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per run (default 0: the jobs fill the cores)")
     parser.add_argument("--reuse", action="store_true", help="keep saved results of runs with the same settings (to resume or merge)")
     args = parser.parse_args()
+    if "none" not in args.kinds:
+        parser.error("--kinds must include none: every comparison is against it")
 
     settings = {"epochs": args.epochs, "low_data_epochs": args.low_data_epochs, "low_data_per_class": args.low_data_per_class,
                 "teacher_epochs": args.teacher_epochs, "low_data_teacher_epochs": args.low_data_teacher_epochs,
@@ -269,21 +273,23 @@ def main() -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
-    def missing(path: Path) -> bool:
-        return not (args.reuse and path.is_file() and json.loads(path.read_text())["settings"] == settings)
+    def missing(task: tuple[Any, tuple[Any, ...], Path]) -> bool:
+        """Not saved yet, or saved with other settings (the settings are each task's last argument)."""
+        path = task[2]
+        return not (args.reuse and path.is_file() and json.loads(path.read_text())["settings"] == task[1][-1])
 
     teachers = [(teacher_job, (regime, settings), result_file(args.out, regime)) for regime in args.regimes]
-    run_all([task for task in teachers if missing(task[2])], args.jobs)
+    run_all([task for task in teachers if missing(task)], args.jobs)
     students = [(student_job, (regime, seed, kind, {**settings, "num_workers": args.num_workers}), result_file(args.out, regime, seed, kind))
-                for regime in args.regimes for seed in args.seeds for kind in KINDS]
-    run_all([task for task in students if missing(task[2])], args.jobs)
+                for regime in args.regimes for seed in args.seeds for kind in args.kinds]
+    run_all([task for task in students if missing(task)], args.jobs)
     elapsed = time.perf_counter() - start
 
     def load(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
 
     results = {
-        regime: (load(result_file(args.out, regime)), {kind: [load(result_file(args.out, regime, seed, kind)) for seed in args.seeds] for kind in KINDS})
+        regime: (load(result_file(args.out, regime)), {kind: [load(result_file(args.out, regime, seed, kind)) for seed in args.seeds] for kind in args.kinds})
         for regime in args.regimes
     }
     plot = Path(args.plot or Path(args.out) / "curves.png")
