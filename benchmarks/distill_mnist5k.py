@@ -232,7 +232,7 @@ def plot_all(results: dict[str, tuple[dict[str, Any], dict[str, list[dict[str, A
         for colour, kind in enumerate(KINDS):
             for index, run in enumerate(runs.get(kind, [])):
                 curve = run["curves"]["avg"]
-                axes.plot(range(1, len(curve) + 1), curve, color=f"C{colour}", alpha=0.6, linewidth=1,
+                axes.plot(range(1, len(curve) + 1), curve, color=f"C{colour}", alpha=0.6, linewidth=1, marker=".", markersize=3,
                           label=NAMES[kind] if index == 0 else None)
         axes.axhline(teacher["acc1"], color="black", linestyle=":", linewidth=1, label="teacher")
         axes.set_title(f"{regime} data: {teacher['train_images']} training images, {len(runs['none'])} seeds per kind")
