@@ -292,6 +292,8 @@ def main() -> int:
         regime: (load(result_file(args.out, regime)), {kind: [load(result_file(args.out, regime, seed, kind)) for seed in args.seeds] for kind in args.kinds})
         for regime in args.regimes
     }
+    run_minutes = sum(teacher["seconds"] + sum(run["seconds"] for kind_runs in runs.values() for run in kind_runs)
+                      for teacher, runs in results.values()) / 60
     plot = Path(args.plot or Path(args.out) / "curves.png")
     plot_all(results, plot)
     report = "\n\n".join(regime_report(regime, *result) for regime, result in results.items())
@@ -302,7 +304,9 @@ def main() -> int:
                    f"{args.threads} torch thread(s) each, torch {torch.__version__}, Python {platform.python_version()}")
         text = (
             "# Distillation on mnist5k: none vs soft vs hard\n\n"
-            f"Command: `{command}`\n\nMachine: {machine}; wall time {elapsed / 60:.1f} min. Curves: `{plot}`.\n\n"
+            f"Command: `{command}`\n\nMachine: {machine}; wall time {elapsed / 60:.1f} min (the runs themselves: "
+            f"{run_minutes:.0f} min, summed over runs{', some of them saved by earlier invocations' if args.reuse else ''}). "
+            f"Curves: `{plot}`.\n\n"
             f"Recipe ({Path('src/deit/train/mnist5k_recipe.py')}): {describe_recipe()}.\n\n"
             "In the no-distillation rows both heads learn the labels (the same architecture and cost as the distilled runs); "
             "with a teacher the DIST head learns the teacher's predictions (hard: its argmax; soft: its temperature-softened "
