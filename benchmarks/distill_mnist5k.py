@@ -263,6 +263,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch compute threads per run (default 1)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per run (default 0: the jobs fill the cores)")
     parser.add_argument("--reuse", action="store_true", help="keep saved results of runs with the same settings (to resume or merge)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: report the saved runs (a kind is shown for a regime when all its seeds are saved)")
     args = parser.parse_args()
     if "none" not in args.kinds:
         parser.error("--kinds must include none: every comparison is against it")
@@ -279,17 +281,23 @@ def main() -> int:
         return not (args.reuse and path.is_file() and json.loads(path.read_text())["settings"] == task[1][-1])
 
     teachers = [(teacher_job, (regime, settings), result_file(args.out, regime)) for regime in args.regimes]
-    run_all([task for task in teachers if missing(task)], args.jobs)
-    students = [(student_job, (regime, seed, kind, {**settings, "num_workers": args.num_workers}), result_file(args.out, regime, seed, kind))
+    student_settings = {**settings, "num_workers": args.num_workers}
+    students = [(student_job, (regime, seed, kind, student_settings), result_file(args.out, regime, seed, kind))
                 for regime in args.regimes for seed in args.seeds for kind in args.kinds]
-    run_all([task for task in students if missing(task)], args.jobs)
+    if not args.report_only:
+        run_all([task for task in teachers if missing(task)], args.jobs)
+        run_all([task for task in students if missing(task)], args.jobs)
     elapsed = time.perf_counter() - start
 
     def load(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
 
+    def saved_kinds(regime: str) -> list[str]:
+        return [kind for kind in args.kinds if all(result_file(args.out, regime, seed, kind).is_file() for seed in args.seeds)]
+
     results = {
-        regime: (load(result_file(args.out, regime)), {kind: [load(result_file(args.out, regime, seed, kind)) for seed in args.seeds] for kind in args.kinds})
+        regime: (load(result_file(args.out, regime)),
+                 {kind: [load(result_file(args.out, regime, seed, kind)) for seed in args.seeds] for kind in saved_kinds(regime)})
         for regime in args.regimes
     }
     run_minutes = sum(teacher["seconds"] + sum(run["seconds"] for kind_runs in runs.values() for run in kind_runs)
