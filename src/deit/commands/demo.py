@@ -13,8 +13,6 @@ import json
 import time
 from pathlib import Path
 
-DEFAULT_EPOCHS = 20
-DEFAULT_TEACHER_EPOCHS = 3
 SAMPLE_COUNT = 6
 # --quick: the same steps on a class-balanced slice of the data (300 training, 200 validation
 # images) for one epoch each, so that the whole pipeline can be checked in seconds.
@@ -26,9 +24,9 @@ QUICK_EPOCHS = 1
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="train a teacher and a DeiT student with and without distillation on mnist5k")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--epochs", type=int, help=f"student epochs per run (default {DEFAULT_EPOCHS}; {QUICK_EPOCHS} with --quick)")
-    p.add_argument("--teacher-epochs", type=int,
-                   help=f"teacher epochs (default {DEFAULT_TEACHER_EPOCHS}; {QUICK_EPOCHS} with --quick)")
+    # The defaults live with the recipe (train/mnist5k_recipe.py); importing it here would load torch for every --help.
+    p.add_argument("--epochs", type=int, help=f"student epochs per run (default: the recipe's; {QUICK_EPOCHS} with --quick)")
+    p.add_argument("--teacher-epochs", type=int, help=f"teacher epochs (default: the recipe's; {QUICK_EPOCHS} with --quick)")
     p.add_argument("--quick", action="store_true",
                    help=f"a smoke run: {QUICK_TRAIN_PER_CLASS * 10} training and {QUICK_VAL_PER_CLASS * 10} validation images, "
                         f"{QUICK_EPOCHS} epoch(s) per model (accuracies are not meaningful)")
@@ -86,15 +84,17 @@ def run(args: argparse.Namespace) -> int:
     from ..train.checkpointing import save_hf_model
     from ..train.engine import fit
     from ..train.metrics import plot_curves
-    from ..train.mnist5k_recipe import ClassBalancedSubset, head_accuracies, load_data, student_config, train_teacher
+    from ..train.mnist5k_recipe import (
+        STUDENT_EPOCHS, TEACHER_EPOCHS, ClassBalancedSubset, head_accuracies, load_data, student_config, train_teacher,
+    )
 
     start = time.perf_counter()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     quick_epochs = QUICK_EPOCHS if args.quick else None
-    epochs = args.epochs or quick_epochs or DEFAULT_EPOCHS
-    teacher_epochs = args.teacher_epochs or quick_epochs or DEFAULT_TEACHER_EPOCHS
+    epochs = args.epochs or quick_epochs or STUDENT_EPOCHS
+    teacher_epochs = args.teacher_epochs or quick_epochs or TEACHER_EPOCHS
 
     labels = {"none": "no distillation", "hard": "hard distillation"}
     configs = {
