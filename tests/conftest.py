@@ -30,12 +30,24 @@ def pixels() -> torch.Tensor:
 
 
 # Lines a test wants shown at the end of the run (e.g. what the README test ran and skipped).
+# Under pytest-xdist a worker hands its lines to the controller, which prints them.
 _SUMMARY_LINES: list[str] = []
 
 
 @pytest.fixture
 def record_readme_summary():
     return _SUMMARY_LINES.append
+
+
+def pytest_sessionfinish(session):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["deit_summary_lines"] = list(_SUMMARY_LINES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    _SUMMARY_LINES.extend(getattr(node, "workeroutput", {}).get("deit_summary_lines", []))
 
 
 def pytest_terminal_summary(terminalreporter):
