@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from journey_fixtures import run_deit
 from fit_helpers import IMAGE_SIZE, datasets, one_thread, tiny_config  # noqa: F401 (one_thread: autouse fixture)
 from PIL import Image
 from pretrain_helpers import MASK_PATCH, tiny_pretrain_config
@@ -185,9 +186,11 @@ def test_cli_pretrains_on_an_unlabelled_folder_and_names_bad_sizes(tmp_path, cap
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text())["val_num_samples"] == 2  # 10 % of 24 held out
 
 
-def test_demo_pretrain_quick_runs_the_whole_path(tmp_path, capsys):
-    assert main(["demo", "--pretrain", "--quick", "--out", str(tmp_path), "--num-workers", "0"]) == 0
-    out = capsys.readouterr().out
+def test_demo_pretrain_quick_runs_the_whole_path(tmp_path):
+    # Through the console script, as a user runs it.
+    proc = run_deit("demo", "--pretrain", "--quick", "--out", tmp_path, "--num-workers", "0")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
     assert "loaded 71 tensors" in out and "newly initialised 4 (cls_classifier, distillation_classifier)" in out
     results = json.loads((tmp_path / "results.json").read_text())
     assert (results["pretrain_epochs"], results["finetune_epochs"]) == (1, 1)
