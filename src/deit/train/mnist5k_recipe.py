@@ -32,6 +32,7 @@ recipe of Touvron et al. (2021), and why:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .engine import fit
 from .epoch_order import seed_everything
 from .loaders import build_datasets
 from .optim import scaled_lr
@@ -153,6 +155,19 @@ def train_teacher(train_set: Dataset, val_set: Dataset, *, num_classes: int, epo
             schedule.step()
     model.eval()
     return TeacherRun(model, logits_accuracy(model, val_set), time.perf_counter() - start)
+
+
+def train_student_quietly(config: TrainConfig, per_class: tuple[int, int] | None = None, threads: int = 1) -> dict[str, Any]:
+    """A no-teacher student run without a progress bar, for a worker process beside the one that
+    trains the distilled student (``deit demo``): its head accuracies, history and seconds.
+    ``per_class``: (training, validation) images per class, for a class-balanced slice."""
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    train_set, val_set = load_data(config)
+    if per_class is not None:
+        train_set, val_set = ClassBalancedSubset(train_set, per_class[0]), ClassBalancedSubset(val_set, per_class[1])
+    result = fit(dataclasses.replace(config, progress=False), train_dataset=train_set, val_dataset=val_set)
+    return {"accuracies": head_accuracies(result.final_metrics), "history": result.history, "seconds": time.perf_counter() - start}
 
 
 def head_accuracies(metrics: dict[str, Any]) -> dict[str, float]:
