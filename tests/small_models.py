@@ -1,4 +1,4 @@
-"""The small DeiT the fast-kernel tests (test_optimize, test_streams) compare against."""
+"""The small DeiT the fast-kernel tests (test_optimize) compare against."""
 
 from __future__ import annotations
 

@@ -66,8 +66,8 @@ def test_ablation_benchmark_lists_every_step(capsys):
     code = main(["bench", "ablation", "--size", "tiny", "--batch-sizes", "1", "--dtypes", "fp32", "--rounds", "1", "--threads", "1"])
     out = capsys.readouterr().out
     assert code == 0
-    assert out.count("| DeiT-T | 1 | fp32 |") == 8 and "+ patch embedding as one GEMM" in out and "+ blocks call their parts directly" in out
-    assert "+ batch split across single-threaded workers" in out
+    assert out.count("| DeiT-T | 1 | fp32 |") == 3 and "+ last layer only for the tokens the heads read" in out
+    assert "+ deit.optimize (fused q/k/v and attention" in out
 
 
 def test_timing_uses_quiet_rounds_and_falls_back_to_all():

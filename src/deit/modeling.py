@@ -70,6 +70,25 @@ class DeiTPatchEmbeddings(nn.Module):
         return self.projection(pixel_values).flatten(2).transpose(1, 2)
 
 
+def interpolate_position_embeddings(position_embeddings: torch.Tensor, num_prefix_tokens: int, native_grid: int,
+                                    grid_height: int, grid_width: int) -> torch.Tensor:
+    """Position embeddings (1, prefix + native_grid**2, dim) resampled (bicubic) to a patch grid
+    of another size.
+
+    Same arithmetic as the reference: the prefix positions are kept, the patch positions are
+    resized with ``F.interpolate(size=..., align_corners=False)``.
+    """
+    if (grid_height, grid_width) == (native_grid, native_grid):
+        return position_embeddings
+    prefix = position_embeddings[:, :num_prefix_tokens]
+    patches = position_embeddings[:, num_prefix_tokens:]
+    dim = patches.shape[-1]
+    patches = patches.reshape(1, native_grid, native_grid, dim).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches, size=(grid_height, grid_width), mode="bicubic", align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(1, grid_height * grid_width, dim)
+    return torch.cat((prefix, patches), dim=1)
+
+
 class DeiTEmbeddings(nn.Module):
     """Patch embeddings plus the prefix tokens ([CLS], and [DIST] for DeiT) and learned positions."""
 
@@ -89,21 +108,9 @@ class DeiTEmbeddings(nn.Module):
         return tokens.expand(batch_size, -1, -1)
 
     def interpolated_position_embeddings(self, grid_height: int, grid_width: int) -> torch.Tensor:
-        """Position embeddings resampled (bicubic) to a patch grid of another size.
-
-        Same arithmetic as the reference: the prefix positions are kept, the patch positions are
-        resized with ``F.interpolate(size=..., align_corners=False)``.
-        """
-        native = self.patch_embeddings.grid_size
-        if (grid_height, grid_width) == (native, native):
-            return self.position_embeddings
-        prefix = self.position_embeddings[:, : self.num_prefix_tokens]
-        patches = self.position_embeddings[:, self.num_prefix_tokens :]
-        dim = patches.shape[-1]
-        patches = patches.reshape(1, native, native, dim).permute(0, 3, 1, 2)
-        patches = F.interpolate(patches, size=(grid_height, grid_width), mode="bicubic", align_corners=False)
-        patches = patches.permute(0, 2, 3, 1).reshape(1, grid_height * grid_width, dim)
-        return torch.cat((prefix, patches), dim=1)
+        """Position embeddings resampled to a patch grid of another size (:func:`interpolate_position_embeddings`)."""
+        return interpolate_position_embeddings(self.position_embeddings, self.num_prefix_tokens, self.patch_embeddings.grid_size,
+                                               grid_height, grid_width)
 
     def forward(
         self,
@@ -141,6 +148,8 @@ class DeiTSelfAttention(nn.Module):
         self.all_head_size = config.hidden_size
         self.scale = self.attention_head_size**-0.5
         self.dropout_prob = config.attention_probs_dropout_prob
+        # The model's config (shared): set_attn_implementation switches every layer at once.
+        self.config = config
         self.query = nn.Linear(config.hidden_size, self.all_head_size, bias=config.qkv_bias)
         self.key = nn.Linear(config.hidden_size, self.all_head_size, bias=config.qkv_bias)
         self.value = nn.Linear(config.hidden_size, self.all_head_size, bias=config.qkv_bias)
@@ -154,7 +163,6 @@ class DeiTSelfAttention(nn.Module):
         hidden_states: torch.Tensor,
         head_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
-        use_sdpa: bool = True,
         query_tokens: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``query_tokens``: attend from the first n tokens only (to all tokens); the output then
@@ -166,7 +174,7 @@ class DeiTSelfAttention(nn.Module):
         value = self._split_heads(self.value(hidden_states))
         dropout_p = self.dropout_prob if self.training else 0.0
 
-        if use_sdpa and head_mask is None and not output_attentions:
+        if self.config.attn_implementation == "sdpa" and head_mask is None and not output_attentions:
             context = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
             probs = None
         else:
@@ -203,10 +211,9 @@ class DeiTAttention(nn.Module):
         hidden_states: torch.Tensor,
         head_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
-        use_sdpa: bool = True,
         query_tokens: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        context, probs = self.attention(hidden_states, head_mask, output_attentions, use_sdpa, query_tokens)
+        context, probs = self.attention(hidden_states, head_mask, output_attentions, query_tokens)
         return self.output(context), probs
 
 
@@ -215,7 +222,6 @@ class DeiTIntermediate(nn.Module):
     def __init__(self, config: DeiTConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.hidden_act = config.hidden_act  # by name, so deit.optimize can fuse it into the matmul
         self.intermediate_act_fn = activation(config.hidden_act)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -268,12 +274,11 @@ class DeiTLayer(nn.Module):
         hidden_states: torch.Tensor,
         head_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
-        use_sdpa: bool = True,
         query_tokens: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``query_tokens``: compute the block's output for the first n tokens only."""
         normed = self.layernorm_before(hidden_states)
-        attention_output, probs = self.attention(normed, head_mask, output_attentions, use_sdpa, query_tokens)
+        attention_output, probs = self.attention(normed, head_mask, output_attentions, query_tokens)
         if query_tokens is not None:
             hidden_states = hidden_states[:, :query_tokens]
         hidden_states = hidden_states + self.drop_path(attention_output)
@@ -300,7 +305,6 @@ class DeiTEncoder(nn.Module):
         head_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
-        use_sdpa: bool = True,
         last_layer_tokens: int | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
         """``last_layer_tokens``: run the last layer for the first n tokens only."""
@@ -311,9 +315,9 @@ class DeiTEncoder(nn.Module):
             layer_head_mask = head_mask[i] if head_mask is not None else None
             query_tokens = last_layer_tokens if i == last else None
             if self.gradient_checkpointing and self.training and i % self.checkpoint_every_n_layers == 0:
-                hidden_states, probs = self._checkpointed(layer, hidden_states, layer_head_mask, output_attentions, use_sdpa, query_tokens)
+                hidden_states, probs = self._checkpointed(layer, hidden_states, layer_head_mask, output_attentions, query_tokens)
             else:
-                hidden_states, probs = layer(hidden_states, layer_head_mask, output_attentions, use_sdpa, query_tokens)
+                hidden_states, probs = layer(hidden_states, layer_head_mask, output_attentions, query_tokens)
             if all_hidden is not None:
                 all_hidden.append(hidden_states)
             if all_attentions is not None:
@@ -577,6 +581,26 @@ class DeiTPreTrainedModel(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
+def check_pixel_values(config: DeiTConfig, pixel_values: torch.Tensor, interpolate_pos_encoding: bool) -> None:
+    """Raise a clear error for pixel values a model with ``config`` cannot read correctly."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+    if pixel_values.ndim != 4:
+        raise ValueError(f"pixel_values must have shape (batch, channels, height, width), got {tuple(pixel_values.shape)}")
+    _, channels, height, width = pixel_values.shape
+    patch = config.patch_size
+    if channels != config.num_channels:
+        raise ValueError(f"pixel_values has {channels} channels but the model expects num_channels={config.num_channels}")
+    if not interpolate_pos_encoding:
+        if (height, width) != (config.image_size, config.image_size):
+            raise ValueError(
+                f"Input image size ({height}*{width}) doesn't match the model ({config.image_size}*{config.image_size}); "
+                "resize the input or pass interpolate_pos_encoding=True"
+            )
+    elif height < patch or width < patch:
+        raise ValueError(f"Input image size ({height}*{width}) is smaller than one patch ({patch}*{patch})")
+
+
 class DeiTModel(DeiTPreTrainedModel):
     """The bare encoder: embeddings, transformer layers, final LayerNorm, optional pooler."""
 
@@ -594,22 +618,9 @@ class DeiTModel(DeiTPreTrainedModel):
 
     def _check_inputs(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None, interpolate_pos_encoding: bool) -> None:
         """Raise a clear ValueError for inputs the model cannot read correctly."""
-        if not isinstance(pixel_values, torch.Tensor):
-            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
-        if pixel_values.ndim != 4:
-            raise ValueError(f"pixel_values must have shape (batch, channels, height, width), got {tuple(pixel_values.shape)}")
-        _, channels, height, width = pixel_values.shape
+        check_pixel_values(self.config, pixel_values, interpolate_pos_encoding)
+        _, _, height, width = pixel_values.shape
         patch = self.config.patch_size
-        if channels != self.config.num_channels:
-            raise ValueError(f"pixel_values has {channels} channels but the model expects num_channels={self.config.num_channels}")
-        if not interpolate_pos_encoding:
-            if (height, width) != (self.config.image_size, self.config.image_size):
-                raise ValueError(
-                    f"Input image size ({height}*{width}) doesn't match the model ({self.config.image_size}*{self.config.image_size}); "
-                    "resize the input or pass interpolate_pos_encoding=True"
-                )
-        elif height < patch or width < patch:
-            raise ValueError(f"Input image size ({height}*{width}) is smaller than one patch ({patch}*{patch})")
         if bool_masked_pos is not None:
             if self.embeddings.mask_token is None:
                 raise ValueError("bool_masked_pos was given but this model has no mask token (build it with use_mask_token=True)")
@@ -650,8 +661,7 @@ class DeiTModel(DeiTPreTrainedModel):
         output_attentions, output_hidden_states, return_dict = self._output_flags(output_attentions, output_hidden_states, return_dict)
         self._check_inputs(pixel_values, bool_masked_pos, interpolate_pos_encoding)
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
-        use_sdpa = self.config.attn_implementation == "sdpa"
-        if use_sdpa and (output_attentions or head_mask is not None) and not self._warned_eager_fallback:
+        if self.config.attn_implementation == "sdpa" and (output_attentions or head_mask is not None) and not self._warned_eager_fallback:
             warnings.warn(
                 "SDPA returns no attention weights and takes no head mask; using the eager attention path for this call. "
                 "Load with attn_implementation='eager' to silence this.",
@@ -665,7 +675,6 @@ class DeiTModel(DeiTPreTrainedModel):
             head_mask=self._expand_head_mask(head_mask),
             output_attentions=bool(output_attentions),
             output_hidden_states=bool(output_hidden_states),
-            use_sdpa=use_sdpa,
             last_layer_tokens=None if output_hidden_states or output_attentions else last_layer_tokens,
         )
         sequence_output = self.layernorm(hidden_states)

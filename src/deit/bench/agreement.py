@@ -17,7 +17,8 @@ from collections.abc import Callable
 import torch
 
 from ..modeling import DeiTForImageClassificationWithTeacher
-from ..optimize import bf16_kernels_available, optimize
+from ..optimize import optimize
+from ..probes import bf16_kernels_available
 from ..processing import DeiTImageProcessor
 from .inference import preset_config
 from .photos import photo_variants
@@ -64,12 +65,12 @@ def top1_agreement(model_path: str | None = None, data: str = "photos", size: st
     pixels = processor(images, return_tensors="pt")["pixel_values"]
     log(f"{len(images)} images ({data}), model {model_path or f'random-weight DeiT-{size}'}")
     expected = _predict(lambda x: reference(x).logits, pixels, batch_size)
-    ours_fp32 = optimize(copy.deepcopy(reference))
+    ours_fp32 = optimize(reference)
     variants: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"ours fp32 (deit.optimize)": lambda x: ours_fp32(x).logits}
     # Both ways of computing the bf16 matmuls (deit.optimize picks the faster; see bf16_matmul),
     # where the CPU has both: without bf16 kernels every mode computes in float32.
     for mode in ("bf16", "fp32") if bf16_kernels_available() else ("fp32",):
-        ours_bf16 = optimize(copy.deepcopy(reference), dtype=torch.bfloat16, bf16_matmul=mode)
+        ours_bf16 = optimize(reference, dtype=torch.bfloat16, bf16_matmul=mode)
         variants[f"ours bf16 (deit.optimize, matmuls in {mode})"] = lambda x, m=ours_bf16: m(x.bfloat16()).logits
     try:
         import transformers

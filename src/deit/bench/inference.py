@@ -3,7 +3,7 @@
 For each model size, batch size and precision, every implementation is timed on the same input
 with the same threads. In bfloat16 each peer is timed in each of its settings (autocast over
 float32 weights, or the model cast to bfloat16; ``compile_peers`` adds ``torch.compile`` of
-both) and its fastest counts. Ours is :func:`deit.optimize` on a model loaded in that dtype.
+both) and its fastest counts. Ours is :func:`deit.optimize`'s inference model in that dtype.
 Two reference rows come from the same run: the Linear layers alone at the model's shapes with
 ``F.linear`` (the bound of the issue), and with the oneDNN kernels ours uses.
 """
@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from ..config import DeiTConfig
 from ..dtypes import DTYPES
 from ..modeling import DeiTForImageClassificationWithTeacher
-from ..optimize import PARTS, bf16_kernels_available, bf16_matmul_is_fast, fast_kernels_available, install_fast_kernels, optimize
+from ..optimize import optimize
+from ..probes import bf16_kernels_available, bf16_matmul_is_fast, fast_kernels_available
 from .timing import interleaved
 
 __all__ = ["SIZES", "Cell", "Row", "model_flops", "benchmark_cell", "format_table", "PEERS", "benchmark_ablation", "format_ablation"]
@@ -184,7 +185,7 @@ def benchmark_cell(
     candidates: dict[str, Callable[[], object]] = {}
     meta: dict[str, tuple[str, str, float | None]] = {}
 
-    ours = optimize(copy.deepcopy(reference), dtype=dtype)
+    ours = optimize(reference, dtype=dtype)
     candidates["ours"] = _caller(ours, x.to(dtype), autocast=False)
     meta["ours"] = ("ours", f"{cell.dtype}, deit.optimize", None)
     if dtype == torch.bfloat16 and device.type == "cpu" and fast_kernels_available():
@@ -192,13 +193,13 @@ def benchmark_cell(
             # Show what deit.optimize chose for the bf16 matmuls here and time the other choice too.
             chosen, other = ("bf16", "fp32") if bf16_matmul_is_fast() else ("fp32", "bf16")
             meta["ours"] = ("ours", f"bf16, deit.optimize, matmuls in {chosen}", None)
-            alternative = optimize(copy.deepcopy(reference), dtype=dtype, bf16_matmul=other)
+            alternative = optimize(reference, dtype=dtype, bf16_matmul=other)
             candidates["ours-alternative"] = _caller(alternative, x.to(dtype), autocast=False)
             meta["ours-alternative"] = (OURS_ALTERNATIVE, f"bf16, bf16_matmul={other!r}", None)
         else:  # no other choice to time
             meta["ours"] = ("ours", "bf16, deit.optimize, matmuls in fp32 (no bf16 matmul on this CPU)", None)
     if compile_ours:
-        ours_compiled = optimize(copy.deepcopy(reference), dtype=dtype)
+        ours_compiled = optimize(reference, dtype=dtype)
         call, seconds = _compiled(ours_compiled, lambda m: _caller(m, x.to(dtype), autocast=False))
         candidates["ours+compile"] = call
         meta["ours+compile"] = ("ours", f"{cell.dtype}, deit.optimize + compile", seconds)
@@ -284,7 +285,7 @@ def format_table(rows: list[Row], device: torch.device) -> str:
 
 def benchmark_ablation(cell: Cell, device: torch.device, rounds: int = 5, compile_step: bool = False,
                        log: Callable[[str], None] = lambda _: None) -> list[Row]:
-    """Ours with the optimizations added one at a time, all timed in one interleaved run."""
+    """Ours step by step (the plain model, then :func:`deit.optimize`, then compiled), timed in one interleaved run."""
     config = preset_config(cell.size)
     torch.manual_seed(0)
     dtype = DTYPES[cell.dtype]
@@ -293,21 +294,14 @@ def benchmark_ablation(cell: Cell, device: torch.device, rounds: int = 5, compil
 
     full_last_layer = copy.deepcopy(reference)
     full_last_layer.tokens_read = None  # as the reference implementations: every token to the end
-    steps: list[tuple[str, torch.nn.Module]] = [("plain model, last layer for all tokens", full_last_layer),
-                                                ("+ last layer only for the tokens the heads read", reference)]
-    labels = {"linear": "+ oneDNN Linear (bias in the epilogue, prepacked weight)", "mlp": "+ GELU in the first MLP matmul's epilogue",
-              "attention": "+ q/k/v as one GEMM, attention on its output", "patches": "+ patch embedding as one GEMM",
-              "blocks": "+ blocks call their parts directly, residual sums in the epilogue",
-              "streams": "+ batch split across single-threaded workers (streams)"}
-    for i, part in enumerate(PARTS):
-        model = copy.deepcopy(reference)
-        if fast_kernels_available() and device.type == "cpu":
-            install_fast_kernels(model, PARTS[: i + 1])
-        steps.append((labels[part], model))
-    candidates: dict[str, Callable[[], object]] = {name: _caller(model, x, autocast=False) for name, model in steps}
+    candidates: dict[str, Callable[[], object]] = {
+        "plain model, last layer for all tokens": _caller(full_last_layer, x, autocast=False),
+        "+ last layer only for the tokens the heads read": _caller(reference, x, autocast=False),
+        "+ deit.optimize (fused q/k/v and attention, oneDNN matmuls with epilogues)": _caller(optimize(reference), x, autocast=False),
+    }
     compile_seconds = None
     if compile_step:
-        candidates["+ torch.compile"], compile_seconds = _compiled(optimize(copy.deepcopy(reference)), lambda m: _caller(m, x, autocast=False))
+        candidates["+ torch.compile"], compile_seconds = _compiled(optimize(reference), lambda m: _caller(m, x, autocast=False))
     log(f"ablation {cell.size} batch {cell.batch_size} {cell.dtype}: {len(candidates)} steps x {rounds} rounds")
     timings = interleaved(candidates, rounds=rounds, device=device, min_seconds=TURN_SECONDS)
     return [Row(cell, name, cell.dtype, cell.batch_size / t.best, compile_seconds if name == "+ torch.compile" else None,

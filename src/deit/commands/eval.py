@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--interpolation", choices=("bicubic", "bilinear"), default="bicubic")
     p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader worker processes")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=PRECISIONS, default="fp32", help="autocast precision")
+    p.add_argument("--dtype", choices=PRECISIONS, default="fp32",
+                   help="precision: fp32 and bf16 run deit.optimize's inference copy on the CPU, otherwise autocast")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     p.set_defaults(func=run)
 
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from ..auto import AutoModelForImageClassification
+    from ..optimize import optimize
     from ..train.data import build_dataset
     from ..train.evaluate import evaluate, format_metrics
     from ..train.samplers import ShardedEvalSampler
@@ -70,7 +72,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    model = AutoModelForImageClassification.from_pretrained(args.model, device=args.device)
+    dtype = DTYPES[args.dtype]
+    plain = AutoModelForImageClassification.from_pretrained(args.model, device=args.device)
+    # deit.optimize's inference copy where it applies (the CPU, float32 or bfloat16); elsewhere
+    # optimize returns the model itself, which then runs under autocast.
+    model = optimize(plain, dtype=dtype) if dtype != torch.float16 else plain
     processor = DeiTImageProcessor.for_model(args.model, model.config.image_size)
     if args.transform == "processor":
         transform: Any = ProcessorTransform(processor)
@@ -87,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         dataset, batch_size=args.batch_size, sampler=ShardedEvalSampler(len(dataset)),
         num_workers=args.num_workers, persistent_workers=False,
     )
-    metrics = evaluate(model, loader, device=args.device, dtype=DTYPES[args.dtype])
+    metrics = evaluate(model, loader, device=args.device, dtype=dtype if model is plain else None)
     if dataset.num_corrupt:
         print(f"deit eval: skipped {dataset.num_corrupt} corrupt image(s): {', '.join(dataset.corrupt_files()[:5])}", file=sys.stderr)
     if args.json:
