@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         distilled = fit(configs["hard"], teacher=teacher.model, train_dataset=train_set, val_dataset=val_set)
         print(f"student, {labels['hard']}: {head_accuracies(distilled.final_metrics)['avg']:.2f}% top-1 (averaged heads) "
               f"after {epochs} epochs ({time.perf_counter() - run_start:.0f} s)")
-        save_hf_model(distilled.model, out / "student", mean=configs["hard"].mean, std=configs["hard"].std,
+        # The student is the moving average of its weights (the recipe's EMA), as its accuracies are.
+        save_hf_model(distilled.ema_model, out / "student", mean=configs["hard"].mean, std=configs["hard"].std,
                       crop_pct=configs["hard"].crop_pct)
         none = undistilled.result()
     print(f"student, {labels['none']}: {none['accuracies']['avg']:.2f}% top-1 (averaged heads) after {epochs} epochs "
