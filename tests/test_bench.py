@@ -51,9 +51,14 @@ def test_loading_benchmark_reports_exact_match_with_transformers_pil(capsys):
 
 
 def test_training_benchmark_runs(capsys):
+    """What deit train runs (the fast kernels) next to ours on PyTorch's kernels, in one table."""
+    from deit.probes import fast_kernels_available
+
     code = main(["bench", "training", "--batch-size", "2", "--dtypes", "fp32", "--rounds", "1", "--threads", "1"])
     out = capsys.readouterr().out
-    assert code == 0 and "| DeiT-T | 2 | fp32 | ours |" in out
+    assert code == 0 and "| DeiT-T | 2 | fp32 | ours, plain PyTorch kernels |" in out
+    assert "| vs ours plain (median) |" in out and " | 1.00x (1.00x) | " in out  # the plain row against itself
+    assert ("| DeiT-T | 2 | fp32 | ours, fast kernels (deit train) |" in out) == fast_kernels_available()
 
 
 def test_agreement_benchmark_runs(capsys):

@@ -25,14 +25,17 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import deit
+from deit.probes import fast_kernels_available
 from deit.train import checkpointing
 
 # Images per split of the ImageFolder (write_image_folder's defaults, three classes).
 TRAIN_IMAGES, VAL_IMAGES = 4 * len(CLASSES), 2 * len(CLASSES)
 # One epoch of one-image steps (so a run is long enough to be killed in the middle), with no
-# loader processes and no progress bar: a second or so.
+# loader processes and no progress bar: a second or so. The student's Linear layers on oneDNN
+# where this PyTorch has the kernels (--fast-kernels on; the SIGKILL journey resumes with them).
+FAST_KERNELS = "on" if fast_kernels_available() else "off"
 QUICK_TRAIN = ("--epochs", "1", "--batch-size", "1", "--num-workers", "0", "--no-progress", "--device", "cpu",
-               "--checkpoint-every-steps", "1", "--deterministic")
+               "--checkpoint-every-steps", "1", "--deterministic", "--fast-kernels", FAST_KERNELS)
 
 needs_script = pytest.mark.skipif(console_script() is None, reason="no deit console script next to this Python; pip install -e . installs it")
 
@@ -179,6 +182,7 @@ def test_train_one_epoch(train_runs, train_sources, source):
     assert accuracies and all(0 <= v <= 100 for v in accuracies)
     assert math.isfinite(metrics["train_loss"])
     assert f"finished 1 epochs: top-1 {metrics['val_acc1']:.2f}" in proc.stdout
+    assert f"fast kernels: {FAST_KERNELS} (" in proc.stdout
     assert (output / "curves.png").stat().st_size > 0 and (output / checkpointing.CHECKPOINT_NAME).is_file()
 
     trained = deit.AutoModelForImageClassification.from_pretrained(output / "last")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from deit.probes import fast_kernels_available
 from deit.train.recipe import TrainConfig
 
 IMAGE_SIZE = 16
@@ -47,6 +48,11 @@ class ColourImages(Dataset):
             if random.random() < 0.5:
                 image = image.flip(1)
         return image, int(self.labels[index])
+
+
+needs_fast_kernels = pytest.mark.skipif(not fast_kernels_available(), reason="this PyTorch build has no oneDNN matmul kernel (torch.ops.mkldnn._linear_pointwise)")
+# TrainConfig.fast_kernels for the tests that train with the student's Linear layers on oneDNN and without.
+FAST_KERNELS = [pytest.param("on", marks=needs_fast_kernels), "off"]
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fit_helpers import datasets, one_thread  # noqa: F401 (one_thread: autouse fixture)
+from fit_helpers import datasets, needs_fast_kernels, one_thread  # noqa: F401 (one_thread: autouse fixture)
 
 from deit.train import checkpointing
 
@@ -61,18 +61,27 @@ OBJECTIVES = {
 }
 
 
-@pytest.mark.parametrize(("objective", "sampler"), [("classification", "plain"), ("classification", "ra"), ("pretraining", "plain")])
-def test_two_gloo_processes_match_one_process(tmp_path, objective, sampler):
+# The student's Linear layers on oneDNN ("on") and not: both objectives both ways; the sampler
+# (independent of the kernels) with them on.
+CASES = [pytest.param(objective, sampler, fast_kernels, marks=[needs_fast_kernels] if fast_kernels == "on" else [])
+         for objective, sampler, fast_kernels in [("classification", "plain", "on"), ("classification", "plain", "off"),
+                                                  ("classification", "ra", "on"), ("pretraining", "plain", "on"),
+                                                  ("pretraining", "plain", "off")]]
+
+
+@pytest.mark.parametrize(("objective", "sampler", "fast_kernels"), CASES)
+def test_two_gloo_processes_match_one_process(tmp_path, objective, sampler, fast_kernels):
     config_module, make_config, run_module, run, metrics, rel = OBJECTIVES[objective]
     make_config = getattr(importlib.import_module(config_module), make_config)
+    settings = dict(SETTINGS, fast_kernels=fast_kernels)
     train_set, val_set = datasets()
     alone = getattr(importlib.import_module(run_module), run)(
-        make_config(str(tmp_path / "alone"), batch_size=GLOBAL_BATCH, repeated_aug=sampler == "ra", **SETTINGS),
+        make_config(str(tmp_path / "alone"), batch_size=GLOBAL_BATCH, repeated_aug=sampler == "ra", **settings),
         train_dataset=train_set, val_dataset=val_set,
     )
 
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(helpers=str(HERE), src=str(SRC), per_rank=GLOBAL_BATCH // 2, settings=SETTINGS,
+    script.write_text(WORKER.format(helpers=str(HERE), src=str(SRC), per_rank=GLOBAL_BATCH // 2, settings=settings,
                                     config_module=config_module, make_config=OBJECTIVES[objective][1], run_module=run_module, run=run))
     reports = tmp_path / "reports"
     reports.mkdir()

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from fit_helpers import IMAGE_SIZE, datasets, max_abs_difference, one_thread, tiny_config  # noqa: F401 (one_thread: autouse fixture)
+from fit_helpers import FAST_KERNELS, IMAGE_SIZE, datasets, max_abs_difference, one_thread, tiny_config  # noqa: F401 (one_thread: autouse fixture)
 
 from deit import DeiTConfig, DeiTForImageClassificationWithTeacher
 from deit.train import checkpointing
@@ -180,11 +180,13 @@ def test_settings_are_validated():
 
 
 # ----------------------------------------------------------------------------------- fit
-def test_fit_writes_a_complete_run(tmp_path):
+@pytest.mark.parametrize("fast_kernels", FAST_KERNELS)
+def test_fit_writes_a_complete_run(tmp_path, fast_kernels):
     from deit.auto import AutoModelForImageClassification
 
     train_set, val_set = datasets()
-    result = fit(tiny_config(str(tmp_path / "run"), model_ema=True, model_ema_decay=0.9), train_dataset=train_set, val_dataset=val_set)
+    config = tiny_config(str(tmp_path / "run"), model_ema=True, model_ema_decay=0.9, fast_kernels=fast_kernels)
+    result = fit(config, train_dataset=train_set, val_dataset=val_set)
     run = tmp_path / "run"
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [0, 1]

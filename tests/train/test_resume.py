@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fit_helpers import datasets, max_abs_difference, one_thread, tiny_config  # noqa: F401 (one_thread: autouse fixture)
+from fit_helpers import FAST_KERNELS, datasets, max_abs_difference, one_thread, tiny_config  # noqa: F401 (one_thread: autouse fixture)
 from safetensors.torch import load_file
 
 from deit.train import checkpointing
@@ -31,10 +31,11 @@ RANDOM_RECIPE = dict(
 )
 
 
+@pytest.mark.parametrize("fast_kernels", FAST_KERNELS)
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_stop_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_path, num_workers):
+def test_stop_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_path, num_workers, fast_kernels):
     train_set, val_set = datasets()
-    settings = dict(RANDOM_RECIPE, num_workers=num_workers)
+    settings = dict(RANDOM_RECIPE, num_workers=num_workers, fast_kernels=fast_kernels)
     whole = fit(tiny_config(str(tmp_path / "whole"), **settings), train_dataset=train_set, val_dataset=val_set)
     steps_per_epoch = len(whole.step_losses) // 2
 
@@ -91,9 +92,11 @@ def start_worker(script: Path, output: Path, mode: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(script), str(output), mode], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.parametrize("fast_kernels", FAST_KERNELS)
 @pytest.mark.parametrize("objective", OBJECTIVES)
-def test_sigkill_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_path, objective):
+def test_sigkill_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_path, objective, fast_kernels):
     config_module, make_config, run_module, run, recipe = OBJECTIVES[objective]
+    recipe = dict(recipe, fast_kernels=fast_kernels)
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(helpers=str(HERE), src=str(SRC), config_module=config_module, make_config=make_config,
                                     run_module=run_module, run=run, recipe=recipe))

@@ -130,7 +130,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Call
     "inference": ("images/s of ours vs transformers and timm, with the Linear-only bounds", _add_inference, _run_inference),
     "ablation": ("images/s of ours as each optimization is added", _add_ablation, _run_ablation),
     "loading": ("images/s from JPEG files to model input, ours vs transformers' processors", _add_loading, _run_loading),
-    "training": ("training-step images/s (forward, backward, AdamW), ours vs timm", _add_training, _run_training),
+    "training": ("training-step images/s (forward, backward, AdamW), ours with and without the fast kernels vs timm", _add_training, _run_training),
     "agreement": ("top-1 agreement of bf16 with float32 predictions", _add_agreement, _run_agreement),
 }
 

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from ..train.recipe import AMP_CHOICES, DISTILLATION_CHOICES, TrainConfig
+from ..train.recipe import AMP_CHOICES, DISTILLATION_CHOICES, FAST_KERNEL_CHOICES, TrainConfig
 
 _DEFAULTS = TrainConfig()
 
@@ -81,6 +81,8 @@ TRAIN_OPTIONS: dict[str, list[tuple[str, str, dict]]] = {
         ("seed", "random seed", {"type": int}),
         ("deterministic", "deterministic algorithms (slower; exact reruns)", {"action": argparse.BooleanOptionalAction}),
         ("device", "auto, cpu, cuda, cuda:N", {}),
+        ("fast_kernels", "the student's Linear layers on oneDNN in forward and backward (CPU): on, off, or auto "
+         "(on the CPU with bf16 autocast, and in float32 where oneDNN's matmul beats PyTorch's default one)", {"choices": FAST_KERNEL_CHOICES}),
         ("checkpoint_every_steps", "also checkpoint every N optimizer steps inside an epoch", {"type": int}),
         ("stop_after_steps", "stop after N optimizer steps (with a checkpoint to resume from)", {"type": int}),
         ("save_hf_every_epoch", "write last/ in the Hugging Face layout after every epoch", {"action": argparse.BooleanOptionalAction}),

@@ -36,6 +36,7 @@ from . import checkpointing
 from .distributed import DistributedContext, barrier, init_distributed, shutdown_distributed
 from .ema import ModelEma
 from .epoch_order import seed_everything, step_seed
+from .fast_kernels import fast_kernels_pay, use_fast_kernels
 from .loaders import RunData, build_run_data
 from .metrics import CURVES_NAME, METRICS_NAME, RunningMean, all_reduce_sum, plot_curves, write_metrics
 from .optim import WarmupCosineSchedule, build_optimizer, scaled_lr
@@ -88,6 +89,7 @@ class Trainer:
         self.data: RunData = self._build_data(train_set, val_set)
         seed_everything(config.seed)  # the same initial weights on every rank
         student = self._build_model().to(self.device)
+        self.fast_kernels = self._use_fast_kernels(student)
         self.model = student
         self.train_model: nn.Module = student
         if ctx.enabled:
@@ -159,6 +161,17 @@ class Trainer:
         """Files of the objective's own, written by rank 0 at the end of each epoch."""
 
     # ------------------------------------------------------------------ setup helpers
+    def _use_fast_kernels(self, student: nn.Module) -> bool:
+        """Put the student's Linear layers on oneDNN where ``config.fast_kernels`` says so (before
+        the optimizer, EMA and DDP see the model: they then hold the same parameters); logged."""
+        dtype = self.amp_dtype or torch.float32
+        if not fast_kernels_pay(self.config.fast_kernels, dtype, self.device):
+            self._log(f"fast kernels: off (--fast-kernels {self.config.fast_kernels}, {self.device.type}, {dtype})")
+            return False
+        replaced = use_fast_kernels(student, dtype=dtype)
+        self._log(f"fast kernels: on ({replaced} Linear layers on oneDNN, forward and backward; --fast-kernels {self.config.fast_kernels})")
+        return True
+
     def _prepare_teacher(self, teacher: nn.Module | None) -> nn.Module:
         from .teacher import adapt_teacher_head, load_teacher
 

@@ -9,6 +9,7 @@ from typing import Any
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AMP_CHOICES = ("none", "bf16", "fp16")
+FAST_KERNEL_CHOICES = ("auto", "on", "off")  # deit.train.fast_kernels.FAST_KERNEL_SETTINGS
 DISTILLATION_CHOICES = ("none", "soft", "hard")
 
 
@@ -81,6 +82,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
+    fast_kernels: str = "auto"  # the student's Linear layers on oneDNN (CPU): auto (where they pay) | on | off
     checkpoint_every_steps: int = 0  # also checkpoint inside epochs (0: at epoch ends only)
     stop_after_steps: int | None = None  # stop (with a checkpoint) after this many optimizer steps
     save_hf_every_epoch: bool = True  # `last/` in the Hugging Face layout after every epoch
@@ -113,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"distillation_alpha must be in [0, 1], got {self.distillation_alpha}")
         if self.amp not in AMP_CHOICES:
             raise ValueError(f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
+        if self.fast_kernels not in FAST_KERNEL_CHOICES:
+            raise ValueError(f"fast_kernels must be one of {FAST_KERNEL_CHOICES}, got {self.fast_kernels!r}")
         kind = self.resolved_distillation_type
         if kind not in DISTILLATION_CHOICES:
             raise ValueError(f"distillation_type must be one of {DISTILLATION_CHOICES}, got {kind!r}")
@@ -138,8 +142,10 @@ class TrainConfig:
 
 
 # Settings that may change between a run and its resumption without breaking exactness
-# of the remaining steps (where files go, how progress is shown, when to stop or checkpoint).
+# of the remaining steps (where files go, how progress is shown, when to stop or checkpoint),
+# or that change only the speed and the floating-point rounding (fast_kernels: the same
+# matmuls on other kernels; the device likewise).
 RESUMABLE_CHANGES = frozenset({
     "output", "resume", "progress", "num_workers", "stop_after_steps", "checkpoint_every_steps",
-    "save_hf_every_epoch", "device",
+    "save_hf_every_epoch", "device", "fast_kernels",
 })
