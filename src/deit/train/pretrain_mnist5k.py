@@ -37,12 +37,13 @@ MASK_PATCH_SIZE = 7
 PRETRAIN_BATCH_SIZE = 64
 PRETRAIN_LR = 3.2e-2  # for a global batch of 512: a peak of 4e-3 at batch 64
 # The student's architecture and input statistics; pre-training builds the same model.
-_SHARED = ("model", "image_size", "patch_size", "hidden_size", "depth", "heads", "mlp_ratio", "mean", "std", "data")
+_SHARED = ("model", "image_size", "patch_size", "hidden_size", "depth", "heads", "mlp_ratio", "mean", "std", "data", "fast_kernels")
 
 
 def _student(output: str, **settings) -> TrainConfig:
-    """The demo's student recipe without a teacher, on 7 px patches."""
-    return dataclasses.replace(student_config(output, "none", **settings), patch_size=PATCH_SIZE)
+    """The demo's student recipe without a teacher, on 7 px patches, judged by its last weights
+    (no EMA: the comparison in BENCHMARKS.md, "SimMIM pre-training on mnist5k", was measured so)."""
+    return dataclasses.replace(student_config(output, "none", **settings), patch_size=PATCH_SIZE, model_ema=False)
 
 
 def pretrain_config(output: str, *, epochs: int, seed: int = 0, num_workers: int = 0, progress: bool = False) -> PretrainConfig:
