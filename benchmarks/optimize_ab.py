@@ -109,8 +109,8 @@ def main() -> int:
     old = import_old(args.old)
     peers = tuple(p for p in args.peers.split(",") if p)
     lines = ["| model | batch | dtype | new | old | new / old (median) | new, patch GEMM / new | old, no streams / old "
-             "| best peer | new / best peer (median) | old / best peer | max abs new - old |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+             "| best peer | new / best peer (median) | old / best peer | max abs new - old | quiet rounds |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for size in args.sizes.split(","):
         for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
             for dtype_name in args.dtypes.split(","):
@@ -124,14 +124,18 @@ def main() -> int:
                 peer_text = f"{top}: {best[top]:.1f}" if top else ""
                 vs_peer = f"{best['new'] / best[top]:.2f}x ({median['new'] / median[top]:.2f}x)" if top else ""
                 old_vs_peer = f"{best['old'] / best[top]:.2f}x" if top else ""
+                def ratio(a: str, b: str) -> str:
+                    return f"{best[a] / best[b]:.3f} ({median[a] / median[b]:.3f})"
+
+                quiet = min(t.quiet_rounds for t in timings.values())
                 lines.append(
-                    f"| DeiT-{size[0].upper()} | {batch_size} | {dtype_name} | {best['new']:.1f} | {best['old']:.1f} "
-                    f"| {best['new'] / best['old']:.3f} ({median['new'] / median['old']:.3f}) | {best['new, patch GEMM'] / best['new']:.3f} "
-                    f"| {best['old, no streams'] / best['old']:.3f} | {peer_text} | {vs_peer} | {old_vs_peer} | {check['new_vs_old_max_abs']:.1e} |")
+                    f"| DeiT-{size[0].upper()} | {batch_size} | {dtype_name} | {best['new']:.1f} | {best['old']:.1f} | {ratio('new', 'old')} "
+                    f"| {ratio('new, patch GEMM', 'new')} | {ratio('old, no streams', 'old')} | {peer_text} | {vs_peer} | {old_vs_peer} "
+                    f"| {check['new_vs_old_max_abs']:.1e} | {quiet}/{args.rounds} |")
                 print(lines[-1], flush=True)
     command = "python benchmarks/optimize_ab.py " + " ".join(sys.argv[1:])
     report = (f"Command: `{command}`\n\nMachine: {machine_summary(torch.device('cpu'))}; {args.rounds} interleaved rounds, "
-              f"images/s of the best round (median rounds in brackets).\n\n" + "\n".join(lines) + "\n")
+              f"images/s of the best round (median rounds in brackets); quiet rounds: the fewest of any candidate in the cell.\n\n" + "\n".join(lines) + "\n")
     print("\n" + report)
     if args.markdown:
         atomic_write_text(Path(args.markdown), report)
