@@ -58,7 +58,7 @@ def test_training_benchmark_runs(capsys):
     out = capsys.readouterr().out
     assert code == 0 and "| DeiT-T | 2 | fp32 | ours, plain PyTorch kernels |" in out
     assert "| vs ours plain (median) |" in out and " | 1.00x (1.00x) | " in out  # the plain row against itself
-    assert ("| DeiT-T | 2 | fp32 | ours, fast kernels (deit train) |" in out) == fast_kernels_available()
+    assert ("| DeiT-T | 2 | fp32 | ours, fast kernels (--fast-kernels on) |" in out) == fast_kernels_available()
 
 
 def test_agreement_benchmark_runs(capsys):

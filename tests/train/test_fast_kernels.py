@@ -180,15 +180,18 @@ def test_compiled_model_traces_plain_linears_and_matches():
 # ------------------------------------------------------------------------- when they pay
 def test_fast_kernels_pay(monkeypatch):
     assert fast_kernels_pay("off", torch.float32, "cpu") is False
-    assert fast_kernels_pay("auto", torch.bfloat16, "cpu") is fast_kernels.fast_kernels_available()
     assert fast_kernels_pay("auto", torch.float16, "cpu") is False
     assert fast_kernels_pay("auto", torch.float32, torch.device("cuda", 0)) is False
     monkeypatch.setattr(fast_kernels, "fast_kernels_available", lambda: True)
     for fast in (True, False):
+        # float32: where oneDNN's float32 matmul is much faster than MKL's; bf16 autocast: where
+        # PyTorch's bf16 matmul is the slow one (then the kernels compute in float32 arithmetic).
         monkeypatch.setattr(fast_kernels, "onednn_fp32_is_fast", lambda: fast)
-        assert fast_kernels_pay("auto", torch.float32, "cpu") is fast  # the rule optimize.py's training follows
-        assert fast_kernels_pay("auto", torch.bfloat16, "cpu") is True
+        monkeypatch.setattr(fast_kernels, "bf16_matmul_is_fast", lambda: fast)
+        assert fast_kernels_pay("auto", torch.float32, "cpu") is fast
+        assert fast_kernels_pay("auto", torch.bfloat16, "cpu") is not fast
         assert fast_kernels_pay("on", torch.float32, "cpu") is True
+        assert fast_kernels_pay("on", torch.bfloat16, "cpu") is True
     with pytest.raises(ValueError, match="CPU kernels, this run trains on cuda"):
         fast_kernels_pay("on", torch.float32, "cuda")
     with pytest.raises(ValueError, match="not torch.float16"):

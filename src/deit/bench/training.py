@@ -27,7 +27,7 @@ from .timing import interleaved
 __all__ = ["train_step", "benchmark_training", "format_training_table", "IMPLEMENTATIONS"]
 
 # Result key -> the table's name for it.
-IMPLEMENTATIONS = {"ours": "ours, fast kernels (deit train)", "ours-plain": "ours, plain PyTorch kernels", "timm": "timm"}
+IMPLEMENTATIONS = {"ours": "ours, fast kernels (--fast-kernels on)", "ours-plain": "ours, plain PyTorch kernels", "timm": "timm"}
 
 
 def _timm_loss(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -172,9 +172,13 @@ def fast_kernels_pay(setting: str, dtype: torch.dtype, device: torch.device | st
     * ``"on"``: yes; a ValueError where they cannot run (not the CPU, no oneDNN kernels in this
       PyTorch build, float16);
     * ``"off"``: never;
-    * ``"auto"``: on the CPU, where PyTorch has the kernels, for bf16 autocast always and for
-      float32 where oneDNN's float32 matmul beats PyTorch's default one by 25 % or more
-      (:func:`deit.probes.onednn_fp32_is_fast`: AMD CPUs; on Intel they train no faster).
+    * ``"auto"``: on the CPU, where PyTorch has the kernels and they beat PyTorch's own: for bf16
+      autocast where oneDNN's bf16 matmul is missing or slower than float32 arithmetic
+      (:func:`deit.probes.bf16_matmul_is_fast` false: AVX2 and Intel AVX-512 CPUs without
+      AMX, where autocast's bf16 matmuls are slow and these compute in float32 arithmetic;
+      where the bf16 kernel is fast autocast already runs it), for float32 where oneDNN's
+      float32 matmul beats PyTorch's default one by 1.5x or more
+      (:func:`deit.probes.onednn_fp32_is_fast`).
     """
     if setting not in FAST_KERNEL_SETTINGS:
         raise ValueError(f"fast_kernels must be one of {', '.join(FAST_KERNEL_SETTINGS)}, got {setting!r}")
@@ -190,5 +194,6 @@ def fast_kernels_pay(setting: str, dtype: torch.dtype, device: torch.device | st
         if dtype not in _FAST_DTYPES:
             raise ValueError(f"--fast-kernels on: the fast kernels compute in float32 or bfloat16, not {dtype} (--amp fp16)")
         return True
-    return (device.type == "cpu" and fast_kernels_available() and dtype in _FAST_DTYPES
-            and (dtype == torch.bfloat16 or onednn_fp32_is_fast()))
+    if device.type != "cpu" or not fast_kernels_available() or dtype not in _FAST_DTYPES:
+        return False
+    return not bf16_matmul_is_fast() if dtype == torch.bfloat16 else onednn_fp32_is_fast()

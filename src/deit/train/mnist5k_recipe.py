@@ -32,8 +32,8 @@ where it differs from the ImageNet recipe of Touvron et al. (2021), and why:
   mixup/cutmix, repeated augmentation): a digit must stay whole and unflipped to keep its
   label; scale 0.6 cut strokes and slowed learning; RandAugment (even m5) held the student
   below 50 % for 4 epochs. Label smoothing 0.1 and weight decay 0.05 stay.
-- **PyTorch's own kernels** (``fast_kernels="off"``, where ``auto`` would put the Linear layers
-  on oneDNN on AMD CPUs): at 96 wide and 18 tokens the matmuls are too small for the oneDNN
+- **PyTorch's own kernels** (``fast_kernels="off"``, where ``auto`` could put the Linear layers
+  on oneDNN): at 96 wide and 18 tokens the matmuls are too small for the oneDNN
   autograd path to pay; it was slower (120 steps: 7.4 s against 5.9 s, alternated 3 times).
 - **teacher**: :class:`~deit.train.teacher.SmallConvNet`, trained on the same images and
   augmentation for ``TEACHER_EPOCHS`` (AdamW, one-cycle cosine): 98.5 %, 3 epochs gave 97.8 %.
