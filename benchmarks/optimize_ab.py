@@ -94,6 +94,25 @@ def cell_candidates(size: str, batch_size: int, dtype_name: str, old: ModuleType
     return candidates, {"new_vs_old_max_abs": difference}
 
 
+def cell_row(size: str, batch_size: int, dtype_name: str, timings: dict, check: dict, rounds: int) -> str:
+    """One cell's table row: images/s of the best rounds, the ratios (best round, median in
+    brackets), the best peer, the outputs' difference and the fewest quiet rounds of any candidate."""
+    best = {name: batch_size / t.best for name, t in timings.items()}
+    median = {name: batch_size / t.median for name, t in timings.items()}
+
+    def ratio(a: str, b: str) -> str:
+        return f"{best[a] / best[b]:.3f} ({median[a] / median[b]:.3f})"
+
+    top = max((name for name in best if name.split(" ")[0] in PEERS), key=best.get, default=None)
+    peer_text = f"{top}: {best[top]:.1f}" if top else ""
+    vs_peer = f"{best['new'] / best[top]:.2f}x ({median['new'] / median[top]:.2f}x)" if top else ""
+    old_vs_peer = f"{best['old'] / best[top]:.2f}x" if top else ""
+    quiet = min(t.quiet_rounds for t in timings.values())
+    return (f"| DeiT-{size[0].upper()} | {batch_size} | {dtype_name} | {best['new']:.1f} | {best['old']:.1f} | {ratio('new', 'old')} "
+            f"| {ratio('new, patch GEMM', 'new')} | {ratio('old, no streams', 'old')} | {peer_text} | {vs_peer} | {old_vs_peer} "
+            f"| {check['new_vs_old_max_abs']:.1e} | {quiet}/{rounds} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", required=True, help="the src folder of the earlier checkout")
@@ -117,21 +136,7 @@ def main() -> int:
                 candidates, check = cell_candidates(size, batch_size, dtype_name, old, peers)
                 print(f"[ab] {size} batch {batch_size} {dtype_name}: {len(candidates)} candidates x {args.rounds} rounds", file=sys.stderr, flush=True)
                 timings = interleaved(candidates, rounds=args.rounds, device=torch.device("cpu"), min_seconds=TURN_SECONDS)
-                best = {name: batch_size / t.best for name, t in timings.items()}
-                median = {name: batch_size / t.median for name, t in timings.items()}
-                peer_names = [name for name in best if name.split(" ")[0] in PEERS]
-                top = max(peer_names, key=best.get, default=None)
-                peer_text = f"{top}: {best[top]:.1f}" if top else ""
-                vs_peer = f"{best['new'] / best[top]:.2f}x ({median['new'] / median[top]:.2f}x)" if top else ""
-                old_vs_peer = f"{best['old'] / best[top]:.2f}x" if top else ""
-                def ratio(a: str, b: str) -> str:
-                    return f"{best[a] / best[b]:.3f} ({median[a] / median[b]:.3f})"
-
-                quiet = min(t.quiet_rounds for t in timings.values())
-                lines.append(
-                    f"| DeiT-{size[0].upper()} | {batch_size} | {dtype_name} | {best['new']:.1f} | {best['old']:.1f} | {ratio('new', 'old')} "
-                    f"| {ratio('new, patch GEMM', 'new')} | {ratio('old, no streams', 'old')} | {peer_text} | {vs_peer} | {old_vs_peer} "
-                    f"| {check['new_vs_old_max_abs']:.1e} | {quiet}/{args.rounds} |")
+                lines.append(cell_row(size, batch_size, dtype_name, timings, check, args.rounds))
                 print(lines[-1], flush=True)
     command = "python benchmarks/optimize_ab.py " + " ".join(sys.argv[1:])
     report = (f"Command: `{command}`\n\nMachine: {machine_summary(torch.device('cpu'))}; {args.rounds} interleaved rounds, "
