@@ -47,6 +47,13 @@ def init_distributed(device: str = "auto") -> DistributedContext:
     if world_size > 1 and not dist.is_initialized():
         if resolved.type == "cuda":
             torch.cuda.set_device(resolved)
+        # torch.distributed.nn's functions take `group=group.WORLD` as a default argument, evaluated
+        # at their import. DistributedDataParallel imports them (through torch._dynamo) after the
+        # group exists, so the defaults hold it: destroy_process_group then leaves its gloo threads
+        # running until the interpreter exits, where they now and then abort the process
+        # ("terminate called without an active exception"). Imported first, the defaults are None.
+        import torch.distributed.nn  # noqa: F401
+
         dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=resolved)
 
