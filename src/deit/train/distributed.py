@@ -50,8 +50,8 @@ def init_distributed(device: str = "auto") -> DistributedContext:
         # torch.distributed.nn's functions take `group=group.WORLD` as a default argument, evaluated
         # at their import. DistributedDataParallel imports them (through torch._dynamo) after the
         # group exists, so the defaults hold it: destroy_process_group then leaves its gloo threads
-        # running until the interpreter exits, where they now and then abort the process
-        # ("terminate called without an active exception"). Imported first, the defaults are None.
+        # running until the interpreter exits, the likely cause of a rare abort there ("terminate
+        # called without an active exception"). Imported first, the defaults are None.
         import torch.distributed.nn  # noqa: F401
 
         dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
