@@ -13,6 +13,7 @@ from small_models import SMALL
 import deit
 
 dk = import_deit_keras()
+import keras  # noqa: E402  (after deit.keras: see deit.tensorflow_import)
 
 ATOL = 1e-4
 PAIRS = [
@@ -158,8 +159,11 @@ def test_tuple_outputs_and_input_errors():
 @pytest.mark.parametrize("rates", [dict(hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3), dict(drop_path_rate=0.5)],
                          ids=["dropout", "drop_path"])
 def test_dropout_only_in_training(rates):
+    # Fixed seeds, and 16 samples: with 3, the one drop-path layer at rate 0.5 drew the same 6 keep/drop
+    # coins in both training passes once in 64 runs, so the two outputs were equal and the test failed.
+    keras.utils.set_random_seed(0)
     model, keras_model = twin(deit.DeiTForImageClassification, dk.TFDeiTForImageClassification, **rates)
-    pixels, _ = inputs()
+    pixels, _ = inputs(batch=16)
     with torch.no_grad():
         assert_close(keras_model(pixels.numpy()).logits, model(pixels).logits, "inference logits")
     inference = [np.asarray(keras_model(pixels.numpy()).logits) for _ in range(2)]
