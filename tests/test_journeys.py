@@ -19,7 +19,7 @@ import pytest
 import torch
 from journey_fixtures import (
     CLASSES, IMAGE_SIZE, console_script, deit_command, deit_env, run_deit, save_hf_checkpoint, save_original_pth,
-    save_timm_safetensors, tiny_deit, tiny_timm, write_image_folder, write_predict_inputs,
+    save_timm_safetensors, tiny_deit, tiny_timm, write_image_folder, write_photo, write_predict_inputs,
 )
 from PIL import Image
 from safetensors.torch import load_file
@@ -114,6 +114,76 @@ def test_predict_a_folder_labels_the_images_and_names_the_bad_file(hf_checkpoint
         with torch.no_grad():
             expected = CLASSES[int(model(pixels_for(hf_checkpoint, path)).logits.argmax())]
         assert predictions[0]["label"] == expected, path
+
+
+@needs_script
+def test_same_named_files_from_two_folders_keep_their_own_outputs(workspace, hf_checkpoint):
+    """Issue 24, item 6: two inputs named IMG_0001.jpg in different folders both keep their
+    attention picture (named by the path under the inputs' common folder), and predict --json
+    names them by the same rule; a file reached twice (its folder and itself) is done once."""
+    inputs = workspace / "same-names"
+    phone = write_photo(inputs / "phone" / "IMG_0001.jpg")
+    camera = inputs / "camera" / "IMG_0001.jpg"
+    camera.parent.mkdir(parents=True)
+    Image.open(phone).convert("L").resize((80, 96)).save(camera)
+    out = workspace / "same-names-maps"
+
+    drawn = run_deit("attention", phone, camera, "--model", hf_checkpoint, "--out", out)
+    assert drawn.returncode == 0, drawn.stderr
+    expected = {"phone/IMG_0001.jpg.attention.png", "camera/IMG_0001.jpg.attention.png"}
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*.png")} == expected
+    assert all(f"-> {out / name}" in drawn.stdout for name in expected)
+
+    predicted = run_deit("predict", inputs, phone, "--model", hf_checkpoint, "--top-k", "1", "--json")
+    assert predicted.returncode == 0, predicted.stderr
+    results = json.loads(predicted.stdout)
+    assert [(r["image"], r["name"]) for r in results] == [(str(camera), "camera/IMG_0001.jpg"), (str(phone), "phone/IMG_0001.jpg")]
+    model = tiny_deit()
+    for result in results:
+        with torch.no_grad():
+            expected_label = CLASSES[int(model(pixels_for(hf_checkpoint, Path(result["image"]))).logits.argmax())]
+        assert result["predictions"][0]["label"] == expected_label
+
+
+def near_uniform_attention_checkpoint(folder: Path) -> Path:
+    """The tiny DeiT with its queries and keys scaled down: every token attends almost evenly
+    (a rollout within 0.1 % of 1/16 per patch), as an untrained or flat-looking model does."""
+    model = tiny_deit()
+    with torch.no_grad():
+        for layer in model.deit.encoder.layer:
+            layer.attention.attention.query.weight.mul_(0.02)
+            layer.attention.attention.key.weight.mul_(0.02)
+    return save_hf_checkpoint(folder, model)
+
+
+def colour_spread_across_first_map(picture: Path) -> int:
+    """Largest difference of any colour channel along a row through the middle of the first
+    map panel (the second of the picture's three; the input panel is a flat grey image)."""
+    pixels = np.asarray(Image.open(picture).convert("RGB")).astype(int)
+    height, width, _ = pixels.shape
+    row = pixels[height // 2 + 20]
+    white = (row == 255).all(axis=1)
+    start = next(x for x in range(width // 3, width) if not white[x])
+    end = next(x for x in range(start, width) if white[x])
+    assert end - start > 100, (start, end)  # the map itself, not a sliver
+    segment = row[start:end]
+    return int((segment.max(axis=0) - segment.min(axis=0)).max())
+
+
+@needs_script
+def test_attention_of_a_near_uniform_map_is_drawn_flat(workspace):
+    """Issue 24, item 11: a rollout within 0.1 % of uniform was stretched over the whole jet
+    colour map (red to blue across the panel), so a flat map looked focused; drawn in multiples
+    of uniform from 0 to at least 2, it is one colour."""
+    checkpoint = near_uniform_attention_checkpoint(workspace / "near-uniform")
+    grey = workspace / "grey" / "grey.png"
+    grey.parent.mkdir()
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(grey)
+    out = workspace / "grey-maps"
+    proc = run_deit("attention", grey, "--model", checkpoint, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    # Measured: 63 levels with the old jet scale, 1 now; 8 leaves room for antialiasing.
+    assert colour_spread_across_first_map(out / "grey.png.attention.png") <= 8
 
 
 # ------------------------------------------------------------------ eval

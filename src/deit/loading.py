@@ -34,6 +34,7 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,12 +43,48 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .processing import DeiTImageProcessor, pil_to_8bit
 
-__all__ = ["LoadedBatch", "ImageFiles", "load_batches", "to_model_input", "default_num_workers", "RESIZE_KERNELS"]
+__all__ = ["LoadedBatch", "ImageFiles", "load_batches", "to_model_input", "default_num_workers", "RESIZE_KERNELS", "IMAGE_SUFFIXES",
+           "expand_inputs", "output_names"]
 
 RESIZE_KERNELS = ("pil", "torch")
 # PIL resampling filter -> the torchvision interpolation mode that resizes tensors the same way.
 _TORCHVISION_MODES = {Image.Resampling.NEAREST: "nearest", Image.Resampling.BILINEAR: "bilinear", Image.Resampling.BICUBIC: "bicubic",
                       Image.Resampling.LANCZOS: "lanczos"}
+# The files a folder given on the command line contributes.
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def expand_inputs(items: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given; folders replaced by the image files inside them (recursively, sorted).
+    A file reached twice (given itself and inside a given folder) is kept once, at its first place."""
+    paths: list[Path] = []
+    seen: set[Path] = set()
+    for item in items:
+        path = Path(item)
+        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()) if path.is_dir() else [path]
+        for file in found:
+            key = Path(os.path.normcase(os.path.abspath(file)))
+            if key not in seen:
+                seen.add(key)
+                paths.append(file)
+    return paths
+
+
+def output_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """The name each input's outputs take (``NAME.attention.png``, the ``name`` of a JSON result):
+    its path relative to the deepest folder holding all the inputs, with ``/`` between folders.
+
+    Inputs from one folder keep their file names; ``a/cat.jpg`` and ``b/cat.jpg`` become
+    ``a/cat.jpg`` and ``b/cat.jpg``, so no two inputs' outputs can overwrite each other.
+    """
+    if not paths:
+        return []
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    try:
+        common = Path(os.path.commonpath([p.parent for p in absolute]))
+    except ValueError as err:  # Windows: files on different drives share no folder
+        raise ValueError(f"inputs on different drives have no common folder to name their outputs by: {err}") from None
+    return [p.relative_to(common).as_posix() for p in absolute]
 
 
 @dataclass
