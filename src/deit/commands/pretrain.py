@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..train.pretrain_recipe import PretrainConfig
-from .train import TRAIN_OPTIONS, add_train_options, config_from_args, finished_on_main
+from .train import TRAIN_OPTIONS, add_train_options, config_from_args, epochs_text, finished_on_main
 
 _DEFAULTS = PretrainConfig()
 # The augmentation of SimMIM is a random resized crop and a flip; the label-based options of
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if not finished_on_main(result, config, "pretrain"):
         return 0
     last = result.final_metrics
-    print(f"finished {len(result.history)} epochs: validation reconstruction loss {last['val_loss']:.4f} (best {result.best:.4f})")
+    print(f"finished {epochs_text(len(result.history))}: validation reconstruction loss {last['val_loss']:.4f} (best {result.best:.4f})")
     print(f"model: {result.output_dir / 'last'}; reconstructions: {result.output_dir / 'reconstructions.png'}; "
           f"fine-tune with: deit train --model {result.output_dir / 'last'} --data ...")
     return 0

@@ -88,7 +88,8 @@ class WarmupCosineSchedule:
         decay_epochs = self.epochs - self.warmup_epochs
         if not self.per_step:
             decay_epochs -= 1  # the last epoch index is epochs - 1
-        progress = min((t - self.warmup_epochs) / decay_epochs, 1.0) if decay_epochs > 0 else 1.0
+        # A single epoch after the warm-up (per-epoch updates) trains at the peak: there is no decay to spread.
+        progress = min((t - self.warmup_epochs) / decay_epochs, 1.0) if decay_epochs > 0 else 0.0
         return self.min_lr + 0.5 * (self.peak_lr - self.min_lr) * (1.0 + math.cos(math.pi * progress))
 
     def apply(self, step: int) -> float:

@@ -56,7 +56,7 @@ class PretrainTrainer(Trainer):
     def _build_model(self) -> DeiTPreTrainedModel:
         # The decoder is always new: its stride is the patch size, so that it rebuilds the whole image.
         settings = {"encoder_stride": self.masks.model_patch_size}
-        return build_model(self.config, _masked_image_modeling_class, settings, lambda source, config: False, log=self._log)
+        return build_model(self.config, _masked_image_modeling_class, settings, lambda source, config: False, log=self._model_log)
 
     def _setup_objective(self, teacher: nn.Module | None) -> None:
         if teacher is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,11 +12,21 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 AMP_CHOICES = ("none", "bf16", "fp16")
 FAST_KERNEL_CHOICES = ("auto", "on", "off")  # deit.train.fast_kernels.FAST_KERNEL_SETTINGS
 DISTILLATION_CHOICES = ("none", "soft", "hard")
+DEFAULT_NUM_WORKERS = 4
+DEFAULT_WARMUP_EPOCHS = 5.0
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @dataclass
 class TrainConfig:
-    # ---- model: a preset name (fresh weights) or a checkpoint to fine-tune from
+    # ---- model: a preset name (an architecture with fresh weights), or a checkpoint to fine-tune
+    # from (a folder, a weights file, or a Hub name with its owner: facebook/deit-...)
     model: str = "deit-tiny-distilled-patch16-224"
     image_size: int | None = None  # new resolution: position embeddings are resampled
     patch_size: int | None = None  # the tiny-model overrides below build a fresh model only
@@ -28,7 +39,7 @@ class TrainConfig:
     # ---- data
     data: str = "mnist5k"  # "mnist5k", an ImageFolder path, or "hf:PATH" (datasets.save_to_disk)
     val_data: str | None = None  # default: the "val" split of `data`
-    num_workers: int = 4
+    num_workers: int | None = None  # None: min(4, CPU cores - 1), see resolved_num_workers
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     crop_pct: float = 0.875  # eval transform: resize the shorter side to size / crop_pct, center crop
@@ -40,7 +51,7 @@ class TrainConfig:
     lr: float = 5e-4  # for a global batch of 512, scaled linearly
     min_lr: float = 1e-5
     warmup_lr: float = 1e-6
-    warmup_epochs: float = 5.0
+    warmup_epochs: float | None = None  # None: the authors' 5, at most a fifth of the run (resolved_warmup_epochs)
     lr_per_step: bool = False  # False: the lr changes at epoch boundaries, as in the authors' runs
     weight_decay: float = 0.05
     clip_grad: float | None = None
@@ -61,7 +72,7 @@ class TrainConfig:
     interpolation: str = "bicubic"
     repeated_aug: bool = True
     num_repeats: int = 3
-    model_ema: bool = True
+    model_ema: bool | None = None  # None: on when the run is long enough for the average to move (engine)
     model_ema_decay: float = 0.99996
 
     # ---- distillation
@@ -78,6 +89,7 @@ class TrainConfig:
 
     # ---- run
     output: str = "runs/train"
+    overwrite: bool = False  # start afresh in an output folder that holds a run (its files are replaced)
     resume: str | None = None  # a checkpoint file or folder; "auto": OUTPUT/checkpoint.pt
     seed: int = 0
     deterministic: bool = False
@@ -93,6 +105,21 @@ class TrainConfig:
         if self.distillation_type is not None:
             return self.distillation_type
         return "hard" if self.teacher else "none"
+
+    @property
+    def resolved_num_workers(self) -> int:
+        """``num_workers``, or by default up to 4 loader processes, leaving one core to the training process."""
+        if self.num_workers is not None:
+            return self.num_workers
+        return max(0, min(DEFAULT_NUM_WORKERS, usable_cpus() - 1))
+
+    @property
+    def resolved_warmup_epochs(self) -> float:
+        """``warmup_epochs``, or by default the authors' 5 epochs cut to whole epochs of at most a fifth
+        of the run: a warm-up as long as the run would train at warm-up rates throughout."""
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return float(min(DEFAULT_WARMUP_EPOCHS, self.epochs // 5))
 
     @property
     def uses_mixup(self) -> bool:
@@ -122,7 +149,9 @@ class TrainConfig:
             raise ValueError(f"distillation_type must be one of {DISTILLATION_CHOICES}, got {kind!r}")
         if kind != "none" and not self.teacher:
             raise ValueError(f"{kind} distillation needs a teacher (--teacher)")
-        if self.teacher_finetune_epochs < 0 or self.num_workers < 0 or self.checkpoint_every_steps < 0 or self.weight_decay < 0:
+        if self.warmup_epochs is not None and self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must not be negative, got {self.warmup_epochs}")
+        if self.teacher_finetune_epochs < 0 or self.resolved_num_workers < 0 or self.checkpoint_every_steps < 0 or self.weight_decay < 0:
             raise ValueError("teacher_finetune_epochs, num_workers, checkpoint_every_steps and weight_decay must not be negative")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError(f"clip_grad must be positive, got {self.clip_grad}")
@@ -147,5 +176,5 @@ class TrainConfig:
 # matmuls on other kernels; the device likewise).
 RESUMABLE_CHANGES = frozenset({
     "output", "resume", "progress", "num_workers", "stop_after_steps", "checkpoint_every_steps",
-    "save_hf_every_epoch", "device", "fast_kernels",
+    "save_hf_every_epoch", "device", "fast_kernels", "overwrite",
 })
