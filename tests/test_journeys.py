@@ -341,9 +341,38 @@ def test_convert_original_to_folder_to_timm_and_back_then_predict(workspace, pre
     assert predicted["score"] == pytest.approx(float(probabilities.max()), abs=1e-5)
 
 
+@needs_script
+def test_a_1000_class_timm_file_gets_the_imagenet_class_names(workspace, predict_inputs):
+    """Issue 24, item 10: a timm file carries no names; with 1000 classes it is an ImageNet-1k
+    classifier, so deit convert writes, and deit predict shows, the ImageNet-1k names
+    (torchvision's list) instead of LABEL_0 ... LABEL_999."""
+    from torchvision.models import ResNet18_Weights
+
+    imagenet = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+    assert imagenet[0] == "tench" and len(imagenet) == 1000
+    original = tiny_timm(distilled=True, seed=5, num_classes=1000)
+    timm_file = save_timm_safetensors(workspace / "imagenet-deit.safetensors", original)
+    folder = workspace / "imagenet-deit"
+
+    converted = run_deit("convert", timm_file, folder)
+    assert converted.returncode == 0, converted.stderr
+    assert "ImageNet-1k class names" in converted.stdout
+    config = json.loads((folder / "config.json").read_text())
+    assert config["id2label"] == {str(i): name for i, name in enumerate(imagenet)}
+
+    with torch.no_grad():
+        top = int(original(pixels_for(folder, predict_inputs["jpeg"])).argmax())
+    for model in (folder, timm_file):  # converted, and the timm file loaded as it is
+        proc = run_deit("predict", predict_inputs["jpeg"], "--model", model, "--top-k", "1", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)[0]["predictions"][0]["label"] == imagenet[top], model
+
+
 # ------------------------------------------------------------------ export
 @needs_script
 def test_export_onnx_runs_in_onnxruntime(workspace, hf_checkpoint):
+    """Every head, a batch axis named "batch", and the labels and preprocessing in the file's
+    metadata, read back by onnxruntime (issue 24, item 10)."""
     ort = pytest.importorskip("onnxruntime")
     onnx_file = workspace / "tiny-deit.onnx"
     # --no-check: the command's own onnxruntime comparison is what this test does, independently.
@@ -352,14 +381,26 @@ def test_export_onnx_runs_in_onnxruntime(workspace, hf_checkpoint):
     assert f"wrote ONNX graph of DeiTForImageClassificationWithTeacher to {onnx_file}" in proc.stdout
 
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == ["pixel_values"] and [o.name for o in session.get_outputs()] == ["logits"]
+    heads = ["logits", "cls_logits", "distillation_logits"]
+    assert [i.name for i in session.get_inputs()] == ["pixel_values"] and [o.name for o in session.get_outputs()] == heads
+    assert session.get_inputs()[0].shape == ["batch", 3, IMAGE_SIZE, IMAGE_SIZE]
+    assert all(o.shape == ["batch", len(CLASSES)] for o in session.get_outputs())
     pixels = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
-    (logits,) = session.run(None, {"pixel_values": pixels.numpy()})
+    produced = session.run(None, {"pixel_values": pixels.numpy()})
     with torch.no_grad():
-        expected = tiny_deit()(pixels).logits.numpy()
+        expected = tiny_deit()(pixels)
     # float32 through another runtime's kernels: measured under 1e-6 on logits of order one; 1e-4
     # is the bound deit export's own check applies (its --atol default).
-    np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+    for name, values in zip(heads, produced):
+        np.testing.assert_allclose(values, getattr(expected, name).numpy(), atol=1e-4, rtol=0, err_msg=name)
+
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert json.loads(metadata["id2label"]) == {str(i): name for i, name in enumerate(CLASSES)}
+    processor = deit.DeiTImageProcessor.from_pretrained(hf_checkpoint)
+    assert json.loads(metadata["image_mean"]) == list(processor.image_mean) and json.loads(metadata["image_std"]) == list(processor.image_std)
+    assert metadata["image_size"] == str(IMAGE_SIZE)
+    assert metadata["resize"].startswith(f"resize 36x36 (bicubic), then centre crop {IMAGE_SIZE}x{IMAGE_SIZE}")
+    assert json.loads(metadata["preprocessor_config"]) == json.loads(json.dumps(processor.to_dict()))
 
 
 # ------------------------------------------------------------------ bench
