@@ -14,7 +14,7 @@ from PIL import Image
 
 import deit
 from deit.bench.loading import level_difference
-from deit.loading import load_batches, to_model_input
+from deit.loading import expand_inputs, load_batches, output_names, to_model_input
 
 
 @pytest.fixture
@@ -147,3 +147,20 @@ def test_simplejpeg_decode_gives_pillows_pixels_and_leaves_other_files_to_pillow
     pillow_pixels, pillow_order, _ = load_all(paths[:4], processor, resize="torch")
     assert order == pillow_order == [0, 1, 2, 3] and [i for i, _ in failures] == [4]
     assert torch.equal(pixels, pillow_pixels)
+
+
+def test_inputs_expand_once_and_name_their_outputs_by_the_path_under_the_common_folder(tmp_path):
+    """Issue 24, item 6: one naming rule for every per-input output."""
+    for relative in ("photos/phone/IMG_0001.jpg", "photos/camera/IMG_0001.jpg", "photos/camera/old/IMG_0001.JPG", "photos/camera/notes.txt"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+    phone = tmp_path / "photos" / "phone" / "IMG_0001.jpg"
+    paths = expand_inputs([phone, tmp_path / "photos", str(phone)])
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == [
+        "photos/phone/IMG_0001.jpg", "photos/camera/IMG_0001.jpg", "photos/camera/old/IMG_0001.JPG",
+    ]
+    assert output_names(paths) == ["phone/IMG_0001.jpg", "camera/IMG_0001.jpg", "camera/old/IMG_0001.JPG"]
+    # From one folder: the file names, as before; one file: its name.
+    assert output_names(paths[1:2]) == ["IMG_0001.jpg"]
+    assert output_names([tmp_path / "a.jpg", tmp_path / "b.jpg"]) == ["a.jpg", "b.jpg"]
+    assert output_names([]) == []

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..auto import AutoModelAsSaved
-    from ..export import compare_onnx, export_onnx, export_program, onnx_metadata, output_names
+    from ..export import compare_onnx, export_onnx, export_program, head_names, onnx_metadata
     from ..io import atomic_write_bytes
     from ..labels import class_names
     from .convert import processor_for
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         processor = processor_for(args.model, model.config.image_size, {})
         metadata = onnx_metadata(model, processor, class_names(model.config))
         export_onnx(model, args.onnx, opset=args.opset, metadata=metadata)
-        outputs = ", ".join(output_names(model))
+        outputs = ", ".join(head_names(model))
         print(f"wrote ONNX graph of {name} to {args.onnx} (input pixel_values: batch x {model.config.num_channels} x "
               f"{model.config.image_size} x {model.config.image_size}, dynamic batch; outputs: {outputs}; "
               f"metadata: {', '.join(metadata)})")
