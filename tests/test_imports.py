@@ -1,8 +1,11 @@
 """The package's import graph: no cycles, and nothing below the CLI imports the commands.
 
 Imports are read with ``ast`` from the source files, so the check sees imports inside
-functions too (the usual way to hide a cycle from Python's import machinery); only imports
-under ``if TYPE_CHECKING:`` are left out, since they never run.
+functions too (the usual way to hide a cycle from Python's import machinery). Imports under
+``if TYPE_CHECKING:`` never run, so the runtime graph leaves them out; but a module that names
+another in its annotations depends on it all the same, and the second way to hide a loop is a
+function-level import one way and a type-only import back (``modeling`` -> ``checkpoint`` in
+``from_pretrained``, ``checkpoint`` -> ``modeling`` for a type): the layering test counts them.
 """
 
 from __future__ import annotations
@@ -29,13 +32,13 @@ def _is_type_checking_block(node: ast.AST) -> bool:
     )
 
 
-def _imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
-    """Every ``deit`` module ``module`` imports, at any depth except TYPE_CHECKING blocks."""
+def _imports(tree: ast.AST, module: str, is_package: bool, type_checking: bool = False) -> set[str]:
+    """Every module ``module`` imports, at any depth; in TYPE_CHECKING blocks only if ``type_checking``."""
     found: set[str] = set()
     package = module if is_package else module.rpartition(".")[0]
 
     def visit(node: ast.AST) -> None:
-        if _is_type_checking_block(node):
+        if not type_checking and _is_type_checking_block(node):
             for child in node.orelse:
                 visit(child)
             return
@@ -58,11 +61,12 @@ def _imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(type_checking: bool = False) -> dict[str, set[str]]:
+    """Our modules and the modules of ours each imports (with the type-only imports if ``type_checking``)."""
     files = {_module_name(p): p for p in (SRC / PACKAGE).rglob("*.py")}
     graph = {}
     for module, path in files.items():
-        targets = _imports(ast.parse(path.read_text(), str(path)), module, path.name == "__init__.py")
+        targets = _imports(ast.parse(path.read_text(), str(path)), module, path.name == "__init__.py", type_checking)
         # Keep only our own modules; a name that is an attribute of a module counts as that module.
         graph[module] = {t for t in targets if t in files and t != module}
     return graph
@@ -129,3 +133,53 @@ def test_only_the_cli_imports_the_commands():
 def test_commands_are_found_by_the_graph(module):
     # Guards the test itself: if the walk found no commands, the check above could not fail.
     assert module in import_graph()
+
+
+def _reachable(graph: dict[str, set[str]], start: set[str]) -> set[str]:
+    """The modules ``start`` imports, directly or through others (parent packages left out, as above)."""
+    seen: set[str] = set()
+    todo = list(start)
+    while todo:
+        module = todo.pop()
+        for target in graph[module]:
+            if target not in seen and not module.startswith(target + "."):
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def test_the_layering_checker_sees_type_only_imports():
+    typed = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import g\n"
+    assert "deit.b" in _imports(ast.parse(typed), "deit.a", False, type_checking=True)
+    graph = {"deit.a": {"deit.b"}, "deit.b": {"deit.c"}, "deit.c": set(), "deit.k": {"deit.a"}}
+    assert _reachable(graph, {"deit.k"}) == {"deit.a", "deit.b", "deit.c"}
+
+
+def test_no_import_cycle_even_through_type_only_imports():
+    """A loop closed by a type-only import is a loop of the design (each side knows the other),
+    whatever Python's import order makes of it."""
+    cycle = find_cycle(import_graph(type_checking=True))
+    assert cycle is None, "import cycle (counting TYPE_CHECKING imports): " + " -> ".join(cycle)
+
+
+def test_the_model_rules_import_no_framework():
+    """deit.model_rules is what PyTorch and Keras share: it imports neither (nor numpy)."""
+    path = SRC / PACKAGE / "model_rules.py"
+    imported = _imports(ast.parse(path.read_text()), "deit.model_rules", False, type_checking=True)
+    frameworks = {name for name in imported if name.split(".")[0] in ("torch", "keras", "tensorflow", "jax", "numpy")}
+    assert not frameworks, f"deit.model_rules imports {sorted(frameworks)}"
+
+
+# The PyTorch side of the package: models, their Hugging Face API, losses, the fast inference
+# model and its kernels, training. The Keras models may read checkpoint files (deit.checkpoint
+# returns their tensors) but reach none of these.
+PYTORCH_MODEL_MODULES = ("deit.modeling", "deit.hf_api", "deit.losses", "deit.auto", "deit.optimize", "deit.kernels",
+                         "deit.export", "deit.explain", "deit.train")
+
+
+def test_keras_imports_no_pytorch_model_module():
+    graph = import_graph(type_checking=True)
+    assert any(m.startswith("deit.keras.") for m in graph), "the walk found no Keras module"
+    reached = _reachable(graph, {m for m in graph if m == "deit.keras" or m.startswith("deit.keras.")})
+    offenders = sorted(m for m in reached if any(m == p or m.startswith(p + ".") for p in PYTORCH_MODEL_MODULES))
+    assert not offenders, f"deit.keras reaches PyTorch model modules: {offenders}"
