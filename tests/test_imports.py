@@ -11,6 +11,7 @@ function-level import one way and a type-only import back (``modeling`` -> ``che
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,56 @@ def test_keras_imports_no_pytorch_model_module():
     reached = _reachable(graph, {m for m in graph if m == "deit.keras" or m.startswith("deit.keras.")})
     offenders = sorted(m for m in reached if any(m == p or m.startswith(p + ".") for p in PYTORCH_MODEL_MODULES))
     assert not offenders, f"deit.keras reaches PyTorch model modules: {offenders}"
+
+
+ARCHITECTURE = Path(__file__).resolve().parents[1] / "ARCHITECTURE.md"
+
+
+def architecture_layers(text: str) -> dict[str, int]:
+    """Module (or package) -> layer number, from the rows ``| <n> <name> | `deit.x`, ... | ... |``."""
+    layers: dict[str, int] = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].split(" ")[0].isdigit():
+            for name in re.findall(r"`(deit[\w.]*)`", cells[1]):
+                layers[name] = int(cells[0].split(" ")[0])
+    return layers
+
+
+def _layer_of(module: str, layers: dict[str, int]) -> int | None:
+    """The layer of ``module``: its own row, or that of the listed package that holds it."""
+    while module:
+        if module in layers:
+            return layers[module]
+        module = module.rpartition(".")[0]
+    return None
+
+
+def layering_violations(graph: dict[str, set[str]], layers: dict[str, int]) -> list[str]:
+    problems = [f"{m} is in no layer of ARCHITECTURE.md" for m in sorted(graph) if m != PACKAGE and _layer_of(m, layers) is None]
+    for module, targets in sorted(graph.items()):
+        own = _layer_of(module, layers)
+        if module == PACKAGE or own is None:
+            continue  # the package re-exports every layer
+        for target in sorted(targets):
+            layer = _layer_of(target, layers)
+            if not module.startswith(target + ".") and layer is not None and layer > own:
+                problems.append(f"{module} (layer {own}) imports {target} (layer {layer})")
+    return problems
+
+
+def test_the_layer_checker_finds_upward_imports_and_unlisted_modules():
+    layers = architecture_layers("| 1 ground | `deit.a` | x |\n| 2 top | `deit.b`, `deit.pkg` | y |\n")
+    assert layers == {"deit.a": 1, "deit.b": 2, "deit.pkg": 2}
+    assert layering_violations({"deit.b": {"deit.a"}, "deit.pkg.m": {"deit.b"}, "deit.a": set()}, layers) == []
+    assert layering_violations({"deit.a": {"deit.pkg.m"}, "deit.pkg.m": set(), "deit.c": set()}, layers) == [
+        "deit.c is in no layer of ARCHITECTURE.md", "deit.a (layer 1) imports deit.pkg.m (layer 2)",
+    ]
+
+
+def test_architecture_md_layers_hold():
+    """ARCHITECTURE.md lists every module in a layer, and no module imports from a layer below it."""
+    layers = architecture_layers(ARCHITECTURE.read_text())
+    assert len(set(layers.values())) >= 5, "no layer table found in ARCHITECTURE.md"
+    problems = layering_violations(import_graph(type_checking=True), layers)
+    assert not problems, "ARCHITECTURE.md and the imports disagree:\n" + "\n".join(problems)
