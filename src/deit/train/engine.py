@@ -205,20 +205,21 @@ class Trainer:
         """Refuse an output folder that holds a run unless this run resumes it or ``overwrite``
         says to start afresh (then the run's own files are removed, nothing else)."""
         config = self.config
-        found = [name for name in self.run_files if (self.output_dir / name).exists()]
-        if not found or config.resume:
+        if config.resume:
             return
-        if not config.overwrite:
+        found = [name for name in self.run_files if (self.output_dir / name).exists()]
+        if found and not config.overwrite:
             raise RunExistsError(
                 f"{self.output_dir} already holds a training run ({', '.join(found)}); continue it with --resume, "
                 "start afresh with --overwrite (its files are then replaced), or choose another --output"
             )
-        if self.ctx.is_main:
-            for name in found:
-                path = self.output_dir / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-            self._note(f"--overwrite: removed the previous run's {', '.join(found)} from {self.output_dir}")
-        barrier()
+        if config.overwrite:
+            if self.ctx.is_main and found:
+                for name in found:
+                    path = self.output_dir / name
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+                self._note(f"--overwrite: removed the previous run's {', '.join(found)} from {self.output_dir}")
+            barrier()  # every rank, whatever it found: rank 0 may already have removed the files
 
     def _keeps_ema(self) -> bool:
         """Whether to keep an EMA of the weights. By default (``model_ema=None``) only when the run is

@@ -47,6 +47,7 @@ class PretrainTrainer(Trainer):
     config: PretrainConfig
     best_metric = "val_loss"
     best_is_max = False
+    run_files = (*Trainer.run_files, RECONSTRUCTIONS_NAME)
 
     def _build_data(self, train_set: Any, val_set: Any) -> RunData:
         config = self.config
