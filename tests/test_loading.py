@@ -107,7 +107,7 @@ def test_simplejpeg_decode_gives_pillows_pixels_and_leaves_other_files_to_pillow
     pytest.importorskip("simplejpeg")
     import numpy as np
 
-    from deit.loading import _decode_plain_jpeg
+    from deit.images import _decode_plain_jpeg
 
     photo = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
     cases = {
@@ -143,7 +143,7 @@ def test_simplejpeg_decode_gives_pillows_pixels_and_leaves_other_files_to_pillow
     paths = [tmp_path / n for n in ("420.jpg", "gray.jpg", "rotated.jpg", "cmyk.jpg", "truncated.jpg")]
     processor = deit.DeiTImageProcessor()
     pixels, order, failures = load_all(paths, processor, resize="torch")
-    monkeypatch.setattr("deit.loading._simplejpeg", lambda: None)
+    monkeypatch.setattr("deit.images._simplejpeg", lambda: None)
     pillow_pixels, pillow_order, _ = load_all(paths[:4], processor, resize="torch")
     assert order == pillow_order == [0, 1, 2, 3] and [i for i, _ in failures] == [4]
     assert torch.equal(pixels, pillow_pixels)

@@ -14,11 +14,9 @@ Two resize kernels, both on 8-bit pixels:
   transformers' default (torchvision-backend) DeiT processor -- several times faster than
   Pillow's; it differs from Pillow's by at most a few 8-bit levels on a few pixels.
 
-With ``resize="torch"``, RGB and grayscale JPEG files (baseline or progressive) without an
-EXIF rotation are decoded by ``simplejpeg`` when it is installed (``pip install deit[fast]``): the same
-libjpeg-turbo decode with the same settings as Pillow's (identical pixels, checked in the
-tests), written straight into a numpy array instead of into Pillow's image memory and copied
-out -- about a quarter less time per file. Everything else goes through Pillow.
+Files are opened by :mod:`deit.images` (EXIF orientation, the mode policy), as everywhere; with
+``resize="torch"`` they are decoded straight into arrays (:func:`deit.images.open_image_array`:
+``simplejpeg`` for plain JPEG files when it is installed, the same pixels as Pillow's).
 
 ``draft=True`` asks the JPEG decoder for a reduced-size image (DCT scaling by 1/2, 1/4 or 1/8,
 never below the resize target) before the bicubic resize: decoding large photos gets several
@@ -29,7 +27,6 @@ A file that cannot be read does not stop the others: its error comes back with i
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,19 +36,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from .processing import DeiTImageProcessor, pil_to_8bit
+from .images import IMAGE_SUFFIXES, ImageReadError, open_image, open_image_array
+from .processing import DeiTImageProcessor
 
-__all__ = ["LoadedBatch", "ImageFiles", "load_batches", "to_model_input", "default_num_workers", "RESIZE_KERNELS", "IMAGE_SUFFIXES",
+__all__ = ["LoadedBatch", "ImageFiles", "load_batches", "to_model_input", "default_num_workers", "RESIZE_KERNELS",
            "expand_inputs", "output_names"]
 
 RESIZE_KERNELS = ("pil", "torch")
 # PIL resampling filter -> the torchvision interpolation mode that resizes tensors the same way.
 _TORCHVISION_MODES = {Image.Resampling.NEAREST: "nearest", Image.Resampling.BILINEAR: "bilinear", Image.Resampling.BICUBIC: "bicubic",
                       Image.Resampling.LANCZOS: "lanczos"}
-# The files a folder given on the command line contributes.
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 def expand_inputs(items: Sequence[str | os.PathLike]) -> list[Path]:
@@ -122,8 +118,8 @@ class ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
         try:
             return index, self._load(self.paths[index]), None
-        except UnidentifiedImageError:
-            return index, None, "not an image file"
+        except ImageReadError as err:
+            return index, None, err.reason
         except (OSError, ValueError) as err:
             return index, None, str(err) or type(err).__name__
 
@@ -146,22 +142,13 @@ class ImageFiles(torch.utils.data.Dataset):
         return np.asarray(pil)
 
     def _decode_pil(self, path: str) -> Image.Image:
-        """The file as an 8-bit RGB or L image, EXIF orientation applied."""
+        """The file as an upright 8-bit RGB or L image, JPEG decoded at a reduced size with ``draft``."""
         proc = self.processor
-        with Image.open(path) as img:
-            if self.draft and proc.do_resize and img.format == "JPEG":
-                # The decoder picks the largest DCT scale that keeps both sides >= the request.
-                target_h, target_w = proc.resized_size(img.height, img.width)
-                img.draft("RGB", (target_w, target_h))
-            img.load()
-            # Camera photos store their orientation in EXIF; the processor applies it too.
-            ImageOps.exif_transpose(img, in_place=True)
-        return pil_to_8bit(img, path)
+        return open_image(path, path, draft=proc.resized_size if self.draft and proc.do_resize else None)
 
     def _decode_tensor(self, path: str) -> torch.Tensor:
         """The file as a (C, H, W) uint8 tensor, C = 3 or 1, EXIF orientation applied."""
-        decoded = None if self.draft else _decode_plain_jpeg(path)
-        pixels = torch.from_numpy(decoded if decoded is not None else np.array(self._decode_pil(path)))
+        pixels = torch.from_numpy(np.array(self._decode_pil(path)) if self.draft else open_image_array(path, path))
         return pixels.permute(2, 0, 1) if pixels.ndim == 3 else pixels[None]
 
     def _torch_resize_and_crop(self, image: torch.Tensor) -> np.ndarray:
@@ -177,35 +164,6 @@ class ImageFiles(torch.utils.data.Dataset):
         if proc.do_center_crop:
             pixels = proc.center_crop(pixels, input_data_format="channels_last")
         return pixels
-
-
-def _simplejpeg() -> Any:
-    try:
-        import simplejpeg
-    except ImportError:
-        return None
-    return simplejpeg
-
-
-def _decode_plain_jpeg(path: str) -> np.ndarray | None:
-    """An RGB or grayscale JPEG without EXIF rotation, decoded by simplejpeg into (H, W, 3) or
-    (H, W) uint8; None for any other file (or without simplejpeg): Pillow decodes those."""
-    simplejpeg = _simplejpeg()
-    if simplejpeg is None:
-        return None
-    with open(path, "rb") as f:
-        if f.read(2) != b"\xff\xd8":  # not a JPEG: leave it to Pillow without reading it all
-            return None
-        f.seek(0)
-        data = f.read()
-    with Image.open(io.BytesIO(data)) as img:  # parses the header only
-        if img.format != "JPEG" or img.mode not in ("RGB", "L"):
-            return None
-        if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:
-            return None
-    # Pillow's decode settings: accurate integer IDCT and fancy (smooth) chroma upsampling.
-    pixels = simplejpeg.decode_jpeg(data, colorspace="RGB" if img.mode == "RGB" else "GRAY", fastdct=False, fastupsample=False, strict=True)
-    return pixels[..., 0] if img.mode == "L" else pixels
 
 
 def _channels_first(pixels: np.ndarray) -> np.ndarray:
@@ -261,13 +219,16 @@ def load_batches(
 def to_model_input(
     pixels: torch.Tensor, processor: DeiTImageProcessor, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """Rescale and normalize a uint8 (n, 3, H, W) batch as ``processor`` does, on ``device``.
+    """Rescale and normalize a uint8 (n, C, H, W) batch as ``processor`` does, on ``device``.
 
     The uint8 batch is moved first (4x fewer bytes than float32); each 8-bit level is then
     mapped through the processor's per-channel lookup table, so the float32 result equals the
     processor's output exactly. ``dtype`` is the model's (the table is rounded once).
     """
     table = processor.level_table()
+    channels = table.shape[0]
+    if pixels.shape[1] != channels:
+        raise ValueError(f"the batch has {pixels.shape[1]} channels but the processor's image_mean/image_std have {channels} values")
     pixels = pixels.to(device)
     if pixels.device.type == "cpu":
         # One index_select per contiguous (sample, channel) plane, straight into the output:
@@ -276,10 +237,10 @@ def to_model_input(
         levels = pixels.contiguous().int()
         values = torch.empty(levels.shape, dtype=dtype)
         for sample in range(levels.shape[0]):
-            for c in range(3):
+            for c in range(channels):
                 torch.index_select(table[c], 0, levels[sample, c].view(-1), out=values[sample, c].view(-1))
         return values
-    # (3, 256) table indexed by channel * 256 + level: one gather for the whole batch.
+    # (channels, 256) table indexed by channel * 256 + level: one gather for the whole batch.
     table = torch.from_numpy(table).to(device=pixels.device, dtype=dtype)
-    offsets = torch.arange(0, 3 * 256, 256, device=pixels.device, dtype=torch.int32).view(1, 3, 1, 1)
+    offsets = torch.arange(0, channels * 256, 256, device=pixels.device, dtype=torch.int32).view(1, channels, 1, 1)
     return table.view(-1)[pixels.int() + offsets]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 from PIL import Image
 
+from .images import DEFAULT_CROP_PCT, eval_resize_size, eval_sizes, float_to_255, int_to_uint8, is_wide_mode, read_image, to_8bit
 from .io import atomic_write_text
 
 if TYPE_CHECKING:  # torch is only needed for return_tensors="pt" and tensor inputs
@@ -38,30 +39,11 @@ __all__ = [
     "IMAGENET_DEFAULT_STD",
     "PREPROCESSOR_CONFIG_NAME",
     "eval_resize_size",
-    "pil_to_8bit",
 ]
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
-# Share of the resized image that the evaluation centre crop keeps (224 of 256).
-DEFAULT_CROP_PCT = 0.875
-
-
-def eval_resize_size(crop_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int:
-    """The side to resize an image to before an evaluation centre crop of ``crop_size`` that keeps
-    ``crop_pct`` of it: ``int(crop_size / crop_pct)`` (224 at 0.875 -> 256; 384 at 0.875 -> 438).
-
-    The DeiT authors' formula (``size = int(args.input_size / args.eval_crop_ratio)`` in
-    ``datasets.py`` of facebookresearch/deit), which timm's eval transform also uses
-    (``math.floor(img_size / crop_pct)``).
-    """
-    if isinstance(crop_size, bool) or not isinstance(crop_size, (int, np.integer)) or crop_size <= 0:
-        raise ValueError(f"crop_size must be a positive int, got {crop_size!r}")
-    if not 0 < crop_pct <= 1:
-        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
-    return int(crop_size / crop_pct)
-
 ImageLike = Union[Image.Image, np.ndarray, "torch.Tensor", str, os.PathLike]
 ImageInput = Union[ImageLike, Sequence[ImageLike]]
 
@@ -238,33 +220,6 @@ def _channel_axis(shape: tuple[int, ...], label: str, input_data_format: str | N
     )
 
 
-def _int_to_uint8(a: np.ndarray, label: str, sixteen_bit: bool) -> np.ndarray:
-    """Integer pixels -> uint8; 16-bit data is mapped 0..65535 -> 0..255 (v / 257, rounded)."""
-    if a.dtype == np.uint8:
-        return a
-    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
-    if lo < 0 or hi > 65535:
-        raise ValueError(f"{label}: integer pixel values must lie in [0, 255] (8-bit) or [0, 65535] (16-bit), "
-                         f"got [{lo}, {hi}]")
-    if not sixteen_bit and hi <= 255:
-        return a.astype(np.uint8)
-    # (v + 128) // 257 == round(v / 257) exactly (257 is odd, so there are no ties).
-    return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
-
-
-def _float_to_255(a: np.ndarray, label: str) -> tuple[np.ndarray, bool]:
-    """Float pixels -> float32 on the 0..255 scale, and whether they were in [0, 1] (already rescaled)."""
-    a = a.astype(np.float32, copy=False)
-    if not np.isfinite(a).all():
-        raise ValueError(f"{label}: float image contains NaN or infinite values")
-    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    if lo >= 0.0 and hi <= 1.0:
-        return a * np.float32(255.0), True
-    if lo >= 0.0 and hi <= 255.0:
-        return a, False
-    raise ValueError(f"{label}: float pixel values must lie in [0, 1] (or [0, 255]), got [{lo:g}, {hi:g}]")
-
-
 class _Pixels:
     """One decoded image: a PIL image (mode "RGB" or "L", or "RGBA" when four channels are kept;
     8-bit) or a float32 HWC array on the 0..255 scale (only when no resize is asked for, to keep
@@ -295,19 +250,11 @@ def _decode_pil(img: Image.Image, label: str, keep_float: bool, channels: int = 
         return _decode_pil(img, label, keep_float)  # one 8-bit plane (or float array) on the grayscale path
     if channels != 3:
         raise _channel_mismatch(label, len(img.getbands()), channels)
-    if mode in ("RGB", "L"):
-        return _Pixels(pil=img)
-    if mode == "1" or mode in ("LA", "La"):
-        return _Pixels(pil=img.convert("L"))  # dropping alpha of LA = its L band
-    if mode == "I" or mode.startswith("I;16"):
-        return _decode_array(np.asarray(img), label, None, keep_float, sixteen_bit=True)
-    if mode == "F":
-        return _decode_array(np.asarray(img), label, None, keep_float)
-    try:
-        # RGBA/RGBX/P/PA/CMYK/YCbCr/...: Pillow's own conversion; alpha is dropped, not composited.
-        return _Pixels(pil=img.convert("RGB"))
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{label}: cannot convert a PIL image of mode {mode!r} to RGB ({err})") from None
+    if is_wide_mode(mode):
+        # Through the array path (deit.images' value ranges), which keeps float precision when
+        # nothing is resized and remembers that a [0, 1] float image is already rescaled.
+        return _decode_array(np.asarray(img), label, None, keep_float, sixteen_bit=mode != "F")
+    return _Pixels(pil=to_8bit(img, label))
 
 
 def _decode_array(a: np.ndarray, label: str, input_data_format: str | None, keep_float: bool,
@@ -333,11 +280,11 @@ def _decode_array(a: np.ndarray, label: str, input_data_format: str | None, keep
     if a.dtype == np.bool_:
         u8 = a.astype(np.uint8) * np.uint8(255)
     elif a.dtype == np.uint16 or sixteen_bit:
-        u8 = _int_to_uint8(a, label, sixteen_bit=True)
+        u8 = int_to_uint8(a, label, sixteen_bit=True)
     elif np.issubdtype(a.dtype, np.integer):
-        u8 = _int_to_uint8(a, label, sixteen_bit=False)
+        u8 = int_to_uint8(a, label, sixteen_bit=False)
     elif np.issubdtype(a.dtype, np.floating):
-        f255, prescaled = _float_to_255(a, label)
+        f255, prescaled = float_to_255(a, label)
         if keep_float:
             return _Pixels(array=f255 if f255.ndim == 3 else f255[..., None], prescaled=prescaled)
         # Pillow resizes 8-bit data; round (not truncate) to the nearest level.
@@ -373,26 +320,9 @@ def _decode(item: Any, label: str, input_data_format: str | None, keep_float: bo
     if isinstance(item, np.ndarray):
         return _decode_array(item, label, input_data_format, keep_float, channels=channels)
     if isinstance(item, (str, os.PathLike)):
-        return _decode_pil(_open_path(item, label), label, keep_float, channels)
+        return _decode_pil(read_image(item, label), label, keep_float, channels)
     raise TypeError(f"{label}: expected a PIL image, numpy array, torch tensor or file path, "
                     f"got {type(item).__name__}")
-
-
-def _open_path(path: str | os.PathLike, label: str) -> Image.Image:
-    text = os.fspath(path)
-    if isinstance(text, str) and text.startswith(("http://", "https://")):
-        raise ValueError(f"{label}: URLs are not fetched ({text!r}); download the image and pass it or its path")
-    if not os.path.isfile(text):
-        raise ValueError(f"{label}: image file {text!r} does not exist")
-    from PIL import ImageOps
-
-    try:
-        with Image.open(text) as img:
-            img.load()
-            # Camera photos store their orientation in EXIF; Hugging Face's load_image applies it too.
-            return ImageOps.exif_transpose(img)
-    except OSError as err:
-        raise ValueError(f"{label}: cannot read {text!r} as an image ({err})") from None
 
 
 def _flatten(images: Any) -> list[tuple[str, Any]]:
@@ -486,12 +416,6 @@ def _from_channels_last(hwc: np.ndarray, channels_first: bool, data_format: str 
         return hwc[..., 0]
     first = channels_first if data_format is None else data_format == "channels_first"
     return np.ascontiguousarray(np.moveaxis(hwc, -1, 0)) if first else hwc
-
-
-def pil_to_8bit(image: Image.Image, label: str = "image") -> Image.Image:
-    """The image as the processor resizes it: 8-bit RGB, or L for grayscale (alpha dropped,
-    palettes and other modes converted by Pillow, 16-bit and float images mapped to 8 bits)."""
-    return _decode_pil(image, label, keep_float=False).pil
 
 
 # --------------------------------------------------------------------------- the processor
@@ -716,7 +640,7 @@ class DeiTImageProcessor:
         hwc, channels_first = _to_channels_last(image, input_data_format)
         floats = np.issubdtype(hwc.dtype, np.floating)
         if floats:
-            f255, zero_to_one = _float_to_255(hwc, "image")
+            f255, zero_to_one = float_to_255(hwc, "image")
             hwc = np.rint(f255).astype(np.uint8)
         elif hwc.dtype != np.uint8:
             raise TypeError(f"resize takes uint8 or float images, got {hwc.dtype}")
@@ -797,16 +721,22 @@ class DeiTImageProcessor:
     # ------------------------------------------------------------------ choosing one
 
     @classmethod
+    def for_eval(cls, image_size: int, crop_pct: float = DEFAULT_CROP_PCT, **kwargs: Any) -> DeiTImageProcessor:
+        """The evaluation resize rule of :mod:`deit.images` for a model of ``image_size``: the
+        shorter side to ``int(image_size / crop_pct)``, the centre ``image_size`` square; other
+        settings from ``kwargs`` (default: bicubic, ImageNet mean/std)."""
+        size, crop_size = eval_sizes(image_size, crop_pct)
+        return cls(size=size, crop_size=crop_size, **kwargs)
+
+    @classmethod
     def for_model(cls, source: str | os.PathLike, image_size: int) -> DeiTImageProcessor:
         """The processor of the model at ``source`` (a folder or a weights file): the
-        ``preprocessor_config.json`` beside it, else the DeiT evaluation recipe for
-        ``image_size`` (resize to :func:`eval_resize_size` of it at the default 0.875 crop ratio,
-        centre crop to ``image_size``, ImageNet mean/std)."""
+        ``preprocessor_config.json`` beside it, else :meth:`for_eval` of ``image_size``."""
         path = Path(source)
         folder = path if path.is_dir() else path.parent
         if (folder / PREPROCESSOR_CONFIG_NAME).is_file():
             return cls.from_pretrained(folder)
-        return cls(size=eval_resize_size(image_size), crop_size=image_size)
+        return cls.for_eval(image_size)
 
     # ------------------------------------------------------------------ serialization
 

@@ -25,10 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from PIL import Image, UnidentifiedImageError
 
     from ..auto import AutoModelForImageClassification
     from ..explain import explain, render
+    from ..images import ImageReadError, read_image
     from ..labels import class_names
     from ..loading import expand_inputs, output_names
     from ..processing import DeiTImageProcessor
@@ -48,11 +48,11 @@ def run(args: argparse.Namespace) -> int:
     failures = 0
     for path, name in zip(paths, output_names(paths)):
         try:
-            with Image.open(path) as image:
-                pixel_values = processor(image, return_tensors="pt")["pixel_values"]
-        except (UnidentifiedImageError, OSError, ValueError) as err:
+            # The file as decoded by deit.images; the processor's mode policy follows its mean/std.
+            pixel_values = processor(read_image(path, str(path)), return_tensors="pt")["pixel_values"]
+        except ValueError as err:
             failures += 1
-            print(f"deit attention: error: {path}: {err}", file=sys.stderr)
+            print(f"deit attention: error: {path}: {err.reason if isinstance(err, ImageReadError) else err}", file=sys.stderr)
             continue
         result = explain(model, pixel_values.to(args.device, model.dtype), method=args.method, tokens=tokens, head=args.head)
         target = out / f"{name}.attention.png"
