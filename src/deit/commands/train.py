@@ -165,6 +165,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"finished {epochs_text(len(result.history))}: {heads}; best top-1 {result.best:.2f}")
     corrupt = last.get("train_corrupt_images", 0) + last.get("val_corrupt_images", 0)
     if corrupt:
-        print(f"deit train: warning: {corrupt} unreadable image(s) were skipped (named in the warnings above)", file=sys.stderr)
+        print(f"deit train: warning: {corrupt} unreadable image(s) were skipped (named above)", file=sys.stderr)
     print(f"model: {result.output_dir / 'best'} (best), {result.output_dir / 'last'} (last); metrics: {result.output_dir / 'metrics.jsonl'}")
     return 0
