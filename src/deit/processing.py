@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -233,6 +234,33 @@ class _Pixels:
         # True when the input was float in [0, 1]: the user already rescaled it, so it is
         # divided by 255 exactly once whatever do_rescale says (no double rescale).
         self.prescaled = prescaled
+
+
+@dataclass(frozen=True)
+class _CallSettings:
+    """The settings of one :meth:`DeiTImageProcessor.preprocess` call (the processor's, overridden)."""
+
+    do_resize: bool
+    size: dict[str, int]
+    resample: int
+    do_center_crop: bool
+    crop_size: dict[str, int]
+    do_rescale: bool
+    rescale_factor: float
+    do_normalize: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    data_format: str
+    input_data_format: str | None
+    return_tensors: str | None
+    device: Any
+
+    def scale_of(self, px: _Pixels) -> float | None:
+        """What an image's levels are multiplied by: 1/255 for a float image already in [0, 1]
+        (so it is rescaled exactly once), else the rescale factor when rescaling."""
+        if px.prescaled:
+            return 1.0 / 255.0
+        return self.rescale_factor if self.do_rescale else None
 
 
 def _channel_mismatch(label: str, found: int, channels: int) -> ValueError:
@@ -502,113 +530,65 @@ class DeiTImageProcessor:
         images keep their channels and others are refused. ``do_convert_rgb`` is accepted for
         Hugging Face compatibility.
         """
-        do_resize = self.do_resize if do_resize is None else _parse_bool(do_resize, "do_resize")
-        size = self.size if size is None else _parse_size(size, "size", True)
-        resample = self.resample if resample is None else _resample_to_int(resample)
-        do_center_crop = self.do_center_crop if do_center_crop is None else _parse_bool(do_center_crop,
-                                                                                           "do_center_crop")
-        crop_size = self.crop_size if crop_size is None else _parse_size(crop_size, "crop_size", False)
-        do_rescale = self.do_rescale if do_rescale is None else _parse_bool(do_rescale, "do_rescale")
-        rescale_factor = self.rescale_factor if rescale_factor is None else float(rescale_factor)
-        do_normalize = self.do_normalize if do_normalize is None else _parse_bool(do_normalize, "do_normalize")
+        call = self._settings_for_call(
+            return_tensors=return_tensors, do_resize=do_resize, size=size, resample=resample, do_center_crop=do_center_crop,
+            crop_size=crop_size, do_rescale=do_rescale, rescale_factor=rescale_factor, do_normalize=do_normalize,
+            image_mean=image_mean, image_std=image_std, data_format=data_format, input_data_format=input_data_format, device=device,
+        )
+        items = _flatten(images)
+        workers = min(len(items), os.cpu_count() or 1, _MAX_WORKERS)
+        if workers > 1:
+            # Pillow releases the GIL while decoding and resizing, which is most of the work.
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                decoded = list(pool.map(lambda entry: self._prepare(entry, call), items))
+        else:
+            decoded = [self._prepare(entry, call) for entry in items]
+        return _pixel_values(items, decoded, call)
+
+    def _settings_for_call(self, *, return_tensors: Any, do_resize: Any, size: Any, resample: Any, do_center_crop: Any, crop_size: Any,
+                           do_rescale: Any, rescale_factor: Any, do_normalize: Any, image_mean: Any, image_std: Any,
+                           data_format: str, input_data_format: str | None, device: Any) -> _CallSettings:
+        """The processor's settings with this call's overrides, each checked."""
         mean, std = _parse_mean_std(self.image_mean if image_mean is None else image_mean,
                                     self.image_std if image_std is None else image_std)
-        channels = len(mean)
-        if do_normalize and any(s == 0.0 for s in std):
+        call = _CallSettings(
+            do_resize=self.do_resize if do_resize is None else _parse_bool(do_resize, "do_resize"),
+            size=self.size if size is None else _parse_size(size, "size", True),
+            resample=self.resample if resample is None else _resample_to_int(resample),
+            do_center_crop=self.do_center_crop if do_center_crop is None else _parse_bool(do_center_crop, "do_center_crop"),
+            crop_size=self.crop_size if crop_size is None else _parse_size(crop_size, "crop_size", False),
+            do_rescale=self.do_rescale if do_rescale is None else _parse_bool(do_rescale, "do_rescale"),
+            rescale_factor=self.rescale_factor if rescale_factor is None else float(rescale_factor),
+            do_normalize=self.do_normalize if do_normalize is None else _parse_bool(do_normalize, "do_normalize"),
+            mean=mean, std=std, data_format=data_format, input_data_format=input_data_format,
+            return_tensors=getattr(return_tensors, "value", return_tensors),  # HF's TensorType enum
+            device=device,
+        )
+        if call.do_normalize and any(s == 0.0 for s in std):
             raise ValueError(f"image_std must not contain zeros, got {std}")
         if data_format not in ("channels_first", "channels_last"):
             raise ValueError(f"data_format must be 'channels_first' or 'channels_last', got {data_format!r}")
         if input_data_format not in (None, "channels_first", "channels_last"):
             raise ValueError(f"input_data_format must be 'channels_first', 'channels_last' or None, "
                              f"got {input_data_format!r}")
-        return_tensors = getattr(return_tensors, "value", return_tensors)  # HF's TensorType enum
-        if return_tensors not in (None, "pt", "np", "tf", "jax"):
-            raise ValueError(f"return_tensors must be 'pt', 'np', 'tf', 'jax' or None, got {return_tensors!r}")
-        if device is not None and return_tensors != "pt":
+        if call.return_tensors not in (None, "pt", "np", "tf", "jax"):
+            raise ValueError(f"return_tensors must be 'pt', 'np', 'tf', 'jax' or None, got {call.return_tensors!r}")
+        if device is not None and call.return_tensors != "pt":
             raise ValueError("device= needs return_tensors='pt'")
+        return call
 
-        items = _flatten(images)
-
-        def prepare(entry: tuple[str, Any]) -> _Pixels:
-            label, item = entry
-            px = _decode(item, label, input_data_format, keep_float=not do_resize, channels=channels)
-            if px.pil is not None:
-                if do_resize:
-                    px.pil = self.resize(px.pil, size, resample)
-                if do_center_crop:
-                    px.pil = self.center_crop(px.pil, crop_size)
-            elif do_center_crop:
-                px.array = self.center_crop(px.array, crop_size, input_data_format="channels_last")
-            return px
-
-        workers = min(len(items), os.cpu_count() or 1, _MAX_WORKERS)
-        if workers > 1:
-            # Pillow releases the GIL while decoding and resizing, which is most of the work.
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                decoded = list(pool.map(prepare, items))
-        else:
-            decoded = [prepare(entry) for entry in items]
-
-        def scale_of(px: _Pixels) -> float | None:
-            if px.prescaled:
-                return 1.0 / 255.0
-            return rescale_factor if do_rescale else None
-
-        # Raw uint8 pixels come back unchanged when neither rescale nor normalize is asked for
-        # (as in Hugging Face); otherwise float32.
-        raw = [px.pil is not None and scale_of(px) is None and not do_normalize for px in decoded]
-        out_dtype = np.uint8 if all(raw) else np.float32
-        shapes = [(px.pil.height, px.pil.width) if px.pil is not None else px.array.shape[:2] for px in decoded]
-
-        def layout(h: int, w: int) -> tuple[int, int, int]:
-            return (channels, h, w) if data_format == "channels_first" else (h, w, channels)
-
-        if return_tensors is not None:
-            if len(set(shapes)) != 1:
-                detail = ", ".join(f"{label}: {s[0]}x{s[1]}" for (label, _), s in zip(items, shapes))
-                raise ValueError(f"cannot stack images of different sizes into one tensor ({detail}); "
-                                 "enable center crop, use a height/width size, or pass return_tensors=None")
-            batch = np.empty((len(decoded),) + layout(*shapes[0]), dtype=out_dtype)
-            outputs = list(batch)
-        else:
-            outputs = [np.empty(layout(*s), dtype=out_dtype) for s in shapes]
-
-        luts: dict[float | None, np.ndarray] = {}
-        for px, out in zip(decoded, outputs):
-            chw = out if data_format == "channels_first" else out.transpose(2, 0, 1)
-            scale = scale_of(px)
-            if px.pil is not None:
-                pixels = np.asarray(px.pil)
-                if out_dtype == np.uint8 or (scale is None and not do_normalize):
-                    _write_channels(chw, pixels, None)
-                else:
-                    if scale not in luts:
-                        luts[scale] = _lookup_table(scale, do_normalize, mean, std)
-                    _write_channels(chw, pixels, luts[scale])
-            else:
-                _write_channels(chw, _float_pixels(px.array, scale, do_normalize, mean, std, channels), None)
-
-        if return_tensors is None:
-            return BatchFeature(pixel_values=outputs)
-        if return_tensors == "np":
-            return BatchFeature(pixel_values=batch)
-        if return_tensors == "tf":
-            from .tensorflow_import import import_dynamo_before_tensorflow
-
-            import_dynamo_before_tensorflow()
-            import tensorflow as tf
-
-            return BatchFeature(pixel_values=tf.convert_to_tensor(batch))
-        if return_tensors == "jax":
-            import jax.numpy as jnp
-
-            return BatchFeature(pixel_values=jnp.asarray(batch))
-        import torch
-
-        tensor = torch.from_numpy(batch)
-        if device is not None:
-            tensor = tensor.to(device)
-        return BatchFeature(pixel_values=tensor)
+    def _prepare(self, entry: tuple[str, Any], call: _CallSettings) -> _Pixels:
+        """One image decoded, resized and cropped (8-bit, or float when nothing is resized)."""
+        label, item = entry
+        px = _decode(item, label, call.input_data_format, keep_float=not call.do_resize, channels=len(call.mean))
+        if px.pil is not None:
+            if call.do_resize:
+                px.pil = self.resize(px.pil, call.size, call.resample)
+            if call.do_center_crop:
+                px.pil = self.center_crop(px.pil, call.crop_size)
+        elif call.do_center_crop:
+            px.array = self.center_crop(px.array, call.crop_size, input_data_format="channels_last")
+        return px
 
     # ------------------------------------------------------------ the steps, one by one
     # The reference's processors have these as methods that users call in turn on numpy images.
@@ -814,6 +794,66 @@ DeiTFeatureExtractor = DeiTImageProcessor
 
 
 # --------------------------------------------------------------------------- numeric kernels
+
+
+def _pixel_values(items: list[tuple[str, Any]], decoded: list[_Pixels], call: _CallSettings) -> BatchFeature:
+    """The prepared images rescaled, normalized and laid out as ``call`` asks: 8-bit levels go
+    through one lookup table per channel, float images (nothing resized) are computed."""
+    channels = len(call.mean)
+    # Raw uint8 pixels come back unchanged when neither rescale nor normalize is asked for
+    # (as in Hugging Face); otherwise float32.
+    raw = [px.pil is not None and call.scale_of(px) is None and not call.do_normalize for px in decoded]
+    out_dtype = np.uint8 if all(raw) else np.float32
+    shapes = [(px.pil.height, px.pil.width) if px.pil is not None else px.array.shape[:2] for px in decoded]
+
+    def layout(h: int, w: int) -> tuple[int, int, int]:
+        return (channels, h, w) if call.data_format == "channels_first" else (h, w, channels)
+
+    batch = None
+    if call.return_tensors is not None:
+        if len(set(shapes)) != 1:
+            detail = ", ".join(f"{label}: {s[0]}x{s[1]}" for (label, _), s in zip(items, shapes))
+            raise ValueError(f"cannot stack images of different sizes into one tensor ({detail}); "
+                             "enable center crop, use a height/width size, or pass return_tensors=None")
+        batch = np.empty((len(decoded),) + layout(*shapes[0]), dtype=out_dtype)
+        outputs = list(batch)
+    else:
+        outputs = [np.empty(layout(*s), dtype=out_dtype) for s in shapes]
+
+    luts: dict[float | None, np.ndarray] = {}
+    for px, out in zip(decoded, outputs):
+        chw = out if call.data_format == "channels_first" else out.transpose(2, 0, 1)
+        scale = call.scale_of(px)
+        if px.pil is None:
+            _write_channels(chw, _float_pixels(px.array, scale, call.do_normalize, call.mean, call.std, channels), None)
+        elif out_dtype == np.uint8 or (scale is None and not call.do_normalize):
+            _write_channels(chw, np.asarray(px.pil), None)
+        else:
+            if scale not in luts:
+                luts[scale] = _lookup_table(scale, call.do_normalize, call.mean, call.std)
+            _write_channels(chw, np.asarray(px.pil), luts[scale])
+    return BatchFeature(pixel_values=outputs if batch is None else _as_tensors(batch, call.return_tensors, call.device))
+
+
+def _as_tensors(batch: np.ndarray, return_tensors: str, device: Any) -> Any:
+    """A numpy batch as the framework's array that ``return_tensors`` names."""
+    if return_tensors == "np":
+        return batch
+    if return_tensors == "tf":
+        from .tensorflow_import import import_dynamo_before_tensorflow
+
+        import_dynamo_before_tensorflow()
+        import tensorflow as tf
+
+        return tf.convert_to_tensor(batch)
+    if return_tensors == "jax":
+        import jax.numpy as jnp
+
+        return jnp.asarray(batch)
+    import torch
+
+    tensor = torch.from_numpy(batch)
+    return tensor if device is None else tensor.to(device)
 
 
 def _lookup_table(scale: float | None, do_normalize: bool, mean: Iterable[float],
