@@ -28,17 +28,22 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import BinaryIO, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:  # torch is only needed for tensor inputs, and then already imported
+    import torch
 
 __all__ = [
     "IMAGE_SUFFIXES", "DEFAULT_CROP_PCT", "ImageReadError", "ImageSource",
     "read_image", "open_image", "open_rgb", "open_image_array", "to_8bit", "to_rgb",
     "is_wide_mode", "int_to_uint8", "float_to_255", "eval_resize_size", "eval_sizes",
+    "ALLOWED_CHANNELS", "ImageLike", "ImageInput", "DecodedImage", "channel_axis", "decode_image", "flatten_images",
 ]
 
 # The files a folder contributes (lowercase; compare with ``path.suffix.lower()``).
@@ -47,6 +52,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif
 DEFAULT_CROP_PCT = 0.875
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
+ImageLike = Union[Image.Image, np.ndarray, "torch.Tensor", str, os.PathLike]
+ImageInput = Union[ImageLike, Sequence[ImageLike]]
+# Channel counts an image may have: grayscale, RGB, RGBA.
+ALLOWED_CHANNELS = (1, 3, 4)
 # Given the stored (height, width) of a JPEG, the smallest (height, width) worth decoding.
 DraftSize = Callable[[int, int], tuple[int, int]]
 
@@ -190,6 +199,171 @@ def _decode_plain_jpeg(path: str) -> np.ndarray | None:
     # Pillow's decode settings: accurate integer IDCT and fancy (smooth) chroma upsampling.
     pixels = simplejpeg.decode_jpeg(data, colorspace="RGB" if img.mode == "RGB" else "GRAY", fastdct=False, fastupsample=False, strict=True)
     return pixels[..., 0] if img.mode == "L" else pixels
+
+
+# --------------------------------------------------------------------------- in-memory images
+# What the image processor accepts besides files (PIL images, numpy arrays, torch tensors, in
+# batches and lists), decoded by the same policy: 8-bit RGB or L for Pillow to resize, or a
+# float array when nothing is resized (to keep float precision).
+
+
+def channel_axis(shape: tuple[int, ...], label: str, input_data_format: str | None) -> int:
+    """Index (0 or 2) of the channel axis of a 3-D image."""
+    if input_data_format is not None:
+        axis = 0 if input_data_format == "channels_first" else 2
+        if shape[axis] not in ALLOWED_CHANNELS:
+            raise ValueError(
+                f"{label}: image of shape {shape} has {shape[axis]} channels on its {input_data_format} axis; "
+                "expected 1 (grayscale), 3 (RGB) or 4 (RGBA)"
+            )
+        return axis
+    # Same preference as Hugging Face: channels-first wins when both ends could be channels.
+    if shape[0] in ALLOWED_CHANNELS:
+        return 0
+    if shape[2] in ALLOWED_CHANNELS:
+        return 2
+    raise ValueError(
+        f"{label}: cannot find the channel axis of an image of shape {shape}: expected 1 (grayscale), "
+        f"3 (RGB) or 4 (RGBA) channels on the first or last axis, got {shape[0]} and {shape[2]}"
+    )
+
+
+class DecodedImage:
+    """One decoded image: a PIL image (mode "RGB" or "L", or "RGBA" when four channels are kept;
+    8-bit) or a float32 HWC array on the 0..255 scale (only when no resize is asked for, to keep
+    float precision)."""
+
+    __slots__ = ("pil", "array", "prescaled")
+
+    def __init__(self, pil: Image.Image | None = None, array: np.ndarray | None = None, prescaled: bool = False):
+        self.pil = pil
+        self.array = array
+        # True when the input was float in [0, 1]: the user already rescaled it, so it is
+        # divided by 255 exactly once whatever do_rescale says (no double rescale).
+        self.prescaled = prescaled
+
+
+def _channel_mismatch(label: str, found: int, channels: int) -> ValueError:
+    return ValueError(f"{label}: image has {found} channel(s) but image_mean/image_std have {channels} value(s); "
+                      "give one mean/std value per image channel")
+
+
+def _decode_pil(img: Image.Image, label: str, keep_float: bool, channels: int = 3) -> DecodedImage:
+    """``channels``: 3 makes every image RGB (grayscale stays one plane, repeated at the end);
+    1 and 4 keep grayscale and RGBA images as they are and refuse others."""
+    mode = img.mode
+    if channels == 4 and mode in ("RGBA", "RGBa", "PA"):
+        return DecodedImage(pil=img if mode == "RGBA" else img.convert("RGBA"))
+    if channels == 1 and (mode in ("L", "1", "LA", "La", "I", "F") or mode.startswith("I;16")):
+        return _decode_pil(img, label, keep_float)  # one 8-bit plane (or float array) on the grayscale path
+    if channels != 3:
+        raise _channel_mismatch(label, len(img.getbands()), channels)
+    if is_wide_mode(mode):
+        # Through the array path (deit.images' value ranges), which keeps float precision when
+        # nothing is resized and remembers that a [0, 1] float image is already rescaled.
+        return _decode_array(np.asarray(img), label, None, keep_float, sixteen_bit=mode != "F")
+    return DecodedImage(pil=to_8bit(img, label))
+
+
+def _decode_array(a: np.ndarray, label: str, input_data_format: str | None, keep_float: bool,
+                  sixteen_bit: bool = False, channels: int = 3) -> DecodedImage:
+    if a.ndim == 3:
+        axis = channel_axis(a.shape, label, input_data_format)
+        if axis == 0:
+            a = np.moveaxis(a, 0, -1)
+        if channels != 3 and a.shape[-1] != channels:
+            raise _channel_mismatch(label, a.shape[-1], channels)
+        if a.shape[-1] == 4 and channels == 3:
+            a = a[..., :3]  # RGBA -> RGB: drop alpha like PIL convert("RGB")
+        elif a.shape[-1] == 1:
+            a = a[..., 0]
+    elif a.ndim != 2:
+        raise ValueError(f"{label}: an image must be a 2-D (H, W) or 3-D (H, W, C) / (C, H, W) array, "
+                         f"got shape {tuple(a.shape)}")
+    elif channels not in (1, 3):
+        raise _channel_mismatch(label, 1, channels)
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"{label}: image has an empty side (shape {tuple(a.shape)})")
+
+    if a.dtype == np.bool_:
+        u8 = a.astype(np.uint8) * np.uint8(255)
+    elif a.dtype == np.uint16 or sixteen_bit:
+        u8 = int_to_uint8(a, label, sixteen_bit=True)
+    elif np.issubdtype(a.dtype, np.integer):
+        u8 = int_to_uint8(a, label, sixteen_bit=False)
+    elif np.issubdtype(a.dtype, np.floating):
+        f255, prescaled = float_to_255(a, label)
+        if keep_float:
+            return DecodedImage(array=f255 if f255.ndim == 3 else f255[..., None], prescaled=prescaled)
+        # Pillow resizes 8-bit data; round (not truncate) to the nearest level.
+        u8 = np.rint(f255).astype(np.uint8)
+        return DecodedImage(pil=Image.fromarray(np.ascontiguousarray(u8)), prescaled=prescaled)
+    else:
+        raise TypeError(f"{label}: unsupported pixel dtype {a.dtype}")
+    return DecodedImage(pil=Image.fromarray(np.ascontiguousarray(u8)))
+
+
+def _is_torch_tensor(x: Any) -> bool:
+    torch = sys.modules.get("torch")  # never import torch just to check a type
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _tensor_to_numpy(t: "torch.Tensor") -> np.ndarray:
+    import torch
+
+    t = t.detach().cpu()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()
+    try:
+        return t.numpy()
+    except TypeError:  # dtypes numpy lacks (e.g. uint16/uint32 in older torch)
+        return t.to(torch.int64).numpy()
+
+
+def decode_image(item: Any, label: str, input_data_format: str | None, keep_float: bool, channels: int = 3) -> DecodedImage:
+    if isinstance(item, Image.Image):
+        return _decode_pil(item, label, keep_float, channels)
+    if _is_torch_tensor(item):
+        item = _tensor_to_numpy(item)
+    if isinstance(item, np.ndarray):
+        return _decode_array(item, label, input_data_format, keep_float, channels=channels)
+    if isinstance(item, (str, os.PathLike)):
+        return _decode_pil(read_image(item, label), label, keep_float, channels)
+    raise TypeError(f"{label}: expected a PIL image, numpy array, torch tensor or file path, "
+                    f"got {type(item).__name__}")
+
+
+def flatten_images(images: Any) -> list[tuple[str, Any]]:
+    """Flatten the accepted input structures into (label, single image) pairs."""
+
+    def batch_or_single(x: Any, label: str) -> list[tuple[str, Any]]:
+        ndim = getattr(x, "ndim", None)
+        if ndim == 4:
+            if x.shape[0] == 0:
+                raise ValueError(f"{label}: empty batch (shape {tuple(x.shape)})")
+            return [(f"{label}[{i}]", x[i]) for i in range(x.shape[0])]
+        if ndim in (2, 3):
+            return [(label, x)]
+        raise ValueError(f"{label}: expected a 2-D/3-D image or a 4-D batch, got an array of shape {tuple(x.shape)}")
+
+    def one(x: Any, label: str, depth: int) -> list[tuple[str, Any]]:
+        if isinstance(x, Image.Image) or isinstance(x, (str, os.PathLike)):
+            return [(label, x)]
+        if isinstance(x, np.ndarray) or _is_torch_tensor(x):
+            return batch_or_single(x, label)
+        if isinstance(x, (list, tuple)):
+            if depth >= 2:
+                raise TypeError(f"{label}: images may be nested at most two lists deep")
+            if len(x) == 0:
+                raise ValueError(f"{label}: empty list of images")
+            out: list[tuple[str, Any]] = []
+            for i, sub in enumerate(x):
+                out.extend(one(sub, f"{label}[{i}]", depth + 1))
+            return out
+        raise TypeError(f"{label}: expected a PIL image, numpy array, torch tensor, file path or a list of them, "
+                        f"got {type(x).__name__}")
+
+    return one(images, "images", 0)
 
 
 # --------------------------------------------------------------------------- pixel value ranges

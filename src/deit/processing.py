@@ -9,27 +9,38 @@ same way, so uint8 inputs give bit-identical outputs.
 Speed comes from keeping pixels uint8 until the very end: resize and crop run
 inside Pillow, and rescale + normalize is one 256-entry lookup table per
 channel instead of float arithmetic over the whole image.
+
+Files, PIL images, arrays and tensors become pixels in :mod:`deit.images` (EXIF
+orientation, the mode policy, value ranges), as on every other path; this module
+holds the processor, its settings and its ``preprocessor_config.json``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .images import DEFAULT_CROP_PCT, eval_resize_size, eval_sizes, float_to_255, int_to_uint8, is_wide_mode, read_image, to_8bit
+from .images import (
+    ALLOWED_CHANNELS,
+    DEFAULT_CROP_PCT,
+    DecodedImage,
+    ImageInput,
+    channel_axis,
+    decode_image,
+    eval_resize_size,
+    eval_sizes,
+    flatten_images,
+    float_to_255,
+)
 from .io import atomic_write_text
-
-if TYPE_CHECKING:  # torch is only needed for return_tensors="pt" and tensor inputs
-    import torch
 
 __all__ = [
     "BatchFeature",
@@ -45,8 +56,6 @@ __all__ = [
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
-ImageLike = Union[Image.Image, np.ndarray, "torch.Tensor", str, os.PathLike]
-ImageInput = Union[ImageLike, Sequence[ImageLike]]
 
 _RESAMPLE_NAMES = {
     "nearest": Image.Resampling.NEAREST,
@@ -56,7 +65,6 @@ _RESAMPLE_NAMES = {
     "box": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
-_ALLOWED_CHANNELS = (1, 3, 4)
 _MAX_WORKERS = 8  # threads for batches; resizing scales well up to about this many
 # Keys of the Hugging Face file we do not keep: the type key is rewritten by us.
 _DROPPED_KEYS = {"image_processor_type", "feature_extractor_type"}
@@ -167,7 +175,7 @@ def _parse_channel_stats(value: Any, what: str, channels: int = 3) -> tuple[floa
         stats = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         raise ValueError(f"{what} must be a float or 3 floats (one per RGB channel), got {value!r}") from None
-    if len(stats) not in _ALLOWED_CHANNELS:
+    if len(stats) not in ALLOWED_CHANNELS:
         raise ValueError(f"{what} must have 3 values (one per RGB channel), or 1 / 4 for grayscale / RGBA images; "
                          f"got {len(stats)}: {value!r}")
     return stats
@@ -197,45 +205,6 @@ def _parse_bool(value: Any, what: str) -> bool:
     return bool(value)
 
 
-# --------------------------------------------------------------------------- input decoding
-
-
-def _channel_axis(shape: tuple[int, ...], label: str, input_data_format: str | None) -> int:
-    """Index (0 or 2) of the channel axis of a 3-D image."""
-    if input_data_format is not None:
-        axis = 0 if input_data_format == "channels_first" else 2
-        if shape[axis] not in _ALLOWED_CHANNELS:
-            raise ValueError(
-                f"{label}: image of shape {shape} has {shape[axis]} channels on its {input_data_format} axis; "
-                "expected 1 (grayscale), 3 (RGB) or 4 (RGBA)"
-            )
-        return axis
-    # Same preference as Hugging Face: channels-first wins when both ends could be channels.
-    if shape[0] in _ALLOWED_CHANNELS:
-        return 0
-    if shape[2] in _ALLOWED_CHANNELS:
-        return 2
-    raise ValueError(
-        f"{label}: cannot find the channel axis of an image of shape {shape}: expected 1 (grayscale), "
-        f"3 (RGB) or 4 (RGBA) channels on the first or last axis, got {shape[0]} and {shape[2]}"
-    )
-
-
-class _Pixels:
-    """One decoded image: a PIL image (mode "RGB" or "L", or "RGBA" when four channels are kept;
-    8-bit) or a float32 HWC array on the 0..255 scale (only when no resize is asked for, to keep
-    float precision)."""
-
-    __slots__ = ("pil", "array", "prescaled")
-
-    def __init__(self, pil: Image.Image | None = None, array: np.ndarray | None = None, prescaled: bool = False):
-        self.pil = pil
-        self.array = array
-        # True when the input was float in [0, 1]: the user already rescaled it, so it is
-        # divided by 255 exactly once whatever do_rescale says (no double rescale).
-        self.prescaled = prescaled
-
-
 @dataclass(frozen=True)
 class _CallSettings:
     """The settings of one :meth:`DeiTImageProcessor.preprocess` call (the processor's, overridden)."""
@@ -255,135 +224,12 @@ class _CallSettings:
     return_tensors: str | None
     device: Any
 
-    def scale_of(self, px: _Pixels) -> float | None:
+    def scale_of(self, px: DecodedImage) -> float | None:
         """What an image's levels are multiplied by: 1/255 for a float image already in [0, 1]
         (so it is rescaled exactly once), else the rescale factor when rescaling."""
         if px.prescaled:
             return 1.0 / 255.0
         return self.rescale_factor if self.do_rescale else None
-
-
-def _channel_mismatch(label: str, found: int, channels: int) -> ValueError:
-    return ValueError(f"{label}: image has {found} channel(s) but image_mean/image_std have {channels} value(s); "
-                      "give one mean/std value per image channel")
-
-
-def _decode_pil(img: Image.Image, label: str, keep_float: bool, channels: int = 3) -> _Pixels:
-    """``channels``: 3 makes every image RGB (grayscale stays one plane, repeated at the end);
-    1 and 4 keep grayscale and RGBA images as they are and refuse others."""
-    mode = img.mode
-    if channels == 4 and mode in ("RGBA", "RGBa", "PA"):
-        return _Pixels(pil=img if mode == "RGBA" else img.convert("RGBA"))
-    if channels == 1 and (mode in ("L", "1", "LA", "La", "I", "F") or mode.startswith("I;16")):
-        return _decode_pil(img, label, keep_float)  # one 8-bit plane (or float array) on the grayscale path
-    if channels != 3:
-        raise _channel_mismatch(label, len(img.getbands()), channels)
-    if is_wide_mode(mode):
-        # Through the array path (deit.images' value ranges), which keeps float precision when
-        # nothing is resized and remembers that a [0, 1] float image is already rescaled.
-        return _decode_array(np.asarray(img), label, None, keep_float, sixteen_bit=mode != "F")
-    return _Pixels(pil=to_8bit(img, label))
-
-
-def _decode_array(a: np.ndarray, label: str, input_data_format: str | None, keep_float: bool,
-                  sixteen_bit: bool = False, channels: int = 3) -> _Pixels:
-    if a.ndim == 3:
-        axis = _channel_axis(a.shape, label, input_data_format)
-        if axis == 0:
-            a = np.moveaxis(a, 0, -1)
-        if channels != 3 and a.shape[-1] != channels:
-            raise _channel_mismatch(label, a.shape[-1], channels)
-        if a.shape[-1] == 4 and channels == 3:
-            a = a[..., :3]  # RGBA -> RGB: drop alpha like PIL convert("RGB")
-        elif a.shape[-1] == 1:
-            a = a[..., 0]
-    elif a.ndim != 2:
-        raise ValueError(f"{label}: an image must be a 2-D (H, W) or 3-D (H, W, C) / (C, H, W) array, "
-                         f"got shape {tuple(a.shape)}")
-    elif channels not in (1, 3):
-        raise _channel_mismatch(label, 1, channels)
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise ValueError(f"{label}: image has an empty side (shape {tuple(a.shape)})")
-
-    if a.dtype == np.bool_:
-        u8 = a.astype(np.uint8) * np.uint8(255)
-    elif a.dtype == np.uint16 or sixteen_bit:
-        u8 = int_to_uint8(a, label, sixteen_bit=True)
-    elif np.issubdtype(a.dtype, np.integer):
-        u8 = int_to_uint8(a, label, sixteen_bit=False)
-    elif np.issubdtype(a.dtype, np.floating):
-        f255, prescaled = float_to_255(a, label)
-        if keep_float:
-            return _Pixels(array=f255 if f255.ndim == 3 else f255[..., None], prescaled=prescaled)
-        # Pillow resizes 8-bit data; round (not truncate) to the nearest level.
-        u8 = np.rint(f255).astype(np.uint8)
-        return _Pixels(pil=Image.fromarray(np.ascontiguousarray(u8)), prescaled=prescaled)
-    else:
-        raise TypeError(f"{label}: unsupported pixel dtype {a.dtype}")
-    return _Pixels(pil=Image.fromarray(np.ascontiguousarray(u8)))
-
-
-def _is_torch_tensor(x: Any) -> bool:
-    torch = sys.modules.get("torch")  # never import torch just to check a type
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
-def _tensor_to_numpy(t: "torch.Tensor") -> np.ndarray:
-    import torch
-
-    t = t.detach().cpu()
-    if t.dtype in (torch.float16, torch.bfloat16):
-        t = t.float()
-    try:
-        return t.numpy()
-    except TypeError:  # dtypes numpy lacks (e.g. uint16/uint32 in older torch)
-        return t.to(torch.int64).numpy()
-
-
-def _decode(item: Any, label: str, input_data_format: str | None, keep_float: bool, channels: int = 3) -> _Pixels:
-    if isinstance(item, Image.Image):
-        return _decode_pil(item, label, keep_float, channels)
-    if _is_torch_tensor(item):
-        item = _tensor_to_numpy(item)
-    if isinstance(item, np.ndarray):
-        return _decode_array(item, label, input_data_format, keep_float, channels=channels)
-    if isinstance(item, (str, os.PathLike)):
-        return _decode_pil(read_image(item, label), label, keep_float, channels)
-    raise TypeError(f"{label}: expected a PIL image, numpy array, torch tensor or file path, "
-                    f"got {type(item).__name__}")
-
-
-def _flatten(images: Any) -> list[tuple[str, Any]]:
-    """Flatten the accepted input structures into (label, single image) pairs."""
-
-    def batch_or_single(x: Any, label: str) -> list[tuple[str, Any]]:
-        ndim = getattr(x, "ndim", None)
-        if ndim == 4:
-            if x.shape[0] == 0:
-                raise ValueError(f"{label}: empty batch (shape {tuple(x.shape)})")
-            return [(f"{label}[{i}]", x[i]) for i in range(x.shape[0])]
-        if ndim in (2, 3):
-            return [(label, x)]
-        raise ValueError(f"{label}: expected a 2-D/3-D image or a 4-D batch, got an array of shape {tuple(x.shape)}")
-
-    def one(x: Any, label: str, depth: int) -> list[tuple[str, Any]]:
-        if isinstance(x, Image.Image) or isinstance(x, (str, os.PathLike)):
-            return [(label, x)]
-        if isinstance(x, np.ndarray) or _is_torch_tensor(x):
-            return batch_or_single(x, label)
-        if isinstance(x, (list, tuple)):
-            if depth >= 2:
-                raise TypeError(f"{label}: images may be nested at most two lists deep")
-            if len(x) == 0:
-                raise ValueError(f"{label}: empty list of images")
-            out: list[tuple[str, Any]] = []
-            for i, sub in enumerate(x):
-                out.extend(one(sub, f"{label}[{i}]", depth + 1))
-            return out
-        raise TypeError(f"{label}: expected a PIL image, numpy array, torch tensor, file path or a list of them, "
-                        f"got {type(x).__name__}")
-
-    return one(images, "images", 0)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -431,7 +277,7 @@ def _to_channels_last(image: np.ndarray, input_data_format: str | None) -> tuple
         return image[..., None], False
     if image.ndim != 3:
         raise ValueError(f"image: expected a 2-D (H, W) or 3-D (H, W, C) / (C, H, W) array, got shape {image.shape}")
-    if _channel_axis(image.shape, "image", input_data_format) == 0:
+    if channel_axis(image.shape, "image", input_data_format) == 0:
         return np.moveaxis(image, 0, -1), True
     return image, False
 
@@ -535,7 +381,7 @@ class DeiTImageProcessor:
             crop_size=crop_size, do_rescale=do_rescale, rescale_factor=rescale_factor, do_normalize=do_normalize,
             image_mean=image_mean, image_std=image_std, data_format=data_format, input_data_format=input_data_format, device=device,
         )
-        items = _flatten(images)
+        items = flatten_images(images)
         workers = min(len(items), os.cpu_count() or 1, _MAX_WORKERS)
         if workers > 1:
             # Pillow releases the GIL while decoding and resizing, which is most of the work.
@@ -577,10 +423,10 @@ class DeiTImageProcessor:
             raise ValueError("device= needs return_tensors='pt'")
         return call
 
-    def _prepare(self, entry: tuple[str, Any], call: _CallSettings) -> _Pixels:
+    def _prepare(self, entry: tuple[str, Any], call: _CallSettings) -> DecodedImage:
         """One image decoded, resized and cropped (8-bit, or float when nothing is resized)."""
         label, item = entry
-        px = _decode(item, label, call.input_data_format, keep_float=not call.do_resize, channels=len(call.mean))
+        px = decode_image(item, label, call.input_data_format, keep_float=not call.do_resize, channels=len(call.mean))
         if px.pil is not None:
             if call.do_resize:
                 px.pil = self.resize(px.pil, call.size, call.resample)
@@ -796,7 +642,7 @@ DeiTFeatureExtractor = DeiTImageProcessor
 # --------------------------------------------------------------------------- numeric kernels
 
 
-def _pixel_values(items: list[tuple[str, Any]], decoded: list[_Pixels], call: _CallSettings) -> BatchFeature:
+def _pixel_values(items: list[tuple[str, Any]], decoded: list[DecodedImage], call: _CallSettings) -> BatchFeature:
     """The prepared images rescaled, normalized and laid out as ``call`` asks: 8-bit levels go
     through one lookup table per channel, float images (nothing resized) are computed."""
     channels = len(call.mean)
