@@ -273,3 +273,14 @@ def test_item12_a_timm_teacher_with_the_users_weights_gets_the_students_batch(wo
     assert ("teacher timm:test_resnet: input 32x32 px (the student's batch as it is: the weights file's training size is unknown "
             "(timm's train.py feeds its teacher the same)); normalisation mean (0.485, 0.456, 0.406) std (0.229, 0.224, 0.225) "
             "(the student's: the weights file's are unknown)") in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["train", "pretrain", "eval"])
+def test_item11_every_training_option_has_a_text(command):
+    import argparse
+
+    from deit.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    silent = [action.option_strings or action.dest for action in commands[command]._actions if not (action.help or "").strip()]
+    assert not silent, f"deit {command}: options without a help text: {silent}"

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--transform", choices=("authors", "processor"), default="authors",
                    help="authors: resize to size/crop-pct + centre crop; processor: the checkpoint's preprocessor_config.json")
     p.add_argument("--crop-pct", type=float, default=0.875, help="crop ratio of the authors' transform (default 0.875)")
-    p.add_argument("--interpolation", choices=("bicubic", "bilinear"), default="bicubic")
+    p.add_argument("--interpolation", choices=("bicubic", "bilinear"), default="bicubic", help="resize filter of the authors' transform")
     p.add_argument("--num-workers", type=int, default=TrainConfig().resolved_num_workers,
                    help="DataLoader processes that decode images (default: up to 4, one core left to the model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
