@@ -262,28 +262,33 @@ class InferenceModel(_Frozen):
         if pixel_values.device.type != "cpu":
             raise RuntimeError(f"the model deit.optimize returns runs on the CPU, got pixel_values on {pixel_values.device}")
 
-        x = self._embed(pixel_values.to(self.dtype), interpolate)
-        hidden_states = [x] if output_hidden_states else None
         last_tokens = 0 if output_hidden_states else (arguments.get("last_layer_tokens") or self.tokens_read or 0)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, last_tokens if i == len(self.layers) - 1 else 0)
-            if hidden_states is not None:
-                hidden_states.append(x)
-        sequence = F.layer_norm(x, (self.config.hidden_size,), self.norm_weight, self.norm_bias, self.eps)
-        hidden = tuple(hidden_states) if hidden_states is not None else None
-
+        sequence, hidden = self.encode(pixel_values, interpolate, output_hidden_states, last_tokens)
         if not self.heads:
             pooled = None
             if self.pooler_activation is not None:
                 pooled = self.pooler_activation(F.linear(sequence[:, 0], self.pooler_weight, self.pooler_bias))
             output = BaseModelOutputWithPooling(sequence, pooled, hidden, None)
             return output if return_dict else output.to_tuple()
-        # Head i reads token i: [CLS] for the classifier, [CLS] and [DIST] for the two of a distilled model.
-        logits = [self._head(name, sequence[:, i]) for i, name in enumerate(self.heads)]
-        return self.head_outputs(logits, hidden, return_dict)
+        return self.classify(sequence, hidden, return_dict)
 
-    def head_outputs(self, logits: list[torch.Tensor], hidden: tuple[torch.Tensor, ...] | None, return_dict: bool) -> Any:
-        """The classifier's output from its heads' logits (one head, or [CLS] and [DIST])."""
+    def encode(self, pixel_values: torch.Tensor, interpolate: bool = False, output_hidden_states: bool = False,
+               last_tokens: int = 0) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """The final LayerNorm's output (only the first ``last_tokens`` tokens, which the last
+        block then computes alone, when > 0) and the hidden states if asked for."""
+        x = self._embed(pixel_values.to(self.dtype), interpolate)
+        hidden_states = [x] if output_hidden_states else None
+        for i, layer in enumerate(self.layers):
+            x = layer(x, last_tokens if i == len(self.layers) - 1 else 0)
+            if hidden_states is not None:
+                hidden_states.append(x)
+        sequence = F.layer_norm(x, (self.config.hidden_size,), self.norm_weight, self.norm_bias, self.eps)
+        return sequence, tuple(hidden_states) if hidden_states is not None else None
+
+    def classify(self, sequence: torch.Tensor, hidden: tuple[torch.Tensor, ...] | None, return_dict: bool) -> Any:
+        """The classifier's output from the final LayerNorm's output: head i reads token i ([CLS]
+        for the classifier, [CLS] and [DIST] for the two of a distilled model)."""
+        logits = [self._head(name, sequence[:, i]) for i, name in enumerate(self.heads)]
         if len(logits) == 1:
             output: Any = ImageClassifierOutput(None, logits[0], hidden, None)
         else:
