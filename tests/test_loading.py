@@ -101,6 +101,26 @@ def test_torch_resize_path_crops_and_zero_pads_as_the_pillow_path(files):
     assert torch.equal(torch_pixels, pil_pixels)
 
 
+@pytest.mark.parametrize("resize", ["pil", "torch"])
+def test_grayscale_and_rgba_processors_load_as_the_processor_does(files, resize):
+    """Issue 28: the loader follows the processor's channel count (one per image_mean value), as
+    the processor does: 1 keeps grayscale images, 4 keeps RGBA images, and an image that does
+    not fit is a named failure (the processor refuses it too), not a wrong tensor."""
+    for mean, fits, misfit in (([0.5], files[1], files[0]), ([0.5, 0.4, 0.3, 0.2], files[3], files[1])):
+        processor = deit.DeiTImageProcessor(image_mean=mean, image_std=[0.25] * len(mean))
+        pixels, order, failures = load_all([fits, misfit], processor, resize=resize)
+        assert order == [0] and [index for index, _ in failures] == [1] and "channel" in failures[0][1]
+        expected = processor(str(fits), return_tensors="pt")["pixel_values"]
+        assert pixels.shape[1] == len(mean)
+        if resize == "pil":
+            assert torch.equal(pixels, expected)
+        else:
+            # torchvision's bicubic against Pillow's: at most one 8-bit level (plus float rounding).
+            assert level_difference(pixels, expected, std=[0.25] * len(mean))[0] <= 1.0 + 1e-4
+        with pytest.raises(ValueError, match="channel"):
+            processor(str(misfit))
+
+
 def test_simplejpeg_decode_gives_pillows_pixels_and_leaves_other_files_to_pillow(tmp_path, monkeypatch):
     """The simplejpeg path must decode exactly as Pillow does (0 levels), and must not be used
     where it would differ: EXIF-rotated, CMYK, non-JPEG, truncated files."""

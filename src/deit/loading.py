@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from functools import partial
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import IMAGE_SUFFIXES, ImageReadError, open_image, open_image_array
+from .images import IMAGE_SUFFIXES, ImageReadError, decode_image, open_image_array, read_image
 from .processing import DeiTImageProcessor
 
 __all__ = ["LoadedBatch", "ImageFiles", "load_batches", "to_model_input", "default_num_workers", "RESIZE_KERNELS",
@@ -87,15 +88,16 @@ class LoadedBatch:
     """The images of one batch that loaded, as uint8, and the ones that did not."""
 
     indices: list[int]  # positions (in the list of paths) of the rows of ``pixels``
-    pixels: torch.Tensor  # (n, 3, H, W) uint8
+    pixels: torch.Tensor  # (n, C, H, W) uint8, C the processor's channel count
     failures: list[tuple[int, str]]  # (position, reason) of files that could not be read
 
 
 class ImageFiles(torch.utils.data.Dataset):
     """Image files decoded, resized and center-cropped as ``processor`` does, kept uint8.
 
-    Item ``i`` is ``(i, pixels, None)`` with (H, W, 3) or (H, W) uint8 pixels (numpy), or
-    ``(i, None, reason)``. A batch of items is loaded by ``threads`` threads (Pillow releases
+    Item ``i`` is ``(i, pixels, None)`` with (H, W, C) or (H, W) uint8 pixels (numpy), or
+    ``(i, None, reason)``. Images have the processor's channels (one per ``image_mean`` value),
+    decoded as the processor decodes them. A batch of items is loaded by ``threads`` threads (Pillow releases
     the GIL while it decodes and resizes).
     """
 
@@ -110,6 +112,7 @@ class ImageFiles(torch.utils.data.Dataset):
         self.draft = draft
         self.threads = threads
         self.resize = resize
+        self.channels = len(processor.image_mean)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -141,13 +144,16 @@ class ImageFiles(torch.utils.data.Dataset):
         return np.asarray(pil)
 
     def _decode_pil(self, path: str) -> Image.Image:
-        """The file as an upright 8-bit RGB or L image, JPEG decoded at a reduced size with ``draft``."""
+        """The file as an upright 8-bit image as the processor decodes it (RGB or L; RGBA for four
+        channels), JPEG decoded at a reduced size with ``draft``."""
         proc = self.processor
-        return open_image(path, path, draft=proc.resized_size if self.draft and proc.do_resize else None)
+        image = read_image(path, path, draft=proc.resized_size if self.draft and proc.do_resize else None)
+        return decode_image(image, path, None, keep_float=False, channels=self.channels).pil
 
     def _decode_tensor(self, path: str) -> torch.Tensor:
-        """The file as a (C, H, W) uint8 tensor, C = 3 or 1, EXIF orientation applied."""
-        pixels = torch.from_numpy(np.array(self._decode_pil(path)) if self.draft else open_image_array(path, path))
+        """The file as a (C, H, W) uint8 tensor (C = 1 for grayscale), EXIF orientation applied."""
+        plain_rgb = self.channels == 3 and not self.draft
+        pixels = torch.from_numpy(open_image_array(path, path) if plain_rgb else np.array(self._decode_pil(path)))
         return pixels.permute(2, 0, 1) if pixels.ndim == 3 else pixels[None]
 
     def _torch_resize_and_crop(self, image: torch.Tensor) -> np.ndarray:
@@ -159,18 +165,18 @@ class ImageFiles(torch.utils.data.Dataset):
             height, width = proc.resized_size(height, width)
             interpolation = tvF.InterpolationMode(_TORCHVISION_MODES[proc.resample])
             image = tvF.resize(image, [height, width], interpolation=interpolation, antialias=True)
-        pixels = image.permute(1, 2, 0).numpy() if image.shape[0] == 3 else image[0].numpy()
+        pixels = image.permute(1, 2, 0).numpy() if image.shape[0] > 1 else image[0].numpy()
         if proc.do_center_crop:
             pixels = proc.center_crop(pixels, input_data_format="channels_last")
         return pixels
 
 
-def _channels_first(pixels: np.ndarray) -> np.ndarray:
-    """(H, W, 3) or grayscale (H, W) -> a (3, H, W) view."""
-    return pixels.transpose(2, 0, 1) if pixels.ndim == 3 else np.broadcast_to(pixels, (3, *pixels.shape))
+def _channels_first(pixels: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W, C) or grayscale (H, W) -> a (C, H, W) view, grayscale repeated in ``channels``."""
+    return pixels.transpose(2, 0, 1) if pixels.ndim == 3 else np.broadcast_to(pixels, (channels, *pixels.shape))
 
 
-def _collate(items: list[tuple[int, np.ndarray | None, str | None]]) -> LoadedBatch:
+def _collate(items: list[tuple[int, np.ndarray | None, str | None]], channels: int) -> LoadedBatch:
     loaded = [(i, px) for i, px, _ in items if px is not None]
     failures = [(i, reason) for i, px, reason in items if px is None]
     if loaded:
@@ -178,9 +184,9 @@ def _collate(items: list[tuple[int, np.ndarray | None, str | None]]) -> LoadedBa
         if len(shapes) > 1:
             raise ValueError(f"images of different sizes {sorted(shapes)} cannot form a batch; enable center crop")
         # numpy, not torch.stack: its strided uint8 copy is much faster here (measured).
-        pixels = torch.from_numpy(np.stack([_channels_first(px) for _, px in loaded]))
+        pixels = torch.from_numpy(np.stack([_channels_first(px, channels) for _, px in loaded]))
     else:
-        pixels = torch.empty(0, 3, 0, 0, dtype=torch.uint8)
+        pixels = torch.empty(0, channels, 0, 0, dtype=torch.uint8)
     return LoadedBatch([i for i, _ in loaded], pixels, failures)
 
 
@@ -210,7 +216,7 @@ def load_batches(
     workers = default_num_workers(len(paths), batch_size) if num_workers is None else num_workers
     loader = torch.utils.data.DataLoader(
         ImageFiles(paths, processor, draft=draft, threads=threads, resize=resize), batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=_collate, prefetch_factor=4 if workers else None, persistent_workers=False,
+        collate_fn=partial(_collate, channels=len(processor.image_mean)), prefetch_factor=4 if workers else None, persistent_workers=False,
     )
     yield from loader
 
