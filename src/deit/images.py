@@ -100,7 +100,9 @@ def read_image(source: ImageSource, label: str | None = None, *, draft: DraftSiz
                 # The decoder picks the largest DCT scale that keeps both sides >= the request.
                 image.draft(image.mode, (width, height))
             image.load()
-            return ImageOps.exif_transpose(image)
+            # In place: without a rotation the image is not copied (what the default mode does).
+            ImageOps.exif_transpose(image, in_place=True)
+            return image
     except UnidentifiedImageError:
         raise ImageReadError(f"{label}: cannot read {where} as an image (not an image file)", "not an image file") from None
     except _DECODE_ERRORS as err:
