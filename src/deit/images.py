@@ -323,6 +323,10 @@ def _tensor_to_numpy(t: "torch.Tensor") -> np.ndarray:
 
 
 def decode_image(item: Any, label: str, input_data_format: str | None, keep_float: bool, channels: int = 3) -> DecodedImage:
+    """One image of any accepted kind (a file path, PIL image, numpy array or torch tensor) as
+    ``channels`` channels: 3 makes every image RGB (alpha dropped; grayscale stays one plane, for
+    the caller to repeat), 1 and 4 keep grayscale and RGBA images and refuse others.
+    ``keep_float``: float pixels stay a float array (nothing will be resized)."""
     if isinstance(item, Image.Image):
         return _decode_pil(item, label, keep_float, channels)
     if _is_torch_tensor(item):
