@@ -251,7 +251,7 @@ def test_train_one_epoch(train_runs, train_sources, source):
     accuracies = [v for k, v in metrics.items() if k.startswith(("val_acc", "ema_acc"))]
     assert accuracies and all(0 <= v <= 100 for v in accuracies)
     assert math.isfinite(metrics["train_loss"])
-    assert f"finished 1 epochs: top-1 {metrics['val_acc1']:.2f}" in proc.stdout
+    assert f"finished 1 epoch: top-1 {metrics['val_acc1']:.2f}" in proc.stdout
     assert f"fast kernels: {FAST_KERNELS} (" in proc.stdout
     assert (output / "curves.png").stat().st_size > 0 and (output / checkpointing.CHECKPOINT_NAME).is_file()
 
