@@ -1,5 +1,5 @@
 """The Hugging Face model API that every PyTorch model class inherits: ``from_pretrained`` /
-``save_pretrained``, gradient checkpointing switches, the PEFT hooks, parameter counts, the
+``save_pretrained`` / ``push_to_hub``, gradient checkpointing switches, the PEFT hooks, parameter counts, the
 forward arguments' config defaults.
 
 It knows no DeiT module: :mod:`deit.modeling` builds its models on :class:`PreTrainedModel`
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -19,6 +20,40 @@ from torch import nn
 
 from . import checkpoint
 from .config import DeiTConfig
+
+
+class HubUploadError(RuntimeError):
+    """An upload to the Hugging Face Hub could not be made (offline, no token, refused); nothing was uploaded."""
+
+
+def check_hub_upload(repo_id: str) -> None:
+    """Raise :class:`HubUploadError` when an upload to ``repo_id`` cannot work here: offline mode, or
+    no token. Made before long work (a training run) whose result would be pushed at its end."""
+    from huggingface_hub import constants, get_token
+
+    # The environment as it is now (huggingface_hub reads it once, at import).
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        raise HubUploadError(f"cannot push to the Hub repository {repo_id}: HF_HUB_OFFLINE is set (offline mode); "
+                             "unset it to upload, or save locally and upload later with `hf upload`")
+    if get_token() is None:
+        raise HubUploadError(f"cannot push to the Hub repository {repo_id}: no Hugging Face token (run `hf auth login` or set HF_TOKEN)")
+
+
+def upload_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, commit_message: str, private: bool | None = None,
+                         token: str | None = None, revision: str | None = None) -> str:
+    """Create ``repo_id`` (a model repository) if needed and upload ``folder`` in one commit, through
+    ``huggingface_hub``'s API; return the commit's URL. Every failure is one :class:`HubUploadError`."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                                   revision=revision, repo_type="model")
+    except (OSError, ValueError) as err:  # huggingface_hub's offline, network and HTTP errors are OSError subclasses
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise HubUploadError(f"could not push {folder} to the Hub repository {repo_id} ({type(err).__name__}: {first_line})") from None
+    return str(getattr(commit, "commit_url", commit))
 
 
 class CheckpointingEncoder(nn.Module):
@@ -212,3 +247,14 @@ class PreTrainedModel(nn.Module):
         """
         self.config.dtype = self.dtype
         checkpoint.save_pretrained(self, save_directory, max_shard_size=max_shard_size)
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload model", private: bool | None = None,
+                    token: str | None = None, revision: str | None = None, max_shard_size: int | str | None = None) -> str:
+        """Save the model (``config.json``, safetensors) and upload it to the Hub repository
+        ``repo_id``, created if needed, in one commit; returns the commit's URL. Offline
+        (``HF_HUB_OFFLINE``), without a token, or when the Hub refuses: :class:`HubUploadError`."""
+        if token is None:
+            check_hub_upload(repo_id)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            return upload_folder_to_hub(folder, repo_id, commit_message=commit_message, private=private, token=token, revision=revision)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..train.pretrain_recipe import PretrainConfig
+from ..train.recipe import MASKED_IMAGE_MODELING_LAYER_DECAY
 from .train import TRAIN_OPTIONS, add_train_options, config_from_args, epochs_text, finished_on_main
 
 _DEFAULTS = PretrainConfig()
@@ -26,6 +27,8 @@ _PRETRAIN_OPTIONS = {
     "optimisation": TRAIN_OPTIONS["optimisation"],
     "augmentation": [option for option in TRAIN_OPTIONS["augmentation and regularisation"] if option[0] in _AUGMENTATION],
     "run": TRAIN_OPTIONS["run"],
+    # Layer decay is a fine-tuning rule: deit train applies it to this command's checkpoints by default.
+    "speed, memory, logs and the Hub": [option for option in TRAIN_OPTIONS["speed, memory, logs and the Hub"] if option[0] != "layer_decay"],
 }
 
 
@@ -50,5 +53,6 @@ def run(args: argparse.Namespace) -> int:
     last = result.final_metrics
     print(f"finished {epochs_text(len(result.history))}: validation reconstruction loss {last['val_loss']:.4f} (best {result.best:.4f})")
     print(f"model: {result.output_dir / 'last'}; reconstructions: {result.output_dir / 'reconstructions.png'}; "
-          f"fine-tune with: deit train --model {result.output_dir / 'last'} --data ...")
+          f"fine-tune with: deit train --model {result.output_dir / 'last'} --data ... "
+          f"(layer decay {MASKED_IMAGE_MODELING_LAYER_DECAY} by default for this encoder; --layer-decay RATE sets it)")
     return 0

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from ..train.recipe import AMP_CHOICES, DISTILLATION_CHOICES, FAST_KERNEL_CHOICES, TrainConfig
+from ..train.recipe import AMP_CHOICES, DISTILLATION_CHOICES, FAST_KERNEL_CHOICES, LOG_CHOICES, MASKED_IMAGE_MODELING_LAYER_DECAY, TrainConfig
 
 _DEFAULTS = TrainConfig()
 
@@ -67,7 +67,8 @@ TRAIN_OPTIONS: dict[str, list[tuple[str, str, dict]]] = {
         ("model_ema_decay", "EMA decay per step", {"type": float}),
     ],
     "distillation": [
-        ("teacher", "teacher: our checkpoint, torchvision:NAME, timm:NAME, a TorchScript/torch.export file, or module:callable", {}),
+        ("teacher", "teacher: our checkpoint, hf:NAME_OR_DIR (a transformers image classifier, fed by its own "
+         "preprocessor_config.json), torchvision:NAME, timm:NAME, a TorchScript/torch.export file, or module:callable", {}),
         ("teacher_weights", "weights file for the teacher", {}),
         ("teacher_input_size", "resize the student's batch to this size for the teacher (default: the size our checkpoint "
          "teacher was trained at; for torchvision:/timm: with --teacher-weights, the student's batch as it is)", {"type": int}),
@@ -98,6 +99,20 @@ TRAIN_OPTIONS: dict[str, list[tuple[str, str, dict]]] = {
         ("stop_after_steps", "stop after N optimizer steps (with a checkpoint to resume from)", {"type": int}),
         ("save_hf_every_epoch", "write last/ in the Hugging Face layout after every epoch", {"action": argparse.BooleanOptionalAction}),
         ("progress", "progress bar", {"action": argparse.BooleanOptionalAction}),
+    ],
+    # The switches of timm's train.py and the transformers Trainer (README: coming from timm's train.py).
+    "speed, memory, logs and the Hub": [
+        ("compile", "torch.compile the student and an online teacher with this backend (no value: inductor); where the "
+         "platform cannot compile, the run stops with the reason before training", {"nargs": "?", "const": "inductor", "metavar": "BACKEND"}),
+        ("grad_checkpointing", "recompute each block's activations in the backward pass: less memory, about a third more compute",
+         {"action": argparse.BooleanOptionalAction}),
+        ("layer_decay", "layer-wise learning-rate decay: block i of N trains at RATE^(N-i) times the rate, the embeddings and "
+         f"tokens at RATE^(N+1), the heads at the full rate (default: {MASKED_IMAGE_MODELING_LAYER_DECAY} when --model is a "
+         "deit pretrain checkpoint, as SimMIM fine-tunes, else off)", {"type": float, "metavar": "RATE"}),
+        ("log", "also log the metrics per step and per epoch to tensorboard (OUTPUT/tensorboard) and/or wandb (OUTPUT/wandb) (default: neither)",
+         {"nargs": "+", "choices": LOG_CHOICES}),
+        ("push_to_hub", "at the end, upload last/ (weights, preprocessor config, model card) to this Hub repository "
+         "(checked before training: a token, not offline)", {"metavar": "REPO"}),
     ],
 }
 

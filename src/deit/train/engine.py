@@ -34,15 +34,18 @@ from ..dtypes import to_dtype
 from ..losses import DistillationLoss, LabelSmoothingCrossEntropy, StudentCriterion
 from ..modeling import DeiTPreTrainedModel
 from . import checkpointing
+from .compiling import CompileUnavailableError, check_compile, compile_failure_message, compile_module, is_compile_failure
 from .distributed import DistributedContext, barrier, init_distributed, shutdown_distributed
 from .ema import ModelEma
 from .epoch_order import seed_everything, step_seed
 from .fast_kernels import fast_kernels_pay, use_fast_kernels
 from .loaders import RunData, build_run_data
 from .metrics import CURVES_NAME, METRICS_NAME, RunningMean, all_reduce_sum, plot_curves, write_metrics
+from .model_card import check_push, model_card_text, push_run, write_model_card
 from .optim import WarmupCosineSchedule, build_optimizer, scaled_lr
-from .recipe import RESUMABLE_CHANGES, TrainConfig
-from .student import build_student, student_image_size
+from .recipe import MASKED_IMAGE_MODELING_LAYER_DECAY, RESUMABLE_CHANGES, TrainConfig
+from .student import build_student, starts_from_masked_image_modeling, student_image_size
+from .trackers import TRACKER_FOLDERS, Trackers
 
 
 
@@ -97,22 +100,31 @@ class Trainer:
         self._claim_output_dir()
         self.device = ctx.device
         self.amp_dtype = None if config.amp == "none" else to_dtype(config.amp, "amp")
+        if config.compile:  # before the data and the teacher are loaded: a run that cannot compile stops at once
+            check_compile(config.compile, self.device)
 
         self.image_size = student_image_size(config)
         self.data: RunData = self._build_data(train_set, val_set)
         seed_everything(config.seed)  # the same initial weights on every rank
         student = self._build_model().to(self.device)
+        if config.grad_checkpointing:
+            student.gradient_checkpointing_enable()
         self.fast_kernels = self._use_fast_kernels(student)
         self.model = student
         self.train_model: nn.Module = student
+        if config.compile:  # compiled inside DDP: the engine's DDP handling (no_sync) stays as it is
+            self.train_model = compile_module(student, config.compile)
         if ctx.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(student, device_ids=device_ids)
+            self.train_model = DistributedDataParallel(self.train_model, device_ids=device_ids)
         self._setup_objective(teacher)
+        if config.compile and getattr(self, "teacher", None) is not None:
+            self.teacher = compile_module(self.teacher, config.compile)
 
         self.global_batch = config.batch_size * ctx.world_size * config.accum_steps
         self.peak_lr = scaled_lr(config.lr, self.global_batch)
-        self.optimizer = build_optimizer(student, self.peak_lr, config.weight_decay)
+        self.layer_decay = self._layer_decay()
+        self.optimizer = build_optimizer(student, self.peak_lr, config.weight_decay, layer_decay=self.layer_decay)
         self.steps_per_epoch = self.data.batches_per_epoch // config.accum_steps
         self.schedule = WarmupCosineSchedule(
             self.optimizer, peak_lr=self.peak_lr, epochs=config.epochs, steps_per_epoch=self.steps_per_epoch,
@@ -127,6 +139,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best = -math.inf if self.best_is_max else math.inf
         self.step_losses: list[float] = []
+        self.trackers = Trackers([])  # opened by run(), once the step it starts from is known
 
     # ------------------------------------------------------------------ the objective
     # Image classification, with or without a teacher. A subclass trains another objective in
@@ -134,7 +147,8 @@ class Trainer:
     best_metric = "val_acc1"  # the epoch metric that picks best/
     best_is_max = True
     # What a run writes into its output folder (--overwrite removes these, and only these).
-    run_files = (checkpointing.CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME, "best", "last", "ema")
+    run_files = (checkpointing.CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME, "best", "last", "ema", *TRACKER_FOLDERS)
+    model_card_task = "image-classification"
 
     def _log(self, message: str) -> None:
         if self.ctx.is_main:
@@ -167,6 +181,16 @@ class Trainer:
     def _model_log(self) -> Any:
         """Where the model's origin is told: the console, except on resume (the checkpoint's weights replace it)."""
         return (lambda message: None) if self.config.resume else self._log
+
+    def _layer_decay(self) -> float | None:
+        """--layer-decay; by default the SimMIM fine-tuning value for an encoder from ``deit pretrain``, else
+        none. None (or 1): every layer at one rate, the DeiT recipe's two parameter groups."""
+        decay = self.config.layer_decay
+        if decay is None and starts_from_masked_image_modeling(self.config.model):
+            decay = MASKED_IMAGE_MODELING_LAYER_DECAY
+            self._note(f"layer decay {decay:g}: {self.config.model} was pre-trained by masked-image modeling, and SimMIM "
+                       f"fine-tunes such an encoder with this decay (--layer-decay 1 turns it off)")
+        return None if decay == 1.0 else decay
 
     def _setup_objective(self, teacher: nn.Module | None) -> None:
         config = self.config
@@ -403,6 +427,9 @@ class Trainer:
     def _save_hf(self, model: nn.Module, name: str) -> None:
         c = self.config
         checkpointing.save_hf_model(model, self.output_dir / name, mean=c.mean, std=c.std, crop_pct=c.crop_pct)
+        card = model_card_text(c, self.history[-1], which=name, model_name=f"{self.output_dir.name}-{name}",
+                               task=self.model_card_task, settings={"layer_decay": self.layer_decay})
+        write_model_card(self.output_dir / name, card)
 
     # ------------------------------------------------------------------ training
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -478,6 +505,7 @@ class Trainer:
             step_loss.zero_()
             position.global_step += 1
             self.step_losses.append(total / count)
+            self.trackers.log_step(position.global_step, total / count, lr)
             running.add(total / count, int(count))
             elapsed = time.perf_counter() - tick
             throughput = images_seen * self.ctx.world_size / max(elapsed, 1e-9)
@@ -565,25 +593,40 @@ class Trainer:
                 if self.ema is not None:
                     self._save_hf(self.ema.module, "ema")
             write_metrics(self.output_dir / METRICS_NAME, self.history)
+            self.trackers.log_epoch(entry)
             self._write_epoch_files()
             plot_curves({"": self.history}, self.output_dir / CURVES_NAME, title=f"{self.config.model} on {self.config.data}")
         self.save_checkpoint()
 
     def run(self) -> TrainResult:
-        if self.config.resume:
-            self.resume(self.config.resume)
+        config = self.config
+        if self.ctx.is_main:
+            check_push(config.push_to_hub)  # before hours of training, not after
+        if config.resume:
+            self.resume(config.resume)
         if self.ctx.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.trackers = Trackers.open(config.log, self.output_dir, config.to_dict(), start_step=self.position.global_step, is_main=self.ctx.is_main)
         completed = True
-        while self.position.epoch < self.config.epochs:
-            stats = self.train_epoch()
-            if stats is None:
-                completed = False
-                break
-            self._end_epoch(stats)
-            if self._should_stop() and self.position.epoch < self.config.epochs:
-                completed = False
-                break
+        try:
+            while self.position.epoch < config.epochs:
+                stats = self.train_epoch()
+                if stats is None:
+                    completed = False
+                    break
+                self._end_epoch(stats)
+                if self._should_stop() and self.position.epoch < config.epochs:
+                    completed = False
+                    break
+        except Exception as err:
+            if config.compile and is_compile_failure(err):
+                raise CompileUnavailableError(compile_failure_message(config.compile, err)) from err
+            raise
+        finally:
+            self.trackers.close()
+        if completed and config.push_to_hub and self.ctx.is_main:
+            url = push_run(self.output_dir / "last", config.push_to_hub, f"{config.model} trained on {config.data}, {config.epochs} epoch(s)")
+            self._log(f"pushed {self.output_dir / 'last'} to the Hub: {url}")
         ema_model = self.ema.module if self.ema is not None else None
         return TrainResult(self.output_dir, self.model, ema_model, self.history, self.step_losses, self.best, completed, self.ctx.is_main)
 

@@ -48,6 +48,12 @@ class PretrainTrainer(Trainer):
     best_metric = "val_loss"
     best_is_max = False
     run_files = (*Trainer.run_files, RECONSTRUCTIONS_NAME)
+    model_card_task = "masked-image-modeling"
+
+    def _layer_decay(self) -> float | None:
+        # Layer decay is a fine-tuning rule: pre-training takes it only when asked for.
+        decay = self.config.layer_decay
+        return None if decay == 1.0 else decay
 
     def _build_data(self, train_set: Any, val_set: Any) -> RunData:
         config = self.config

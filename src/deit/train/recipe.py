@@ -14,6 +14,10 @@ FAST_KERNEL_CHOICES = ("auto", "on", "off")  # deit.train.fast_kernels.FAST_KERN
 DISTILLATION_CHOICES = ("none", "soft", "hard")
 DEFAULT_NUM_WORKERS = 4
 DEFAULT_WARMUP_EPOCHS = 5.0
+LOG_CHOICES = ("tensorboard", "wandb")  # deit.train.trackers
+# Layer-wise lr decay when fine-tuning an encoder pre-trained by masked-image modeling (deit
+# pretrain): the SimMIM authors' value for fine-tuning ViT-B. Other starts train every layer at one rate.
+MASKED_IMAGE_MODELING_LAYER_DECAY = 0.65
 
 
 def usable_cpus() -> int:
@@ -100,6 +104,13 @@ class TrainConfig:
     save_hf_every_epoch: bool = True  # `last/` in the Hugging Face layout after every epoch
     progress: bool = True
 
+    # ---- the switches of timm's train.py and the transformers Trainer
+    compile: str | None = None  # a torch.compile backend for the student and an online teacher ("inductor"); None: eager
+    layer_decay: float | None = None  # None: MASKED_IMAGE_MODELING_LAYER_DECAY from a `deit pretrain` checkpoint, else off
+    grad_checkpointing: bool = False  # recompute each block's activations in the backward pass (less memory, more time)
+    log: tuple[str, ...] = ()  # scalar logs of the run beside metrics.jsonl: "tensorboard", "wandb"
+    push_to_hub: str | None = None  # a Hub repository that last/ (with its model card) is uploaded to at the end
+
     @property
     def resolved_distillation_type(self) -> str:
         if self.distillation_type is not None:
@@ -155,6 +166,11 @@ class TrainConfig:
             raise ValueError("teacher_finetune_epochs, num_workers, checkpoint_every_steps and weight_decay must not be negative")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError(f"clip_grad must be positive, got {self.clip_grad}")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        unknown_logs = [name for name in self.log if name not in LOG_CHOICES]
+        if unknown_logs:
+            raise ValueError(f"log must name some of {LOG_CHOICES}, got {', '.join(map(repr, unknown_logs))}")
         if self.stop_after_steps is not None and self.stop_after_steps < 1:
             raise ValueError(f"stop_after_steps must be at least 1, got {self.stop_after_steps}")
 
@@ -173,8 +189,8 @@ class TrainConfig:
 # Settings that may change between a run and its resumption without breaking exactness
 # of the remaining steps (where files go, how progress is shown, when to stop or checkpoint),
 # or that change only the speed and the floating-point rounding (fast_kernels: the same
-# matmuls on other kernels; the device likewise).
+# matmuls on other kernels; the device, compilation and activation checkpointing likewise).
 RESUMABLE_CHANGES = frozenset({
     "output", "resume", "progress", "num_workers", "stop_after_steps", "checkpoint_every_steps",
-    "save_hf_every_epoch", "device", "fast_kernels", "overwrite",
+    "save_hf_every_epoch", "device", "fast_kernels", "overwrite", "compile", "grad_checkpointing", "log", "push_to_hub",
 })

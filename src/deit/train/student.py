@@ -42,6 +42,18 @@ def is_preset(name: str) -> bool:
     return name in PRESETS and not Path(name).exists()
 
 
+def starts_from_masked_image_modeling(name: str) -> bool:
+    """Whether ``name`` is a local checkpoint saved by masked-image-modeling pre-training (``deit pretrain``)."""
+    path = Path(name)
+    config_file = (path if path.is_dir() else path.parent) / "config.json"
+    if is_preset(name) or not path.exists() or not config_file.is_file():
+        return False
+    import json
+
+    architectures = json.loads(config_file.read_text()).get("architectures") or [""]
+    return architectures[0].endswith("ForMaskedImageModeling")
+
+
 def student_image_size(train: TrainConfig) -> int:
     """The input resolution of the student, known before the model (and the data) is built."""
     if train.image_size is not None:

@@ -8,6 +8,8 @@
 - ``timm:NAME`` (when timm is installed): ``timm.create_model(NAME, pretrained=False)`` + weights;
 - a TorchScript file (``.pt``, ``.ts``, ...: ``torch.jit.load``) or a ``torch.export`` file
   (``.pt2``: ``torch.export.load``);
+- ``hf:NAME_OR_DIR``: any ``transformers`` ``AutoModelForImageClassification`` checkpoint, fed by
+  its own ``preprocessor_config.json`` (mean, std, size; :mod:`deit.train.hf_teacher`);
 - ``module:callable``: the callable is imported and called without arguments and must return an
   ``nn.Module`` (``weights_path``, if given, is then loaded into it).
 
@@ -46,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PREPROCESSOR_CONFIG_NAME
+from .hf_teacher import HF_TEACHER_PREFIX, load_transformers_teacher
 
 __all__ = ["Teacher", "load_teacher", "adapt_teacher_head", "SmallConvNet", "logits_of"]
 
@@ -316,6 +319,10 @@ def _from_callable(spec: str, weights_path: str | None) -> _Loaded:
 
 
 def _load(spec: str, weights_path: str | None) -> _Loaded:
+    if spec.startswith(HF_TEACHER_PREFIX):
+        if weights_path is not None:
+            raise ValueError(f"teacher {spec}: --teacher-weights does not apply to an hf: checkpoint (its weights are in it)")
+        return _Loaded(**load_transformers_teacher(spec.removeprefix(HF_TEACHER_PREFIX)))
     if spec.startswith("torchvision:"):
         return _from_torchvision(spec.partition(":")[2], weights_path)
     if spec.startswith("timm:"):
@@ -333,7 +340,7 @@ def _load(spec: str, weights_path: str | None) -> _Loaded:
         raise ValueError(f"teacher {spec}: unknown file type (expected a checkpoint folder, .safetensors/.bin/.pth, .pt TorchScript or .pt2 torch.export)")
     if _MODULE_CALLABLE.match(spec):
         return _from_callable(spec, weights_path)
-    raise FileNotFoundError(f"teacher {spec}: no such file or folder, and not torchvision:NAME, timm:NAME or module:callable")
+    raise FileNotFoundError(f"teacher {spec}: no such file or folder, and not hf:NAME, torchvision:NAME, timm:NAME or module:callable")
 
 
 def load_teacher(
