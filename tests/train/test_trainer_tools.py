@@ -14,6 +14,8 @@ import torch
 from fit_helpers import CLASSES, IMAGE_SIZE, datasets, max_abs_difference, one_thread  # noqa: F401 (fixture)
 from fit_helpers import tiny_config as helpers_tiny_config
 
+from hf_teachers import save_transformers_resnet
+
 from deit.config import DeiTConfig
 from deit.hf_api import HubUploadError
 from deit.modeling import DeiTForImageClassificationWithTeacher, DeiTForMaskedImageModeling
@@ -215,21 +217,8 @@ def test_a_run_that_cannot_push_stops_before_training(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ hf: teachers
-def save_transformers_resnet(folder, *, labels=CLASSES, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), size=20):
-    """A small random transformers ResNet with its own preprocessor_config.json (mean, std, size)."""
-    import transformers
-
-    config = transformers.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
-                                       num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
-    torch.manual_seed(0)
-    model = transformers.ResNetForImageClassification(config).eval()
-    model.save_pretrained(folder)
-    transformers.ConvNextImageProcessor(size={"shortest_edge": size}, crop_pct=1.0, image_mean=list(mean), image_std=list(std)).save_pretrained(folder)
-    return model
-
-
 def test_hf_teacher_uses_its_own_preprocessor_config(tmp_path):
-    reference = save_transformers_resnet(tmp_path / "resnet")
+    reference = save_transformers_resnet(tmp_path / "resnet", CLASSES)
     student_mean, student_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     teacher = load_teacher(f"hf:{tmp_path / 'resnet'}", num_classes=3, student_mean=student_mean, student_std=student_std,
                            student_input_size=IMAGE_SIZE)
@@ -254,7 +243,7 @@ def test_hf_teacher_that_is_not_a_checkpoint_is_named(tmp_path):
 def test_training_with_an_hf_teacher_distills_and_records_it_in_the_card(tmp_path):
     from huggingface_hub import ModelCard
 
-    save_transformers_resnet(tmp_path / "resnet")
+    save_transformers_resnet(tmp_path / "resnet", CLASSES)
     train_set, val_set = datasets()
     result = fit(tiny_config(str(tmp_path / "run"), epochs=1, teacher=f"hf:{tmp_path / 'resnet'}", distillation_type="soft"),
                  train_dataset=train_set, val_dataset=val_set)
