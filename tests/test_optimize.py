@@ -182,12 +182,12 @@ def test_bf16_matmul_choice_can_be_forced_and_is_validated(monkeypatch):
     monkeypatch.setenv("DEIT_ONEDNN_FP32", "yes")
     probes.onednn_fp32_speedup.cache_clear()
     with pytest.raises(ValueError, match="DEIT_ONEDNN_FP32 must be 0 or 1, got 'yes'"):
-        probes.onednn_fp32_is_fast()
+        probes.onednn_fp32_speedup()
     monkeypatch.delenv("DEIT_BF16_MATMUL")
     monkeypatch.delenv("DEIT_ONEDNN_FP32")
     probes.bf16_matmul_is_fast.cache_clear()
     probes.onednn_fp32_speedup.cache_clear()
-    assert isinstance(probes.bf16_matmul_is_fast(), bool) and isinstance(probes.onednn_fp32_is_fast(), bool)
+    assert isinstance(probes.bf16_matmul_is_fast(), bool) and isinstance(probes.onednn_fp32_wins(), bool)
 
 
 def test_torch_export_sees_the_registered_ops_and_matches(pixels, tmp_path):

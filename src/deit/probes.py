@@ -12,8 +12,8 @@ caller first asks (nothing runs at import):
 * float32 matmuls: PyTorch's default (MKL) ran 2.3x below oneDNN on one AMD Zen 4 machine,
   1.15-1.4x below on others, even with it on Intel ones, and 1.1x *above* it on an AMD Zen 3
   (AVX2). :func:`onednn_fp32_speedup` measures the ratio; inference uses oneDNN wherever it is
-  the faster (:func:`onednn_fp32_wins`), training only where it is 1.5x faster
-  (:func:`onednn_fp32_is_fast`). ``DEIT_ONEDNN_FP32=1|0`` fixes both answers.
+  the faster (:func:`onednn_fp32_wins`; ``DEIT_ONEDNN_FP32=1|0`` fixes the answer). Training
+  measures its own step instead (:func:`deit.train.fast_kernels.training_kernels_win`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 __all__ = ["fast_kernels_available", "bf16_kernels_available", "bf16_matmul_is_fast", "onednn_fp32_speedup", "onednn_fp32_wins",
-           "onednn_fp32_is_fast", "best_seconds", "fastest", "BF16_MATMUL_MODES"]
+           "best_seconds", "fastest", "BF16_MATMUL_MODES"]
 
 # How bfloat16 matmuls are computed: "bf16" (oneDNN's bf16 kernel, where the CPU has one), "fp32"
 # (float32 arithmetic on the bf16 operands), or "auto" (the faster here).
@@ -88,14 +88,6 @@ def onednn_fp32_wins() -> bool:
     """Whether float32 inference matmuls should run on oneDNN (prepacked weights, fused epilogues)
     rather than PyTorch's default: oneDNN is the faster here (:func:`onednn_fp32_speedup` > 1)."""
     return onednn_fp32_speedup() > 1.0
-
-
-def onednn_fp32_is_fast() -> bool:
-    """Whether oneDNN's float32 matmul beats PyTorch's default one (MKL) by 1.5x or more here
-    (:func:`onednn_fp32_speedup`). The bar is high because a training step is more than its
-    matmuls: at a 1.15-1.4x matmul ratio the DeiT-Ti training step ran 3 % slower to 8 % faster on
-    oneDNN (BENCHMARKS.md)."""
-    return onednn_fp32_speedup() >= 1.5
 
 
 def _probe_operands() -> tuple[torch.Tensor, torch.Tensor]:
