@@ -44,7 +44,7 @@ from .io import atomic_path
 from .modeling import DeiTForImageClassification, DeiTForImageClassificationWithTeacher, DeiTPreTrainedModel, check_pixel_values
 from .optimize import InferenceModel
 
-__all__ = ["onnxruntime_available", "onnxruntime_session", "OnnxRuntimeModel", "PRECISIONS"]
+__all__ = ["onnxruntime_available", "onnxruntime_session", "quantize_int8", "OnnxRuntimeModel", "PRECISIONS"]
 
 PRECISIONS = ("fp32", "int8")
 
@@ -88,8 +88,10 @@ def _export(inference: InferenceModel, path: Path) -> None:
                           dynamic_axes={"pixel_values": {0: "batch"}, "tokens": {0: "batch"}}, opset_version=17, dynamo=False)
 
 
-def _quantize(source: Path, target: Path) -> None:
-    """``source`` with its weight matmuls in int8 (see the module docstring), written to ``target``."""
+def quantize_int8(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """``source`` with its weight matmuls in int8 (see the module docstring), written to ``target``.
+    Also for the file ``deit export --onnx`` writes: there the heads are Gemm nodes, which stay
+    float32 as the patch embedding's Conv does (only MatMul nodes are quantized)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -134,7 +136,7 @@ def _graph_file(inference: InferenceModel, precision: str, folder: Path) -> Path
             _export(inference, tmp)
     if precision == "int8" and not int8.exists():
         with atomic_path(int8) as tmp:
-            _quantize(fp32, tmp)
+            quantize_int8(fp32, tmp)
     return int8 if precision == "int8" else fp32
 
 
