@@ -251,3 +251,23 @@ def test_training_with_an_hf_teacher_distills_and_records_it_in_the_card(tmp_pat
     card = ModelCard.load(tmp_path / "run" / "last" / "README.md")
     assert "knowledge-distillation" in card.data.tags
     assert f"| teacher | `hf:{tmp_path / 'resnet'}` |" in card.text and "| distillation type | soft |" in card.text
+
+
+def test_fine_tuning_a_deit_pretrain_checkpoint_decays_layers_by_default_and_both_cards_load(tmp_path, capsys):
+    from huggingface_hub import ModelCard
+    from pretrain_helpers import tiny_pretrain_config
+
+    from deit.train.pretraining import pretrain
+
+    train_set, val_set = datasets()
+    pretrain(tiny_pretrain_config(str(tmp_path / "pre"), epochs=1, stop_after_steps=None), train_dataset=train_set, val_dataset=val_set)
+    pre_card = ModelCard.load(tmp_path / "pre" / "last" / "README.md")
+    assert "masked-image-modeling" in pre_card.data.tags and "| layer_decay | none |" in pre_card.text
+    capsys.readouterr()
+    start = str(tmp_path / "pre" / "last")
+    architecture = dict(image_size=None, patch_size=None, hidden_size=None, depth=None, heads=None)
+    fit(tiny_config(str(tmp_path / "fine"), model=start, epochs=1, **architecture), train_dataset=train_set, val_dataset=val_set)
+    assert "note: layer decay 0.65" in capsys.readouterr().err
+    assert "| layer_decay | 0.65 |" in ModelCard.load(tmp_path / "fine" / "last" / "README.md").text
+    fit(tiny_config(str(tmp_path / "off"), model=start, epochs=1, layer_decay=1.0, **architecture), train_dataset=train_set, val_dataset=val_set)
+    assert "| layer_decay | none |" in ModelCard.load(tmp_path / "off" / "last" / "README.md").text

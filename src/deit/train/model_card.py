@@ -66,7 +66,9 @@ def model_card_text(config: TrainConfig, entry: dict[str, Any], *, which: str, m
     )
     lines = [f"---\n{card_data.to_yaml()}\n---", "", f"# {model_name}", ""]
     start = f"fresh weights ({config.model} architecture)" if is_preset(config.model) else f"the checkpoint `{config.model}`"
-    lines.append(f"A DeiT trained with `deit train` on `{data_name}` from {start}. This folder holds the `{which}` weights, "
+    how = ("trained with `deit train`" if task == "image-classification"
+           else "pre-trained by masked-image modeling (SimMIM, `deit pretrain`, no labels read)")
+    lines.append(f"A DeiT {how} on `{data_name}` from {start}. This folder holds the `{which}` weights, "
                  f"after epoch {entry.get('epoch', 0) + 1} of {config.epochs}. Load it with "
                  "`deit.AutoModelForImageClassification.from_pretrained(FOLDER)`; `deit predict --model FOLDER IMAGE` classifies images.")
     lines += ["", "## Results (validation)", "", "| metric | value |", "| --- | --- |"]
@@ -79,7 +81,7 @@ def model_card_text(config: TrainConfig, entry: dict[str, Any], *, which: str, m
                   f"| distillation type | {config.resolved_distillation_type} |", f"| alpha | {config.distillation_alpha} |",
                   f"| tau | {config.distillation_tau} |", f"| teacher head fine-tuning epochs | {config.teacher_finetune_epochs} |"]
     else:
-        lines.append("No teacher: trained on the labels alone.")
+        lines.append("No teacher: trained on the labels alone." if task == "image-classification" else "No teacher.")
     lines += ["", "## Training hyper-parameters", "", "| setting | value |", "| --- | --- |"]
     lines += [f"| {name} | {_shown(value)} |" for name, value in settings.items()]
     return "\n".join(lines) + "\n"
