@@ -118,8 +118,12 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.train_model, device_ids=device_ids)
         self._setup_objective(teacher)
-        if config.compile and getattr(self, "teacher", None) is not None:
-            self.teacher = compile_module(self.teacher, config.compile)
+        if config.compile:
+            has_teacher = getattr(self, "teacher", None) is not None
+            if has_teacher:
+                self.teacher = compile_module(self.teacher, config.compile)
+            self._log(f"compile: the student{' and the teacher' if has_teacher else ''} with torch.compile ({config.compile}); "
+                      "the first steps include the compilation; validation runs eager")
 
         self.global_batch = config.batch_size * ctx.world_size * config.accum_steps
         self.peak_lr = scaled_lr(config.lr, self.global_batch)
