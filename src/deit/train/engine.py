@@ -432,8 +432,14 @@ class Trainer:
         c = self.config
         checkpointing.save_hf_model(model, self.output_dir / name, mean=c.mean, std=c.std, crop_pct=c.crop_pct)
         card = model_card_text(c, self.history[-1], which=name, model_name=f"{self.output_dir.name}-{name}",
-                               task=self.model_card_task, settings={"layer_decay": self.layer_decay})
+                               task=self.model_card_task, settings=self._card_settings())
         write_model_card(self.output_dir / name, card)
+
+    def _card_settings(self) -> dict[str, Any]:
+        """The settings the model card shows as they were resolved for this run (not "None: adapt")."""
+        c = self.config
+        return {"layer_decay": self.layer_decay, "warmup_epochs": c.resolved_warmup_epochs, "model_ema": self.ema is not None,
+                "image_size": self.image_size, "global_batch_size": self.global_batch, "peak_lr": self.peak_lr}
 
     # ------------------------------------------------------------------ training
     def _autocast(self) -> contextlib.AbstractContextManager:
