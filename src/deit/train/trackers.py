@@ -10,6 +10,8 @@ events after its checkpoint's step, so that steps trained again are not logged t
 from __future__ import annotations
 
 import math
+import sys
+import types
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,8 +26,16 @@ class Tracker(Protocol):
     def close(self) -> None: ...
 
 
+def _tensorboard_without_tensorflow() -> None:
+    """Have TensorBoard write its event files with its own TensorFlow stub. Where TensorFlow is
+    installed TensorBoard imports all of it first (40 s on a busy 2-core machine), to write the
+    same files; a ``tensorboard.compat.notf`` module is the switch of its TensorFlow-free build."""
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+
+
 class TensorBoardTracker:
     def __init__(self, folder: Path, start_step: int) -> None:
+        _tensorboard_without_tensorflow()
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
