@@ -148,6 +148,26 @@ def test_tensorboard_holds_the_step_and_epoch_metrics(tmp_path):
         assert [(s, pytest.approx(v, rel=1e-6)) for s, v in scalars[f"epoch/{key}"]] == [(m["global_step"], m[key]) for m in metrics], key
 
 
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    """A run whose process died after step 6 with its checkpoint at step 4, resumed: steps 5 and 6 are
+    trained again, and TensorBoard holds each step once, with the values of an uninterrupted run."""
+    import shutil
+
+    pytest.importorskip("tensorboard")
+    train_set, val_set = datasets()
+    config = tiny_config(str(tmp_path), log=("tensorboard",))
+    fit(config, stop_after_steps=4, train_dataset=train_set, val_dataset=val_set)
+    shutil.copy(tmp_path / "checkpoint.pt", tmp_path / "step4.pt")
+    fit(config, resume="auto", stop_after_steps=6, train_dataset=train_set, val_dataset=val_set)
+    shutil.copy(tmp_path / "step4.pt", tmp_path / "checkpoint.pt")  # the checkpoint of step 6 was never written
+    resumed = fit(config, resume="auto", train_dataset=train_set, val_dataset=val_set)
+    uninterrupted = fit(tiny_config(str(tmp_path / "whole")), train_dataset=train_set, val_dataset=val_set)
+    assert len(resumed.step_losses) == len(uninterrupted.step_losses) - 4
+    steps = read_scalars(tmp_path / "tensorboard")["train/loss"]
+    assert [step for step, _ in steps] == list(range(1, len(uninterrupted.step_losses) + 1))
+    assert [value for _, value in steps] == pytest.approx(uninterrupted.step_losses, rel=1e-5)
+
+
 def test_wandb_offline_logs_into_the_run_folder(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -174,6 +194,7 @@ def test_saved_checkpoints_carry_a_model_card_the_hub_reads(tmp_path):
     assert values["top-1 (CLS head)"] == pytest.approx(metrics[-1]["val_acc1_cls"], abs=1e-4)
     assert values["top-1 (DIST head)"] == pytest.approx(metrics[-1]["val_acc1_dist"], abs=1e-4)
     assert "| layer_decay | 0.8 |" in card.text and "| epochs | 2 |" in card.text and "No teacher" in card.text
+    assert not any("EMA" in r.metric_name for r in card.data.eval_results)
     best = max(metrics, key=lambda m: m["val_acc1"])
     best_card = ModelCard.load(tmp_path / "best" / "README.md")
     assert {r.metric_name: r.metric_value for r in best_card.data.eval_results}["top-1 (CLS and DIST heads averaged)"] == pytest.approx(best["val_acc1"], abs=1e-4)

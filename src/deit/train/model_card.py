@@ -22,8 +22,7 @@ MODEL_CARD_NAME = "README.md"
 # A Hub repository id (owner/name), as opposed to a local path or a bare preset name.
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # The heads' validation top-1 in a metrics.jsonl entry, and how the card names them.
-HEAD_METRICS = (("val_acc1", "top-1 (CLS and DIST heads averaged)"), ("val_acc1_cls", "top-1 (CLS head)"),
-                ("val_acc1_dist", "top-1 (DIST head)"), ("ema_acc1", "top-1 (EMA weights)"))
+HEAD_METRICS = (("acc1", "top-1 (CLS and DIST heads averaged)"), ("acc1_cls", "top-1 (CLS head)"), ("acc1_dist", "top-1 (DIST head)"))
 # The settings shown in the hyper-parameter table, in the order the recipe lists them.
 HYPER_PARAMETERS = (
     "epochs", "batch_size", "accum_steps", "lr", "min_lr", "warmup_lr", "warmup_epochs", "lr_per_step", "weight_decay",
@@ -51,14 +50,17 @@ def model_card_text(config: TrainConfig, entry: dict[str, Any], *, which: str, m
     from huggingface_hub import EvalResult, ModelCardData
 
     settings = {**{name: getattr(config, name) for name in HYPER_PARAMETERS}, **(settings or {})}
+    # The epoch's metrics of these weights: the EMA's for ema/, the trained weights' otherwise.
+    prefix = "ema_" if which == "ema" else "val_"
+    heads = [(label, entry[prefix + key]) for key, label in HEAD_METRICS if prefix + key in entry]
     data_name = dataset_name(config)
     distills = config.resolved_distillation_type != "none"
     tags = ["deit", "vision", task, *(["knowledge-distillation"] if distills else []),
             *(["masked-image-modeling"] if task != "image-classification" else [])]
     results = [
         EvalResult(task_type=task, dataset_type=data_name, dataset_name=data_name, dataset_split="validation",
-                   metric_type="accuracy", metric_name=label, metric_value=round(float(entry[key]), 4))
-        for key, label in HEAD_METRICS if key in entry
+                   metric_type="accuracy", metric_name=label, metric_value=round(float(value), 4))
+        for label, value in heads
     ]
     card_data = ModelCardData(
         library_name="deit", pipeline_tag=task if task == "image-classification" else None, tags=tags, datasets=[data_name],
@@ -72,8 +74,7 @@ def model_card_text(config: TrainConfig, entry: dict[str, Any], *, which: str, m
                  f"after epoch {entry.get('epoch', 0) + 1} of {config.epochs}. Load it with "
                  "`deit.AutoModelForImageClassification.from_pretrained(FOLDER)`; `deit predict --model FOLDER IMAGE` classifies images.")
     lines += ["", "## Results (validation)", "", "| metric | value |", "| --- | --- |"]
-    shown = [(label, entry[key]) for key, label in HEAD_METRICS if key in entry]
-    shown += [(key, entry[key]) for key in ("val_acc5", "val_loss", "train_loss") if key in entry]
+    shown = heads + [(key, entry[key]) for key in (prefix + "acc5", prefix + "loss", "train_loss") if key in entry]
     lines += [f"| {label} | {float(value):.4g} |" for label, value in shown]
     lines += ["", "## Teacher and distillation", ""]
     if distills:

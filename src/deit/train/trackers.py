@@ -40,8 +40,9 @@ class TensorBoardTracker:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ImportError("--log tensorboard needs the tensorboard package: pip install 'deit[tensorboard]'") from None
-        # purge_step: a resumed run discards what the interrupted one logged after its checkpoint.
-        self.writer = SummaryWriter(log_dir=str(folder), purge_step=start_step or None)
+        # purge_step: a resumed run discards what the interrupted one logged after its checkpoint
+        # (steps are logged under their count, so the checkpoint's own step start_step stays).
+        self.writer = SummaryWriter(log_dir=str(folder), purge_step=start_step + 1 if start_step else None)
 
     def log(self, scalars: dict[str, float], step: int) -> None:
         for tag, value in scalars.items():
