@@ -610,8 +610,7 @@ class Trainer:
 
     def run(self) -> TrainResult:
         config = self.config
-        if self.ctx.is_main:
-            check_push(config.push_to_hub)  # before hours of training, not after
+        check_push(config.push_to_hub)  # before hours of training, not after; on every rank, so that all stop alike
         if config.resume:
             self.resume(config.resume)
         if self.ctx.is_main:
