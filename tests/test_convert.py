@@ -24,7 +24,7 @@ from deit.auto import AutoModel, AutoModelForImageClassification  # noqa: E402
 from deit.checkpoint import CheckpointError  # noqa: E402
 from deit.cli import main as cli  # noqa: E402
 from deit.checkpoint import save_timm  # noqa: E402
-from deit.convert import infer_timm_config, timm_model_kwargs, timm_to_hf, to_timm_layout  # noqa: E402
+from deit.layouts import infer_timm_config, timm_model_kwargs, timm_to_hf, to_timm_layout  # noqa: E402
 
 ATOL = 1e-4
 # A small DeiT: the tiny width (so 3 heads are inferred), two blocks, 4x4 patches of 8 pixels.
@@ -251,7 +251,7 @@ def test_models_without_timm_counterpart_are_refused(cls):
 
 def test_timm_model_kwargs_of_a_preset_name_the_timm_model():
     config = DeiTConfig.from_preset("deit-small-distilled-patch16-224")
-    assert deit.convert.timm_model_name(config) == "deit_small_distilled_patch16_224"
+    assert deit.layouts.timm_model_name(config) == "deit_small_distilled_patch16_224"
     assert timm_model_kwargs(config)["num_heads"] == 6
 
 

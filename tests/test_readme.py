@@ -34,7 +34,7 @@ from PIL import Image
 
 import deit
 from deit.bench.photos import photo_sources, photo_variants
-from deit.convert import to_timm_layout
+from deit.layouts import to_timm_layout
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BIN = Path(sys.executable).parent

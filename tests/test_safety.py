@@ -15,7 +15,7 @@ import deit
 from deit.auto import AutoModelForImageClassification
 from deit.checkpoint import CheckpointError, read_state_dict
 from deit.cli import main as cli
-from deit.convert import to_timm_layout
+from deit.layouts import to_timm_layout
 
 SMALL = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128, image_size=32, patch_size=8, num_labels=3)
 

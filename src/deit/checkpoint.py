@@ -14,20 +14,41 @@ import pickle
 import warnings
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
+from . import layouts
 from .config import CONFIG_NAME, DeiTConfig, ViTConfig, config_from_dict
-from .convert import timm_model_kwargs, timm_model_name, to_timm_layout
 from .dtypes import to_dtype
 from .errors import CheckpointError
+from .hub import resolve_file, resolve_weights
 from .io import atomic_path, atomic_write_text
-
-if TYPE_CHECKING:
-    from .modeling import DeiTPreTrainedModel
+from .layouts import timm_model_kwargs, timm_model_name, to_timm_layout
 
 logger = logging.getLogger("deit")
+
+
+class ModelFactory(Protocol):
+    """What :func:`load_pretrained` asks of the class it is called for (a model class or an auto class)."""
+
+    __name__: str
+
+    def init_arguments(self) -> frozenset[str]: ...
+
+    def class_for_config(self, config: DeiTConfig) -> type["LoadableModel"]: ...
+
+
+class LoadableModel(Protocol):
+    """A model this module loads into and writes: the PyTorch classes (:mod:`deit.modeling`) and the
+    Keras ones (:mod:`deit.keras`) alike. Named here so that the file layer imports no model module."""
+
+    config: DeiTConfig
+    base_model_prefix: str
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> Any: ...
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -114,7 +135,7 @@ def read_config_file(path: str | os.PathLike) -> DeiTConfig:
 
 
 # ------------------------------------------------------------------ fitting to a model
-def _adapt_prefix(model: "DeiTPreTrainedModel", state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _adapt_prefix(model: "LoadableModel", state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Load a bare-body checkpoint into a head model and a head checkpoint into the bare body."""
     prefix = model.base_model_prefix + "."
     expected = model.state_dict().keys()
@@ -134,7 +155,7 @@ class WeightShapeError(CheckpointError, RuntimeError):
 
 
 def load_state_dict_into(
-    model: "DeiTPreTrainedModel",
+    model: "LoadableModel",
     state_dict: dict[str, torch.Tensor],
     *,
     ignore_mismatched_sizes: bool = False,
@@ -200,8 +221,40 @@ def _resolve_dtype(torch_dtype: str | torch.dtype | None) -> torch.dtype | None:
     return to_dtype(torch_dtype, "torch_dtype")
 
 
+def _config_beside_weights(name_or_path: str | os.PathLike | None, source: Path | None, hub_kwargs: dict[str, Any],
+                           state_dict: dict[str, torch.Tensor], weights_path: Path | str, layout_known: bool,
+                           inferred: dict[str, Any] | None) -> DeiTConfig:
+    """The config of weights loaded without one: the ``config.json`` beside them (in their folder or
+    Hub repository), or the one inferred from timm / original weights (``inferred``). A
+    ``config.json`` beside timm weights may be timm's own file (no model dimensions): the inferred
+    config wins over such a file."""
+    config_path = None
+    if source is not None:
+        config_dir = source if source.is_dir() or not source.exists() else source.parent
+        config_path = resolve_file(config_dir if source.exists() else name_or_path, CONFIG_NAME, required=False, **hub_kwargs)
+    from_folder = source is not None and (source.is_dir() or not source.exists())
+    if config_path is not None and not layout_known and layouts.is_model_config_file(config_path):
+        return read_config_file(config_path)  # weights of unknown names: loaded as all missing, with a warning
+    if config_path is not None and layout_known and (inferred is None or (from_folder and layouts.is_model_config_file(config_path))):
+        return read_config_file(config_path)
+    if inferred is not None:
+        return config_from_dict(inferred)
+    if not layout_known:
+        layouts.to_hf_layout(state_dict, source=weights_path)  # raises, naming the keys it does not know
+    raise CheckpointError(f"{name_or_path}: no {CONFIG_NAME} beside the weights, and the weights alone do not describe the model")
+
+
+def _with_overrides(config: DeiTConfig, overrides: dict[str, Any]) -> DeiTConfig:
+    """``config`` with the fields ``overrides`` sets; ``num_labels`` alone renames the labels LABEL_i."""
+    data = config.to_dict()
+    if "num_labels" in overrides and "id2label" not in overrides:
+        data.pop("id2label", None)
+        data.pop("label2id", None)
+    return config_from_dict({**data, **overrides})
+
+
 def load_pretrained(
-    cls: type["DeiTPreTrainedModel"],
+    cls: ModelFactory,
     name_or_path: str | os.PathLike | None,
     *,
     config: DeiTConfig | None = None,
@@ -218,9 +271,6 @@ def load_pretrained(
     output_loading_info: bool = False,
     **kwargs: Any,
 ) -> Any:
-    from . import convert
-    from .hub import resolve_file, resolve_weights
-
     if torch.empty(0).device.type == "meta":
         raise RuntimeError(
             f"{cls.__name__}.from_pretrained was called under torch.device('meta') (or torch.set_default_device('meta')): "
@@ -243,41 +293,22 @@ def load_pretrained(
     else:
         weights_path = "the given state_dict"
     given = config.to_dict() if config is not None else config_overrides  # fields the weights need not be asked for
-    layout_known = convert.detect_layout(state_dict) != "unknown"
+    layout_known = layouts.detect_layout(state_dict) != "unknown"
     inferred = None
     if layout_known:
-        state_dict, inferred = convert.to_hf_layout(state_dict, source=weights_path, given=given)
+        state_dict, inferred = layouts.to_hf_layout(state_dict, source=weights_path, given=given)
 
     if config is None:
-        config_path = None
-        if source is not None:
-            config_dir = source if source.is_dir() or not source.exists() else source.parent
-            config_path = resolve_file(config_dir if source.exists() else name_or_path, CONFIG_NAME, required=False, **hub_kwargs)
-        # A config.json beside timm weights may be timm's own file (no model dimensions): use the inferred config then.
-        from_folder = source is not None and (source.is_dir() or not source.exists())
-        if config_path is not None and not layout_known and convert.is_model_config_file(config_path):
-            config = read_config_file(config_path)  # weights of unknown names: loaded as all missing, with a warning
-        elif config_path is not None and layout_known and (inferred is None or (from_folder and convert.is_model_config_file(config_path))):
-            config = read_config_file(config_path)
-        elif inferred is not None:
-            config = config_from_dict(inferred)
-        elif not layout_known:
-            convert.to_hf_layout(state_dict, source=weights_path)  # raises, naming the keys it does not know
-        else:
-            raise CheckpointError(f"{name_or_path}: no {CONFIG_NAME} beside the weights, and the weights alone do not describe the model")
+        config = _config_beside_weights(name_or_path, source, hub_kwargs, state_dict, weights_path, layout_known, inferred)
     else:
         config = config.copy()
     if config_overrides:
-        data = config.to_dict()
-        if "num_labels" in config_overrides and "id2label" not in config_overrides:
-            data.pop("id2label", None)
-            data.pop("label2id", None)
-        config = config_from_dict({**data, **config_overrides})
+        config = _with_overrides(config, config_overrides)
     if attn_implementation is not None:
         config.attn_implementation = attn_implementation
         config.validate()
 
-    state_dict = convert.resize_position_embeddings(state_dict, config, source=weights_path)
+    state_dict = layouts.resize_position_embeddings(state_dict, config, source=weights_path)
     target_cls = cls.class_for_config(config)
     model = target_cls(config, **init_kwargs)
     info = load_state_dict_into(model, state_dict, ignore_mismatched_sizes=ignore_mismatched_sizes, source=str(weights_path))
@@ -312,7 +343,7 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | os.PathLike
         save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
 
 
-def save_pretrained(model: "DeiTPreTrainedModel", save_directory: str | os.PathLike, max_shard_size: int | str | None = None) -> None:
+def save_pretrained(model: "LoadableModel", save_directory: str | os.PathLike, max_shard_size: int | str | None = None) -> None:
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config.copy()
@@ -354,7 +385,7 @@ def save_pretrained(model: "DeiTPreTrainedModel", save_directory: str | os.PathL
     config.save_pretrained(directory)
 
 
-def save_timm(model: "DeiTPreTrainedModel", path: str | Path) -> dict[str, Any]:
+def save_timm(model: "LoadableModel", path: str | Path) -> dict[str, Any]:
     """Write ``model`` as a timm-layout safetensors file; return how to build the timm model for it
     (``{"model_name": ... or None, "distilled": ..., "kwargs": {...}}``, also kept in the file's metadata)."""
     state_dict = to_timm_layout(model)

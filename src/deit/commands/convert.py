@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..convert import TIMM_LAYER_NORM_EPS
+from ..layouts import TIMM_LAYER_NORM_EPS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

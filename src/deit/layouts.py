@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from .errors import CheckpointError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from .config import DeiTConfig
-    from .modeling import DeiTPreTrainedModel
 
 logger = logging.getLogger("deit")
 
@@ -242,7 +243,7 @@ def timm_to_hf(
 
 
 # ------------------------------------------------------------------------- ours -> timm
-def to_timm_layout(model: "DeiTPreTrainedModel") -> dict[str, torch.Tensor]:
+def to_timm_layout(model: "nn.Module") -> dict[str, torch.Tensor]:
     """The state dict of ``model`` in timm names, loadable by ``timm``'s ``VisionTransformer`` /
     ``VisionTransformerDistilled`` built with :func:`timm_model_kwargs`.
 
