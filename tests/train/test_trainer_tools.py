@@ -292,3 +292,15 @@ def test_fine_tuning_a_deit_pretrain_checkpoint_decays_layers_by_default_and_bot
     assert "| layer_decay | 0.65 |" in ModelCard.load(tmp_path / "fine" / "last" / "README.md").text
     fit(tiny_config(str(tmp_path / "off"), model=start, epochs=1, layer_decay=1.0, **architecture), train_dataset=train_set, val_dataset=val_set)
     assert "| layer_decay | none |" in ModelCard.load(tmp_path / "off" / "last" / "README.md").text
+
+
+def test_report_to_is_log_by_the_trainers_name():
+    """torchrun's parser takes ``--log`` for its own ``--log-dir``; ``--report-to`` passes through it."""
+    import argparse
+
+    from deit.commands.train import add_train_options, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_train_options(parser)
+    for flag in ("--log", "--report-to"):
+        assert config_from_args(parser.parse_args([flag, "tensorboard", "wandb"])).log == ("tensorboard", "wandb")

@@ -109,8 +109,9 @@ TRAIN_OPTIONS: dict[str, list[tuple[str, str, dict]]] = {
         ("layer_decay", "layer-wise learning-rate decay: block i of N trains at RATE^(N-i) times the rate, the embeddings and "
          f"tokens at RATE^(N+1), the heads at the full rate (default: {MASKED_IMAGE_MODELING_LAYER_DECAY} when --model is a "
          "deit pretrain checkpoint, as SimMIM fine-tunes, else off)", {"type": float, "metavar": "RATE"}),
-        ("log", "also log the metrics per step and per epoch to tensorboard (OUTPUT/tensorboard) and/or wandb (OUTPUT/wandb) (default: neither)",
-         {"nargs": "+", "choices": LOG_CHOICES}),
+        ("log", "also log the metrics per step and per epoch to tensorboard (OUTPUT/tensorboard) and/or wandb (OUTPUT/wandb) "
+         "(default: neither); --report-to is the same option (the Trainer's name; under torchrun, whose parser takes --log "
+         "for its own --log-dir, use --report-to)", {"nargs": "+", "choices": LOG_CHOICES, "aliases": ("--report-to",)}),
         ("push_to_hub", "at the end, upload last/ (weights, preprocessor config, model card) to this Hub repository "
          "(checked before training: a token, not offline)", {"metavar": "REPO"}),
     ],
@@ -123,12 +124,14 @@ def add_train_options(parser: argparse.ArgumentParser, options: dict[str, list[t
     for title, group_options in (options or TRAIN_OPTIONS).items():
         group = parser.add_argument_group(title)
         for name, help_text, extra in group_options:
+            extra = dict(extra)
+            aliases = extra.pop("aliases", ())
             default = getattr(defaults, name)
             shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
             # A help text that explains its own default (or a setting that is off unless given) shows no value.
             if "(default" not in help_text and default is not None:
                 help_text = f"{help_text} (default: {shown})"
-            group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS, help=help_text, **extra)
+            group.add_argument(f"--{name.replace('_', '-')}", *aliases, dest=name, default=argparse.SUPPRESS, help=help_text, **extra)
 
 
 def config_from_args(args: argparse.Namespace, config_class: type[TrainConfig] = TrainConfig) -> TrainConfig:
