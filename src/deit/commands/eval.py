@@ -2,8 +2,8 @@
 
 For a distilled checkpoint the CLS head, the distillation head and their average are reported.
 Images are prepared with the authors' evaluation transform (shorter side to
-``image_size / crop_pct``, centre crop; the checkpoint's mean/std) or with the checkpoint's own
-image processor (``--transform processor``).
+``image_size / crop_pct``, centre crop; the checkpoint's mean/std: the one rule of
+:mod:`deit.images`) or with the checkpoint's own image processor (``--transform processor``).
 """
 
 from __future__ import annotations
@@ -42,16 +42,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-class ProcessorTransform:
-    """A per-image transform made of an image processor (picklable, for DataLoader workers)."""
-
-    def __init__(self, processor: Any) -> None:
-        self.processor = processor
-
-    def __call__(self, image: Any) -> torch.Tensor:
-        return self.processor(image, return_tensors="pt")["pixel_values"][0]
-
-
 def label_order(id2label: dict[int, str], classes: list[str]) -> list[int] | None:
     """Model id of each data set class when the names say the order differs; None when the order
     is the same (or the model's labels are not names to match: then the order is assumed)."""
@@ -71,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.data import build_dataset, collate_readable, default_eval_split
     from ..train.evaluate import evaluate, format_metrics
     from ..train.samplers import ShardedEvalSampler
-    from ..train.transforms import build_eval_transform
+    from ..train.transforms import ProcessorTransform, build_eval_transform
     from ..processing import DeiTImageProcessor
 
     if args.batch_size < 1:

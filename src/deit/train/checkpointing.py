@@ -114,9 +114,9 @@ def _shown(value: Any) -> str:
 
 def save_hf_model(model: torch.nn.Module, directory: str | os.PathLike, *, mean: Sequence[float], std: Sequence[float], crop_pct: float) -> None:
     """``save_pretrained`` plus the ``preprocessor_config.json`` of the eval transform it was validated with."""
-    from ..processing import DeiTImageProcessor, eval_resize_size
+    from ..processing import DeiTImageProcessor
 
     model.save_pretrained(directory)
-    size = model.config.image_size
-    processor = DeiTImageProcessor(size={"shortest_edge": eval_resize_size(size, crop_pct)}, crop_size=size, image_mean=list(mean), image_std=list(std))
+    # The one evaluation resize rule (deit.images), with the run's crop ratio and mean/std.
+    processor = DeiTImageProcessor.for_eval(model.config.image_size, crop_pct, image_mean=list(mean), image_std=list(std))
     processor.save_pretrained(directory)

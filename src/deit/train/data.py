@@ -3,7 +3,8 @@
 
 Every data set yields ``(image, label)`` items, where ``image`` is ``transform(PIL RGB image)``
 (the PIL image itself without a transform), and has ``classes`` (names, in label order) and
-``num_classes``.
+``num_classes``. Files are opened by :mod:`deit.images` (EXIF orientation, the mode policy), as
+on every other path from a file to pixels.
 
 Corrupt images are skipped, not fatal: an image that cannot be decoded is flagged, a warning
 names it (once per process, unless ``dataset.quiet``: then the caller reports the flags), and
@@ -31,6 +32,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..images import IMAGE_SUFFIXES, open_rgb, to_rgb
+
 __all__ = [
     "CorruptImageWarning", "ImageDataset", "Mnist5k", "ImageFolderDataset", "UnlabelledImageFolder", "HFDiskDataset",
     "build_dataset", "count_corrupt", "collate_readable", "default_eval_split", "SPLITS", "EVAL_SPLITS", "MNIST5K_SPEC",
@@ -42,7 +45,6 @@ EVAL_SPLITS = (*SPLITS, "all")
 MNIST5K_SPEC = "mnist5k"
 # Share of each class held out for validation when a source has no split of its own.
 VAL_FRACTION = 0.1
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 VAL_FOLDER_NAMES = ("val", "validation")
 # The one "class" of a data set read without labels (pre-training).
 UNLABELLED_CLASSES = ("image",)
@@ -158,13 +160,6 @@ def collate_readable(items: list[tuple[Any, int] | None]) -> Any:
 
     readable = [item for item in items if item is not None]
     return default_collate(readable) if readable else None
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    # Palette images with transparency go through RGBA so Pillow maps the colours, not indices.
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    return image.convert("RGB")
 
 
 def _check_split(split: str) -> None:
@@ -328,8 +323,7 @@ class ImageFolderDataset(ImageDataset):
         super().__init__(classes, [label for _, label in self.samples], transform, str(root))
 
     def load_image(self, index: int) -> Image.Image:
-        with Image.open(self.samples[index][0]) as image:
-            return _to_rgb(image)
+        return open_rgb(self.samples[index][0])
 
     def describe(self, index: int) -> str:
         return str(self.samples[index][0])
@@ -367,8 +361,7 @@ class UnlabelledImageFolder(ImageDataset):
         super().__init__(UNLABELLED_CLASSES, [0] * len(self.files), transform, str(root))
 
     def load_image(self, index: int) -> Image.Image:
-        with Image.open(self.files[index]) as image:
-            return _to_rgb(image)
+        return open_rgb(self.files[index])
 
     def describe(self, index: int) -> str:
         return str(self.files[index])
@@ -458,12 +451,10 @@ class HFDiskDataset(ImageDataset):
     def load_image(self, index: int) -> Image.Image:
         value = self._table[self._rows[index]][self._image_col]
         if isinstance(value, dict):  # an Image feature stored with decode=False
-            import io
-
-            value = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else Image.open(value["path"])
+            return open_rgb(value["bytes"] if value.get("bytes") else value["path"], self.describe(index))
         if not isinstance(value, Image.Image):
             raise ValueError(f"the {self._image_col!r} column holds {type(value).__name__}, not an image")
-        return _to_rgb(value)
+        return to_rgb(value, self.describe(index))  # (datasets applied the EXIF orientation when decoding)
 
     def describe(self, index: int) -> str:
         return f"{self.source} row {self._rows[index]}"

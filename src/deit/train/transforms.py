@@ -2,7 +2,10 @@
 
 Training: random resized crop + horizontal flip, RandAugment (``rand-m9-mstd0.5-inc1``) or, when
 RandAugment is off, colour jitter, then to a float tensor, normalisation and random erasing of
-normal noise. Evaluation: shorter side to ``image_size / crop_pct``, centre crop ``image_size``.
+normal noise. Evaluation: the image processor with the one evaluation resize rule of
+:mod:`deit.images` (shorter side to ``image_size / crop_pct``, centre crop ``image_size``), so a
+validation image gets the pixel values that ``deit predict``, ``deit eval`` and ``deit attention``
+give it.
 
 RandAugment is torchvision's, given timm's magnitude scale (0..10, ``m9`` = 90 % of each op's
 range) and timm's magnitude noise (``mstd``: a magnitude drawn per image from N(m, mstd), clipped
@@ -13,15 +16,16 @@ a stronger change); it has Identity where timm has Invert and SolarizeAdd.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
-from ..processing import DEFAULT_CROP_PCT, eval_resize_size
+from ..processing import DEFAULT_CROP_PCT, DeiTImageProcessor
 
 __all__ = [
-    "build_train_transform", "build_eval_transform", "parse_rand_augment",
+    "build_train_transform", "build_eval_transform", "ProcessorTransform", "parse_rand_augment",
     "RandAugment", "MixupCutmix", "smoothed_one_hot",
 ]
 
@@ -132,17 +136,26 @@ def build_train_transform(
     return v2.Compose(steps)
 
 
+class ProcessorTransform:
+    """A per-image transform made of an image processor: image -> (C, H, W) float tensor
+    (picklable, for DataLoader workers)."""
+
+    def __init__(self, processor: DeiTImageProcessor) -> None:
+        self.processor = processor
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        return self.processor(image, return_tensors="pt")["pixel_values"][0]
+
+
 def build_eval_transform(
     image_size: int, *, mean: Sequence[float], std: Sequence[float], crop_pct: float = DEFAULT_CROP_PCT, interpolation: str = "bicubic"
-) -> v2.Compose:
-    """The authors' evaluation transform: shorter side to ``image_size / crop_pct``, centre crop."""
-    return v2.Compose(
-        [
-            v2.Resize(eval_resize_size(image_size, crop_pct), interpolation=_interpolation(interpolation), antialias=True),
-            v2.CenterCrop(image_size),
-            *_to_normalized_tensor(mean, std),
-        ]
-    )
+) -> ProcessorTransform:
+    """The authors' evaluation transform, the one rule of :mod:`deit.images`: shorter side to
+    ``image_size / crop_pct``, centre crop; through the image processor (Pillow's resize on 8-bit
+    pixels, the processor's crop offsets and normalisation), as every other path."""
+    _interpolation(interpolation)  # the same names as the training transform
+    processor = DeiTImageProcessor.for_eval(image_size, crop_pct, resample=interpolation, image_mean=list(mean), image_std=list(std))
+    return ProcessorTransform(processor)
 
 
 def smoothed_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
