@@ -274,7 +274,7 @@ def test_training_with_an_hf_teacher_distills_and_records_it_in_the_card(tmp_pat
     assert f"| teacher | `hf:{tmp_path / 'resnet'}` |" in card.text and "| distillation type | soft |" in card.text
 
 
-def test_fine_tuning_a_deit_pretrain_checkpoint_decays_layers_by_default_and_both_cards_load(tmp_path, capsys):
+def test_fine_tuning_a_deit_pretrain_checkpoint_notes_layer_decay_and_both_cards_load(tmp_path, capsys):
     from huggingface_hub import ModelCard
     from pretrain_helpers import tiny_pretrain_config
 
@@ -288,10 +288,11 @@ def test_fine_tuning_a_deit_pretrain_checkpoint_decays_layers_by_default_and_bot
     start = str(tmp_path / "pre" / "last")
     architecture = dict(image_size=None, patch_size=None, hidden_size=None, depth=None, heads=None)
     fit(tiny_config(str(tmp_path / "fine"), model=start, epochs=1, **architecture), train_dataset=train_set, val_dataset=val_set)
-    assert "note: layer decay 0.65" in capsys.readouterr().err
-    assert "| layer_decay | 0.65 |" in ModelCard.load(tmp_path / "fine" / "last" / "README.md").text
-    fit(tiny_config(str(tmp_path / "off"), model=start, epochs=1, layer_decay=1.0, **architecture), train_dataset=train_set, val_dataset=val_set)
-    assert "| layer_decay | none |" in ModelCard.load(tmp_path / "off" / "last" / "README.md").text
+    err = capsys.readouterr().err
+    assert "note: layer decay off (the default)" in err and "--layer-decay 0.65" in err
+    assert "| layer_decay | none |" in ModelCard.load(tmp_path / "fine" / "last" / "README.md").text
+    fit(tiny_config(str(tmp_path / "on"), model=start, epochs=1, layer_decay=0.65, **architecture), train_dataset=train_set, val_dataset=val_set)
+    assert "| layer_decay | 0.65 |" in ModelCard.load(tmp_path / "on" / "last" / "README.md").text
 
 
 def test_report_to_is_log_by_the_trainers_name():

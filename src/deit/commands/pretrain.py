@@ -54,5 +54,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"finished {epochs_text(len(result.history))}: validation reconstruction loss {last['val_loss']:.4f} (best {result.best:.4f})")
     print(f"model: {result.output_dir / 'last'}; reconstructions: {result.output_dir / 'reconstructions.png'}; "
           f"fine-tune with: deit train --model {result.output_dir / 'last'} --data ... "
-          f"(layer decay {MASKED_IMAGE_MODELING_LAYER_DECAY} by default for this encoder; --layer-decay RATE sets it)")
+          f"(layer decay off by default; SimMIM's --layer-decay {MASKED_IMAGE_MODELING_LAYER_DECAY} is an option)")
     return 0

@@ -107,8 +107,8 @@ TRAIN_OPTIONS: dict[str, list[tuple[str, str, dict]]] = {
         ("grad_checkpointing", "recompute each block's activations in the backward pass: less memory, about a third more compute",
          {"action": argparse.BooleanOptionalAction}),
         ("layer_decay", "layer-wise learning-rate decay: block i of N trains at RATE^(N-i) times the rate, the embeddings and "
-         f"tokens at RATE^(N+1), the heads at the full rate (default: {MASKED_IMAGE_MODELING_LAYER_DECAY} when --model is a "
-         "deit pretrain checkpoint, as SimMIM fine-tunes, else off)", {"type": float, "metavar": "RATE"}),
+         f"tokens at RATE^(N+1), the heads at the full rate (default: off; SimMIM fine-tunes a masked-image-modeling ViT-B "
+         f"with {MASKED_IMAGE_MODELING_LAYER_DECAY}, and a note says so when --model is a deit pretrain checkpoint)", {"type": float, "metavar": "RATE"}),
         ("log", "also log the metrics per step and per epoch to tensorboard (OUTPUT/tensorboard) and/or wandb (OUTPUT/wandb) "
          "(default: neither); --report-to is the same option (the Trainer's name; under torchrun, whose parser takes --log "
          "for its own --log-dir, use --report-to)", {"nargs": "+", "choices": LOG_CHOICES, "aliases": ("--report-to",)}),

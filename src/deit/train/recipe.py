@@ -15,8 +15,9 @@ DISTILLATION_CHOICES = ("none", "soft", "hard")
 DEFAULT_NUM_WORKERS = 4
 DEFAULT_WARMUP_EPOCHS = 5.0
 LOG_CHOICES = ("tensorboard", "wandb")  # deit.train.trackers
-# Layer-wise lr decay when fine-tuning an encoder pre-trained by masked-image modeling (deit
-# pretrain): the SimMIM authors' value for fine-tuning ViT-B. Other starts train every layer at one rate.
+# The SimMIM authors' layer decay for fine-tuning a masked-image-modeling ViT-B: suggested (a note)
+# when fine-tuning a `deit pretrain` checkpoint, not the default, since on the mnist5k student
+# (4 blocks, 30 epochs) it cost points (BENCHMARKS.md, "Layer decay").
 MASKED_IMAGE_MODELING_LAYER_DECAY = 0.65
 
 
@@ -106,7 +107,7 @@ class TrainConfig:
 
     # ---- the switches of timm's train.py and the transformers Trainer
     compile: str | None = None  # a torch.compile backend for the student and an online teacher ("inductor"); None: eager
-    layer_decay: float | None = None  # None: MASKED_IMAGE_MODELING_LAYER_DECAY from a `deit pretrain` checkpoint, else off
+    layer_decay: float | None = None  # None: off, every layer at one rate (from a `deit pretrain` checkpoint a note suggests one)
     grad_checkpointing: bool = False  # recompute each block's activations in the backward pass (less memory, more time)
     log: tuple[str, ...] = ()  # scalar logs of the run beside metrics.jsonl: "tensorboard", "wandb"
     push_to_hub: str | None = None  # a Hub repository that last/ (with its model card) is uploaded to at the end
