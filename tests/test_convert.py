@@ -263,7 +263,7 @@ def test_convert_command_both_ways(tmp_path, capsys):
     assert cli(["convert", str(source), str(folder)]) == 0
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
     processor = json.loads((folder / "preprocessor_config.json").read_text())
-    assert processor["crop_size"] == {"height": 32, "width": 32} and processor["size"]["height"] == math.floor(32 / 0.875)
+    assert processor["crop_size"] == {"height": 32, "width": 32} and processor["size"] == {"shortest_edge": math.floor(32 / 0.875)}
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "deit" and config["layer_norm_eps"] == 1e-6
 

@@ -40,16 +40,16 @@ def output_layout(args: argparse.Namespace) -> str:
 
 def processor_for(src: str, image_size: int, hub_kwargs: dict[str, Any]):
     """The source's own preprocessor_config.json when it has one, else the DeiT evaluation recipe
-    (resize to image_size / 0.875, center crop to image_size)."""
+    (the shorter side to image_size / 0.875, centre crop to image_size)."""
     from ..hub import resolve_file
-    from ..processing import PREPROCESSOR_CONFIG_NAME, DeiTImageProcessor, eval_resize_size
+    from ..processing import PREPROCESSOR_CONFIG_NAME, DeiTImageProcessor
 
     source = Path(src)
     folder = source if source.is_dir() else source.parent if source.exists() else src
     found = resolve_file(folder, PREPROCESSOR_CONFIG_NAME, required=False, **hub_kwargs)
     if found is not None:
         return DeiTImageProcessor.from_json_file(found)
-    return DeiTImageProcessor(size=eval_resize_size(image_size), crop_size=image_size)
+    return DeiTImageProcessor.for_eval(image_size)
 
 
 def timm_usage(recipe: dict[str, Any], dst: str) -> str:
