@@ -137,7 +137,7 @@ def test_bf16_in_float32_arithmetic_rounds_only_what_enters_the_residual_stream(
     activation in float32 and rounds only the two branch outputs to bf16: it equals that
     computation written out in plain PyTorch (within 2 bf16 steps: the matmuls' summation order
     differs, then the value is rounded). Head size 16, so the folded scale 1/4 is exact in bf16."""
-    from deit.optimize import _InferenceBlock
+    from deit.inference_model import _InferenceBlock
 
     layer = build().deit.encoder.layer[0].bfloat16()
     x = torch.randn(3, 17, 64, generator=torch.Generator().manual_seed(2)).bfloat16()
@@ -162,7 +162,7 @@ def test_bf16_in_float32_arithmetic_rounds_only_what_enters_the_residual_stream(
 def test_without_bf16_kernels_every_mode_computes_bf16_in_float32(pixels, monkeypatch):
     """On a CPU where oneDNN has no bf16 matmul (AVX2; simulated here) every mode, "bf16"
     included, runs the bf16 matmuls in float32 arithmetic: the same outputs as "fp32"."""
-    monkeypatch.setattr(sys.modules["deit.optimize"], "bf16_kernels_available", lambda: False)
+    monkeypatch.setattr(sys.modules["deit.inference_model"], "bf16_kernels_available", lambda: False)
     plain = build()
     with torch.inference_mode():
         outputs = {mode: optimize(plain, dtype="bf16", bf16_matmul=mode)(pixels).logits for mode in ("bf16", "auto", "fp32")}

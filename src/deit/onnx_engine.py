@@ -1,7 +1,7 @@
 """ONNX Runtime as the engine behind :func:`deit.optimize`, in float32 and in int8.
 
 The graph ONNX Runtime runs is the inference model's own computation
-(:class:`deit.optimize.InferenceModel` on PyTorch's default kernels), exported once, so it keeps
+(:class:`deit.inference_model.InferenceModel` on PyTorch's default kernels), exported once, so it keeps
 the savings that a graph exported from the model itself lacks: query, key and value are one
 matmul with the softmax scale folded into the query rows, and the last block computes its
 attention output, residual and MLP only for the rows of the tokens the heads read ([CLS] and
@@ -42,7 +42,7 @@ from torch import nn
 
 from .io import atomic_path
 from .modeling import DeiTForImageClassification, DeiTForImageClassificationWithTeacher, DeiTPreTrainedModel, check_pixel_values
-from .optimize import InferenceModel
+from .inference_model import InferenceModel
 
 __all__ = ["onnxruntime_available", "onnxruntime_session", "quantize_int8", "OnnxRuntimeModel", "PRECISIONS"]
 
@@ -155,7 +155,7 @@ def onnxruntime_session(path: str | os.PathLike, threads: int | None = None) -> 
 
 
 class OnnxRuntimeModel(InferenceModel):
-    """:class:`~deit.optimize.InferenceModel` whose plain calls (``pixel_values``, ``return_dict``)
+    """:class:`~deit.inference_model.InferenceModel` whose plain calls (``pixel_values``, ``return_dict``)
     run in an ONNX Runtime session of its graph, in ``precision`` ``"fp32"`` or ``"int8"``.
 
     In float32 the arguments the graph does not take (``output_hidden_states``,
