@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val")
+# Every image of a source, without a held-out split: the unlabelled images of a partly labelled run.
+ALL_IMAGES = "all"
 MNIST5K_SPEC = "mnist5k"
 # Share of each class held out for validation when a source has no split of its own.
 VAL_FRACTION = 0.1
@@ -139,9 +141,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+def _check_split(split: str, allowed: Sequence[str] = SPLITS) -> None:
+    if split not in allowed:
+        raise ValueError(f"split must be one of {tuple(allowed)}, got {split!r}")
 
 
 def _holdout(items: Sequence[Any], key: str) -> tuple[list[Any], list[Any]]:
@@ -296,25 +298,30 @@ class ImageFolderDataset(ImageDataset):
 
 
 class UnlabelledImageFolder(ImageDataset):
-    """Every image file under a folder, without labels (masked-image pre-training).
+    """Every image file under a folder, without labels (masked-image pre-training; the unlabelled
+    images of a partly labelled run, ``split="all"``).
 
     ``root/train/...`` and ``root/val/...`` (or ``validation``) are the split when both exist;
     otherwise a fixed 10 % of the files (sorted by path, shuffled with a fixed seed) are held out
-    for validation. Sub-folders, class folders or not, are only searched for images.
+    for validation. ``split="all"`` takes every image under ``root``. Sub-folders, class folders
+    or not, are only searched for images.
     """
 
     def __init__(self, root: str | os.PathLike, split: str, transform: Callable | None = None) -> None:
-        _check_split(split)
+        _check_split(split, (*SPLITS, ALL_IMAGES))
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: no such data folder")
         val_dir = next((root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()), None)
-        if (root / "train").is_dir() and val_dir is not None:
+        if split == ALL_IMAGES:
+            self.files = _images_under(root)
+        elif (root / "train").is_dir() and val_dir is not None:
             self.files = _images_under(root / "train" if split == "train" else val_dir)
         else:
             self.files = _holdout(_images_under(root), "unlabelled")[0 if split == "train" else 1]
         if not self.files:
-            raise ValueError(f"{root}: no {split} images ({', '.join(IMAGE_SUFFIXES)}) found under it")
+            which = "" if split == ALL_IMAGES else f"{split} "
+            raise ValueError(f"{root}: no {which}images ({', '.join(IMAGE_SUFFIXES)}) found under it")
         super().__init__(UNLABELLED_CLASSES, [0] * len(self.files), transform, str(root))
 
     def load_image(self, index: int) -> Image.Image:
@@ -351,10 +358,11 @@ class HFDiskDataset(ImageDataset):
     ``image`` (or ``img``), labels from ``label`` (or ``labels``); class names are the
     ``ClassLabel`` names, else the label values (integers 0..max, or sorted strings).
     ``labelled=False`` (pre-training) also reads a data set without a label column.
+    ``split="all"`` takes the ``train`` split of a ``DatasetDict`` and every row of a ``Dataset``.
     """
 
     def __init__(self, path: str | os.PathLike, split: str, transform: Callable | None = None, *, labelled: bool = True) -> None:
-        _check_split(split)
+        _check_split(split, (*SPLITS, ALL_IMAGES))
         try:
             import datasets
         except ImportError:
@@ -368,7 +376,7 @@ class HFDiskDataset(ImageDataset):
             raise ValueError(f"{path}: not a data set saved with datasets' save_to_disk ({err})") from None
 
         if isinstance(loaded, datasets.DatasetDict):
-            names = ("train",) if split == "train" else HF_VAL_SPLITS
+            names = ("train",) if split in ("train", ALL_IMAGES) else HF_VAL_SPLITS
             chosen = next((n for n in names if n in loaded), None)
             if chosen is None:
                 raise ValueError(f"{path}: no {' / '.join(names)} split (the data set has {', '.join(loaded)})")
@@ -393,7 +401,7 @@ class HFDiskDataset(ImageDataset):
             classes = [str(i) for i in range(max(labels) + 1)] if labels else []
 
         rows = list(range(len(labels)))
-        if whole:
+        if whole and split != ALL_IMAGES:
             by_class: dict[int, list[int]] = {}
             for row, label in enumerate(labels):
                 by_class.setdefault(label, []).append(row)
