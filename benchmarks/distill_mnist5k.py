@@ -51,15 +51,15 @@ except ImportError:  # a checkout without installation
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from deit.bench.timing import cpu_name
 from deit.io import atomic_path, atomic_write_text
 from deit.train.engine import Trainer, fit, run_trainer
 from deit.train.recipe import TrainConfig
 from deit.train.mnist5k_recipe import (
-    SEMI_EPOCHS, SEMI_TEACHER_EPOCHS, STUDENT_EPOCHS, TEACHER_EPOCHS, ClassBalancedSubset, describe_recipe, head_accuracies, load_data,
-    student_config, train_teacher,
+    SEMI_EPOCHS, SEMI_TEACHER_EPOCHS, STUDENT_EPOCHS, TEACHER_EPOCHS, ClassBalancedSubset, describe_recipe, head_accuracies, labels_only_data,
+    load_data, student_config, train_teacher,
 )
 
 HEADS = ("cls", "dist", "avg")
@@ -79,15 +79,6 @@ IMAGES_PER_EPOCH = 4000  # the training split: what one pass over labelled + unl
 # The label-breaking augmentation of the full-data experiment: crops down to a quarter of the digit
 # (the 0.08 of ImageNet leaves a few strokes of a 28 px digit) and the recipe's mixup/cutmix.
 STRONG = dict(scale=(0.25, 1.0), mixup=0.8, cutmix=1.0)
-
-
-class Repeated(ConcatDataset):
-    """A labelled subset repeated ``times`` times per epoch (fresh augmentation each time)."""
-
-    def __init__(self, dataset: Dataset, times: int) -> None:
-        super().__init__([dataset] * times)
-        self.classes = list(dataset.classes)
-        self.targets = list(dataset.targets) * times
 
 
 class ClassTokenTrainer(Trainer):
@@ -120,8 +111,8 @@ def labelled_data(budget: int | str) -> tuple[Dataset, Dataset, Dataset]:
     if budget == "full":
         return train_set, val_set, train_set
     labelled = ClassBalancedSubset(train_set, budget)
-    rest = torch.utils.data.Subset(train_set, sorted(set(range(len(train_set))) - set(labelled.indices)))
-    return Repeated(labelled, IMAGES_PER_EPOCH // len(labelled)), val_set, rest
+    rest = Subset(train_set, sorted(set(range(len(train_set))) - set(labelled.indices)))
+    return labels_only_data(train_set, budget), val_set, rest
 
 
 def teacher_file(out: str, budget: int | str) -> Path:

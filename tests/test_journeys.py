@@ -364,10 +364,13 @@ def test_demo_quick(workspace):
     out = workspace / "demo"
     proc = run_deit("demo", "--quick", "--out", out, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "| student, hard distillation |" in proc.stdout and "| student, no distillation |" in proc.stdout
+    # 30 training images per class, 3 of them labelled: the teacher and the labels-only student see 30 labels.
+    assert "| teacher (SmallConvNet, 30 labelled images) |" in proc.stdout
+    assert "| student, no distillation, 30 labelled images |" in proc.stdout
+    assert "| student, hard distillation, 30 labelled + 270 unlabelled images |" in proc.stdout
     results = json.loads((out / "results.json").read_text())
-    assert 0 <= results["teacher_acc1"] <= 100
-    assert set(results["students"]) == {"no distillation", "hard distillation"}
+    assert 0 <= results["teacher_acc1"] <= 100 and (results["train_images"], results["labelled_images"]) == (300, 30)
+    assert set(results["students"]) == {"no distillation, 30 labelled images", "hard distillation, 30 labelled + 270 unlabelled images"}
     for heads in results["students"].values():
         assert set(heads) == {"cls", "dist", "avg"} and all(0 <= v <= 100 for v in heads.values())
     assert (out / "curves.png").stat().st_size > 0

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from .engine import fit
 from .epoch_order import seed_everything
@@ -122,6 +122,23 @@ class ClassBalancedSubset(Subset):
         self.targets = [targets[i] for i in indices]
 
 
+class Repeated(ConcatDataset):
+    """A data set repeated ``times`` times per epoch (each time with fresh augmentation): the
+    labelled images of a run without the unlabelled ones, given the steps of one with them."""
+
+    def __init__(self, dataset: Dataset, times: int) -> None:
+        super().__init__([dataset] * times)
+        self.classes = list(dataset.classes)
+        self.targets = list(dataset.targets) * times
+
+
+def labels_only_data(train_set: Dataset, labels_per_class: int) -> Repeated:
+    """The first ``labels_per_class`` images of each class, repeated to about ``len(train_set)``
+    per epoch: the same steps per epoch as a partly labelled run over all of ``train_set``."""
+    labelled = ClassBalancedSubset(train_set, labels_per_class)
+    return Repeated(labelled, max(1, len(train_set) // len(labelled)))
+
+
 @torch.no_grad()
 def logits_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> float:
     """Top-1 (%) of a model that returns a logits tensor (the convnet teacher)."""
@@ -147,7 +164,7 @@ def train_teacher(train_set: Dataset, val_set: Dataset, *, num_classes: int, epo
     start = time.perf_counter()
     seed_everything(seed)
     model = SmallConvNet(num_classes=num_classes, in_channels=3)
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(train_set, batch_size=min(batch_size, len(train_set)), shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     total_steps = epochs * len(loader)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
@@ -163,15 +180,19 @@ def train_teacher(train_set: Dataset, val_set: Dataset, *, num_classes: int, epo
     return TeacherRun(model, logits_accuracy(model, val_set), time.perf_counter() - start)
 
 
-def train_student_quietly(config: TrainConfig, per_class: tuple[int, int] | None = None, threads: int = 1) -> dict[str, Any]:
+def train_student_quietly(config: TrainConfig, per_class: tuple[int, int] | None = None, labels_per_class: int | None = None,
+                          threads: int = 1) -> dict[str, Any]:
     """A no-teacher student run without a progress bar, for a worker process beside the one that
     trains the distilled student (``deit demo``): its head accuracies, history and seconds.
-    ``per_class``: (training, validation) images per class, for a class-balanced slice."""
+    ``per_class``: (training, validation) images per class, for a class-balanced slice;
+    ``labels_per_class``: train on that many labelled images per class (:func:`labels_only_data`)."""
     torch.set_num_threads(threads)
     start = time.perf_counter()
     train_set, val_set = load_data(config)
     if per_class is not None:
         train_set, val_set = ClassBalancedSubset(train_set, per_class[0]), ClassBalancedSubset(val_set, per_class[1])
+    if labels_per_class is not None:
+        train_set = labels_only_data(train_set, labels_per_class)
     result = fit(dataclasses.replace(config, progress=False), train_dataset=train_set, val_dataset=val_set)
     return {"accuracies": head_accuracies(result.final_metrics), "history": result.history, "seconds": time.perf_counter() - start}
 
