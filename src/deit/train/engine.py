@@ -483,8 +483,10 @@ def fit(config: TrainConfig | None = None, *, teacher: nn.Module | None = None, 
     ``fit(TrainConfig(data="mnist5k", epochs=10))`` or ``fit(data="mnist5k", epochs=10)``.
     ``teacher`` (an ``nn.Module`` mapping the student's normalised batch to logits) replaces
     ``config.teacher``; ``train_dataset``/``val_dataset`` (``(tensor, label)`` items, with a
-    ``.classes`` list, transforms applied) replace ``config.data``. Under ``torchrun`` every
-    process calls ``fit`` and rank 0 writes the files.
+    ``.classes`` list, transforms applied) replace ``config.data``; items labelled -1 (listed in
+    the data set's ``.targets``) are images without a label, learned from the teacher only
+    (``deit.train.partial_labels``). Under ``torchrun`` every process calls ``fit`` and rank 0
+    writes the files.
     """
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     if teacher is not None and config.teacher is None:
