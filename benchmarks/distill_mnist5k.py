@@ -162,7 +162,8 @@ def teacher_job(budget: int | str, settings: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(settings["threads"])
     train_set, val_set = load_data(student_config("unused", "none"))
     labelled = train_set if budget == "full" else ClassBalancedSubset(train_set, budget)
-    epochs = settings["full_teacher_epochs"] if budget == "full" else settings["teacher_epochs"]
+    # The same images seen (and steps) at every budget: the epochs of the 40-per-class teacher, scaled.
+    epochs = settings["full_teacher_epochs"] if budget == "full" else round(settings["teacher_epochs"] * 40 / budget)
     teacher = train_teacher(labelled, val_set, num_classes=10, epochs=epochs, seed=0)
     with atomic_path(teacher_file(settings["out"], budget)) as tmp:
         save_file(teacher.model.state_dict(), str(tmp))
@@ -379,7 +380,8 @@ def main() -> int:
     parser.add_argument("--full-data", action="store_true", help="also the label-breaking experiment on all 4,000 labels (none vs hard)")
     parser.add_argument("--epochs", type=int, default=SEMI_EPOCHS, help=f"student epochs of {IMAGES_PER_EPOCH} images")
     parser.add_argument("--full-epochs", type=int, default=STUDENT_EPOCHS, help="student epochs of the full-data experiment")
-    parser.add_argument("--teacher-epochs", type=int, default=SEMI_TEACHER_EPOCHS, help="teacher epochs on the labelled images")
+    parser.add_argument("--teacher-epochs", type=int, default=SEMI_TEACHER_EPOCHS,
+                        help="teacher epochs on 40 labelled images per class (other budgets: scaled to as many images seen)")
     parser.add_argument("--full-teacher-epochs", type=int, default=TEACHER_EPOCHS, help="teacher epochs on all 4,000 labels")
     parser.add_argument("--out", default="runs/bench-distill-mnist5k", help="where the runs and the per-run results are written")
     parser.add_argument("--markdown", help="also write the report with the command to this file")
@@ -438,7 +440,8 @@ def main() -> int:
             f"Accuracy vs labels: `{plot}`.\n\n"
             f"Recipe ({Path('src/deit/train/mnist5k_recipe.py')}): {describe_recipe()}. Every student: {args.epochs} epochs of "
             f"{IMAGES_PER_EPOCH} images (the labelled images repeated where a method uses no others); teacher "
-            f"{args.teacher_epochs} epochs on the labelled images. Distillation alpha 0.5, tau 1.\n\n"
+            f"{args.teacher_epochs} epochs on 40 labelled images per class, scaled to as many images seen at the other budgets. "
+            "Distillation alpha 0.5, tau 1.\n\n"
             f"{report}\n"
         )
         atomic_write_text(Path(args.markdown), text)
