@@ -103,7 +103,9 @@ def test_eval_resize_size_is_the_authors_and_timms(crop_size, crop_pct):
 
 def test_for_model_reads_the_folder_or_follows_the_recipe(tmp_path):
     recipe = DeiTImageProcessor.for_model(tmp_path / "model.safetensors", 384)
-    assert recipe.size == {"height": eval_resize_size(384, DEFAULT_CROP_PCT), "width": 438} and recipe.crop_size == {"height": 384, "width": 384}
+    # Issue 28: the one evaluation resize rule (deit.images), the authors' shorter side, not a square.
+    assert recipe.size == {"shortest_edge": eval_resize_size(384, DEFAULT_CROP_PCT)} == {"shortest_edge": 438}
+    assert recipe.crop_size == {"height": 384, "width": 384}
     DeiTImageProcessor(size=40, crop_size=32, image_mean=0.5, image_std=0.5).save_pretrained(tmp_path)
     for source in (tmp_path, tmp_path / "model.safetensors"):
         found = DeiTImageProcessor.for_model(source, 384)

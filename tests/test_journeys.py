@@ -19,7 +19,7 @@ import pytest
 import torch
 from journey_fixtures import (
     CLASSES, IMAGE_SIZE, console_script, deit_command, deit_env, run_deit, save_hf_checkpoint, save_original_pth,
-    save_timm_safetensors, tiny_deit, tiny_timm, write_image_folder, write_predict_inputs,
+    save_timm_safetensors, tiny_deit, tiny_timm, write_image_folder, write_photo, write_predict_inputs,
 )
 from PIL import Image
 from safetensors.torch import load_file
@@ -121,6 +121,76 @@ def test_predict_a_folder_labels_the_images_and_names_the_bad_file(hf_checkpoint
         assert predictions[0]["label"] == expected, path
 
 
+@needs_script
+def test_same_named_files_from_two_folders_keep_their_own_outputs(workspace, hf_checkpoint):
+    """Issue 24, item 6: two inputs named IMG_0001.jpg in different folders both keep their
+    attention picture (named by the path under the inputs' common folder), and predict --json
+    names them by the same rule; a file reached twice (its folder and itself) is done once."""
+    inputs = workspace / "same-names"
+    phone = write_photo(inputs / "phone" / "IMG_0001.jpg")
+    camera = inputs / "camera" / "IMG_0001.jpg"
+    camera.parent.mkdir(parents=True)
+    Image.open(phone).convert("L").resize((80, 96)).save(camera)
+    out = workspace / "same-names-maps"
+
+    drawn = run_deit("attention", phone, camera, "--model", hf_checkpoint, "--out", out)
+    assert drawn.returncode == 0, drawn.stderr
+    expected = {"phone/IMG_0001.jpg.attention.png", "camera/IMG_0001.jpg.attention.png"}
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*.png")} == expected
+    assert all(f"-> {out / name}" in drawn.stdout for name in expected)
+
+    predicted = run_deit("predict", inputs, phone, "--model", hf_checkpoint, "--top-k", "1", "--json")
+    assert predicted.returncode == 0, predicted.stderr
+    results = json.loads(predicted.stdout)
+    assert [(r["image"], r["name"]) for r in results] == [(str(camera), "camera/IMG_0001.jpg"), (str(phone), "phone/IMG_0001.jpg")]
+    model = tiny_deit()
+    for result in results:
+        with torch.no_grad():
+            expected_label = CLASSES[int(model(pixels_for(hf_checkpoint, Path(result["image"]))).logits.argmax())]
+        assert result["predictions"][0]["label"] == expected_label
+
+
+def near_uniform_attention_checkpoint(folder: Path) -> Path:
+    """The tiny DeiT with its queries and keys scaled down: every token attends almost evenly
+    (a rollout within 0.1 % of 1/16 per patch), as an untrained or flat-looking model does."""
+    model = tiny_deit()
+    with torch.no_grad():
+        for layer in model.deit.encoder.layer:
+            layer.attention.attention.query.weight.mul_(0.02)
+            layer.attention.attention.key.weight.mul_(0.02)
+    return save_hf_checkpoint(folder, model)
+
+
+def colour_spread_across_first_map(picture: Path) -> int:
+    """Largest difference of any colour channel along a row through the middle of the first
+    map panel (the second of the picture's three; the input panel is a flat grey image)."""
+    pixels = np.asarray(Image.open(picture).convert("RGB")).astype(int)
+    height, width, _ = pixels.shape
+    row = pixels[height // 2 + 20]
+    white = (row == 255).all(axis=1)
+    start = next(x for x in range(width // 3, width) if not white[x])
+    end = next(x for x in range(start, width) if white[x])
+    assert end - start > 100, (start, end)  # the map itself, not a sliver
+    segment = row[start:end]
+    return int((segment.max(axis=0) - segment.min(axis=0)).max())
+
+
+@needs_script
+def test_attention_of_a_near_uniform_map_is_drawn_flat(workspace):
+    """Issue 24, item 11: a rollout within 0.1 % of uniform was stretched over the whole jet
+    colour map (red to blue across the panel), so a flat map looked focused; drawn in multiples
+    of uniform from 0 to at least 2, it is one colour."""
+    checkpoint = near_uniform_attention_checkpoint(workspace / "near-uniform")
+    grey = workspace / "grey" / "grey.png"
+    grey.parent.mkdir()
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(grey)
+    out = workspace / "grey-maps"
+    proc = run_deit("attention", grey, "--model", checkpoint, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    # Measured: 63 levels with the old jet scale, 1 now; 8 leaves room for antialiasing.
+    assert colour_spread_across_first_map(out / "grey.png.attention.png") <= 8
+
+
 # ------------------------------------------------------------------ eval
 @needs_script
 def test_eval_reports_every_head_on_an_image_folder(hf_checkpoint, image_folder):
@@ -184,7 +254,7 @@ def test_train_one_epoch(train_runs, train_sources, source):
     accuracies = [v for k, v in metrics.items() if k.startswith(("val_acc", "ema_acc"))]
     assert accuracies and all(0 <= v <= 100 for v in accuracies)
     assert math.isfinite(metrics["train_loss"])
-    assert f"finished 1 epochs: top-1 {metrics['val_acc1']:.2f}" in proc.stdout
+    assert f"finished 1 epoch: top-1 {metrics['val_acc1']:.2f}" in proc.stdout
     assert f"fast kernels: {FAST_KERNELS} (" in proc.stdout
     assert (output / "curves.png").stat().st_size > 0 and (output / checkpointing.CHECKPOINT_NAME).is_file()
 
@@ -319,9 +389,38 @@ def test_convert_original_to_folder_to_timm_and_back_then_predict(workspace, pre
     assert predicted["score"] == pytest.approx(float(probabilities.max()), abs=1e-5)
 
 
+@needs_script
+def test_a_1000_class_timm_file_gets_the_imagenet_class_names(workspace, predict_inputs):
+    """Issue 24, item 10: a timm file carries no names; with 1000 classes it is an ImageNet-1k
+    classifier, so deit convert writes, and deit predict shows, the ImageNet-1k names
+    (torchvision's list) instead of LABEL_0 ... LABEL_999."""
+    from torchvision.models import ResNet18_Weights
+
+    imagenet = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+    assert imagenet[0] == "tench" and len(imagenet) == 1000
+    original = tiny_timm(distilled=True, seed=5, num_classes=1000)
+    timm_file = save_timm_safetensors(workspace / "imagenet-deit.safetensors", original)
+    folder = workspace / "imagenet-deit"
+
+    converted = run_deit("convert", timm_file, folder)
+    assert converted.returncode == 0, converted.stderr
+    assert "ImageNet-1k class names" in converted.stdout
+    config = json.loads((folder / "config.json").read_text())
+    assert config["id2label"] == {str(i): name for i, name in enumerate(imagenet)}
+
+    with torch.no_grad():
+        top = int(original(pixels_for(folder, predict_inputs["jpeg"])).argmax())
+    for model in (folder, timm_file):  # converted, and the timm file loaded as it is
+        proc = run_deit("predict", predict_inputs["jpeg"], "--model", model, "--top-k", "1", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)[0]["predictions"][0]["label"] == imagenet[top], model
+
+
 # ------------------------------------------------------------------ export
 @needs_script
 def test_export_onnx_runs_in_onnxruntime(workspace, hf_checkpoint):
+    """Every head, a batch axis named "batch", and the labels and preprocessing in the file's
+    metadata, read back by onnxruntime (issue 24, item 10)."""
     ort = pytest.importorskip("onnxruntime")
     onnx_file = workspace / "tiny-deit.onnx"
     # --no-check: the command's own onnxruntime comparison is what this test does, independently.
@@ -330,14 +429,26 @@ def test_export_onnx_runs_in_onnxruntime(workspace, hf_checkpoint):
     assert f"wrote ONNX graph of DeiTForImageClassificationWithTeacher to {onnx_file}" in proc.stdout
 
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == ["pixel_values"] and [o.name for o in session.get_outputs()] == ["logits"]
+    heads = ["logits", "cls_logits", "distillation_logits"]
+    assert [i.name for i in session.get_inputs()] == ["pixel_values"] and [o.name for o in session.get_outputs()] == heads
+    assert session.get_inputs()[0].shape == ["batch", 3, IMAGE_SIZE, IMAGE_SIZE]
+    assert all(o.shape == ["batch", len(CLASSES)] for o in session.get_outputs())
     pixels = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
-    (logits,) = session.run(None, {"pixel_values": pixels.numpy()})
+    produced = session.run(None, {"pixel_values": pixels.numpy()})
     with torch.no_grad():
-        expected = tiny_deit()(pixels).logits.numpy()
+        expected = tiny_deit()(pixels)
     # float32 through another runtime's kernels: measured under 1e-6 on logits of order one; 1e-4
     # is the bound deit export's own check applies (its --atol default).
-    np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+    for name, values in zip(heads, produced):
+        np.testing.assert_allclose(values, getattr(expected, name).numpy(), atol=1e-4, rtol=0, err_msg=name)
+
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert json.loads(metadata["id2label"]) == {str(i): name for i, name in enumerate(CLASSES)}
+    processor = deit.DeiTImageProcessor.from_pretrained(hf_checkpoint)
+    assert json.loads(metadata["image_mean"]) == list(processor.image_mean) and json.loads(metadata["image_std"]) == list(processor.image_std)
+    assert metadata["image_size"] == str(IMAGE_SIZE)
+    assert metadata["resize"].startswith(f"resize 36x36 (bicubic), then centre crop {IMAGE_SIZE}x{IMAGE_SIZE}")
+    assert json.loads(metadata["preprocessor_config"]) == json.loads(json.dumps(processor.to_dict()))
 
 
 # ------------------------------------------------------------------ bench

@@ -14,7 +14,7 @@ from PIL import Image
 
 import deit
 from deit.bench.loading import level_difference
-from deit.loading import load_batches, to_model_input
+from deit.loading import expand_inputs, load_batches, output_names, to_model_input
 
 
 @pytest.fixture
@@ -101,13 +101,33 @@ def test_torch_resize_path_crops_and_zero_pads_as_the_pillow_path(files):
     assert torch.equal(torch_pixels, pil_pixels)
 
 
+@pytest.mark.parametrize("resize", ["pil", "torch"])
+def test_grayscale_and_rgba_processors_load_as_the_processor_does(files, resize):
+    """Issue 28: the loader follows the processor's channel count (one per image_mean value), as
+    the processor does: 1 keeps grayscale images, 4 keeps RGBA images, and an image that does
+    not fit is a named failure (the processor refuses it too), not a wrong tensor."""
+    for mean, fits, misfit in (([0.5], files[1], files[0]), ([0.5, 0.4, 0.3, 0.2], files[3], files[1])):
+        processor = deit.DeiTImageProcessor(image_mean=mean, image_std=[0.25] * len(mean))
+        pixels, order, failures = load_all([fits, misfit], processor, resize=resize)
+        assert order == [0] and [index for index, _ in failures] == [1] and "channel" in failures[0][1]
+        expected = processor(str(fits), return_tensors="pt")["pixel_values"]
+        assert pixels.shape[1] == len(mean)
+        if resize == "pil":
+            assert torch.equal(pixels, expected)
+        else:
+            # torchvision's bicubic against Pillow's: at most one 8-bit level (plus float rounding).
+            assert level_difference(pixels, expected, std=[0.25] * len(mean))[0] <= 1.0 + 1e-4
+        with pytest.raises(ValueError, match="channel"):
+            processor(str(misfit))
+
+
 def test_simplejpeg_decode_gives_pillows_pixels_and_leaves_other_files_to_pillow(tmp_path, monkeypatch):
     """The simplejpeg path must decode exactly as Pillow does (0 levels), and must not be used
     where it would differ: EXIF-rotated, CMYK, non-JPEG, truncated files."""
     pytest.importorskip("simplejpeg")
     import numpy as np
 
-    from deit.loading import _decode_plain_jpeg
+    from deit.images import _decode_plain_jpeg
 
     photo = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
     cases = {
@@ -143,7 +163,24 @@ def test_simplejpeg_decode_gives_pillows_pixels_and_leaves_other_files_to_pillow
     paths = [tmp_path / n for n in ("420.jpg", "gray.jpg", "rotated.jpg", "cmyk.jpg", "truncated.jpg")]
     processor = deit.DeiTImageProcessor()
     pixels, order, failures = load_all(paths, processor, resize="torch")
-    monkeypatch.setattr("deit.loading._simplejpeg", lambda: None)
+    monkeypatch.setattr("deit.images._simplejpeg", lambda: None)
     pillow_pixels, pillow_order, _ = load_all(paths[:4], processor, resize="torch")
     assert order == pillow_order == [0, 1, 2, 3] and [i for i, _ in failures] == [4]
     assert torch.equal(pixels, pillow_pixels)
+
+
+def test_inputs_expand_once_and_name_their_outputs_by_the_path_under_the_common_folder(tmp_path):
+    """Issue 24, item 6: one naming rule for every per-input output."""
+    for relative in ("photos/phone/IMG_0001.jpg", "photos/camera/IMG_0001.jpg", "photos/camera/old/IMG_0001.JPG", "photos/camera/notes.txt"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+    phone = tmp_path / "photos" / "phone" / "IMG_0001.jpg"
+    paths = expand_inputs([phone, tmp_path / "photos", str(phone)])
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == [
+        "photos/phone/IMG_0001.jpg", "photos/camera/IMG_0001.jpg", "photos/camera/old/IMG_0001.JPG",
+    ]
+    assert output_names(paths) == ["phone/IMG_0001.jpg", "camera/IMG_0001.jpg", "camera/old/IMG_0001.JPG"]
+    # From one folder: the file names, as before; one file: its name.
+    assert output_names(paths[1:2]) == ["IMG_0001.jpg"]
+    assert output_names([tmp_path / "a.jpg", tmp_path / "b.jpg"]) == ["a.jpg", "b.jpg"]
+    assert output_names([]) == []

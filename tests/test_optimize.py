@@ -38,12 +38,13 @@ def outputs_match(expected, got, tolerance: float) -> None:
             assert (expected[name].float() - got[name].float()).abs().max() < tolerance, name
 
 
+@pytest.mark.parametrize("kernel", ["onednn", "default"])
 @pytest.mark.parametrize("cls", [deit.DeiTForImageClassificationWithTeacher, deit.DeiTForImageClassification, deit.DeiTModel,
                                  deit.ViTForImageClassification, deit.ViTModel])
-def test_float32_outputs_and_hidden_states_match_plain_model(cls, pixels):
+def test_float32_outputs_and_hidden_states_match_plain_model(cls, kernel, pixels):
     plain = build(cls)
-    fast = optimize(plain)
-    assert isinstance(fast, InferenceModel) and not list(fast.parameters())
+    fast = optimize(plain, linear_kernel=kernel, backend="torch")
+    assert isinstance(fast, InferenceModel) and not list(fast.parameters()) and fast.kernel == kernel
     with torch.inference_mode():
         outputs_match(plain(pixels), fast(pixels), 1e-5)
         outputs_match(plain(pixels, output_hidden_states=True), fast(pixels, output_hidden_states=True), 1e-5)
@@ -62,7 +63,7 @@ def test_the_users_model_is_not_modified(pixels):
 
 def test_other_input_sizes_with_interpolated_positions():
     plain = build()
-    fast = optimize(plain)
+    fast = optimize(plain, backend="torch")
     pixels = torch.randn(2, 3, 44, 36)  # not whole patches: the trailing pixels are ignored
     with torch.inference_mode():
         outputs_match(plain(pixels, interpolate_pos_encoding=True), fast(pixels, interpolate_pos_encoding=True), 1e-5)
@@ -72,7 +73,7 @@ def test_other_input_sizes_with_interpolated_positions():
 
 def test_positional_arguments_bind_as_in_the_models_forward(pixels):
     plain = build(deit.DeiTForImageClassification)
-    fast = optimize(plain)
+    fast = optimize(plain, backend="torch")
     with torch.inference_mode():
         # (pixel_values, head_mask, labels, output_attentions, output_hidden_states, return_dict, ...)
         expected = plain(pixels, None, None, False, True, False)
@@ -85,21 +86,21 @@ def test_last_layer_tokens_gives_the_leading_tokens_of_the_full_run(pixels):
     model = build(deit.DeiTModel)
     with torch.inference_mode():
         full = model(pixels).last_hidden_state
-        fast = optimize(model)(pixels, last_layer_tokens=2).last_hidden_state
+        fast = optimize(model, backend="torch")(pixels, last_layer_tokens=2).last_hidden_state
     assert fast.shape == (5, 2, 64)
     assert (fast - full[:, :2]).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("argument", [dict(head_mask=torch.ones(4)), dict(output_attentions=True), dict(labels=torch.zeros(5, dtype=torch.long))])
 def test_arguments_it_does_not_serve_say_to_use_the_original_model(argument, pixels):
-    fast = optimize(build())
+    fast = optimize(build(), backend="torch")
     name = next(iter(argument))
     with pytest.raises(ValueError, match=f"does not take {name}=...; call the original DeiTForImageClassificationWithTeacher"):
         fast(pixels, **argument)
 
 
 def test_inference_only_training_and_gradients_refused(pixels):
-    fast = optimize(build())
+    fast = optimize(build(), backend="torch")
     assert not fast.training
     fast.eval()  # fine
     with pytest.raises(RuntimeError, match="inference only; train the original model"):
@@ -115,7 +116,7 @@ def test_inference_only_training_and_gradients_refused(pixels):
 def test_an_activation_onednn_cannot_fuse_runs_after_the_matmul(pixels):
     plain = build(hidden_act="quick_gelu")
     with torch.inference_mode():
-        outputs_match(plain(pixels), optimize(plain)(pixels), 1e-5)
+        outputs_match(plain(pixels), optimize(plain, backend="torch")(pixels), 1e-5)
 
 
 @pytest.mark.parametrize("mode", ["bf16", "fp32", "auto"])
@@ -130,7 +131,8 @@ def test_bfloat16_is_close_to_float32_in_every_matmul_mode(mode, pixels):
     assert (got.float() - expected).abs().max() < 0.05
 
 
-def test_bf16_in_float32_arithmetic_rounds_only_what_enters_the_residual_stream():
+@pytest.mark.parametrize("kernel", ["onednn", "default"])
+def test_bf16_in_float32_arithmetic_rounds_only_what_enters_the_residual_stream(kernel):
     """With float32 arithmetic a bf16 block keeps the attention context and the MLP hidden
     activation in float32 and rounds only the two branch outputs to bf16: it equals that
     computation written out in plain PyTorch (within 2 bf16 steps: the matmuls' summation order
@@ -139,7 +141,7 @@ def test_bf16_in_float32_arithmetic_rounds_only_what_enters_the_residual_stream(
 
     layer = build().deit.encoder.layer[0].bfloat16()
     x = torch.randn(3, 17, 64, generator=torch.Generator().manual_seed(2)).bfloat16()
-    block = _InferenceBlock(layer, "gelu", torch.bfloat16, torch.float32)
+    block = _InferenceBlock(layer, "gelu", torch.bfloat16, torch.float32, kernel)
 
     def linear(t, module):  # float32 products and sums of the bf16 operands, no rounding
         return t.float() @ module.weight.float().T + module.bias.float()
@@ -178,18 +180,18 @@ def test_bf16_matmul_choice_can_be_forced_and_is_validated(monkeypatch):
     with pytest.raises(ValueError, match="DEIT_BF16_MATMUL must be one of auto, bf16, fp32, got 'fast'"):
         probes.bf16_matmul_is_fast()
     monkeypatch.setenv("DEIT_ONEDNN_FP32", "yes")
-    probes.onednn_fp32_is_fast.cache_clear()
+    probes.onednn_fp32_speedup.cache_clear()
     with pytest.raises(ValueError, match="DEIT_ONEDNN_FP32 must be 0 or 1, got 'yes'"):
-        probes.onednn_fp32_is_fast()
+        probes.onednn_fp32_speedup()
     monkeypatch.delenv("DEIT_BF16_MATMUL")
     monkeypatch.delenv("DEIT_ONEDNN_FP32")
     probes.bf16_matmul_is_fast.cache_clear()
-    probes.onednn_fp32_is_fast.cache_clear()
-    assert isinstance(probes.bf16_matmul_is_fast(), bool) and isinstance(probes.onednn_fp32_is_fast(), bool)
+    probes.onednn_fp32_speedup.cache_clear()
+    assert isinstance(probes.bf16_matmul_is_fast(), bool) and isinstance(probes.onednn_fp32_wins(), bool)
 
 
 def test_torch_export_sees_the_registered_ops_and_matches(pixels, tmp_path):
-    fast = optimize(build())
+    fast = optimize(build(), backend="torch", linear_kernel="onednn")
     batch = torch.export.Dim("batch", min=1, max=64)
     program = torch.export.export(fast, (pixels,), kwargs={"return_dict": False},
                                   dynamic_shapes={"pixel_values": {0: batch}, "kwargs": {"return_dict": None}})
@@ -202,7 +204,7 @@ def test_torch_export_sees_the_registered_ops_and_matches(pixels, tmp_path):
 
 
 def test_torch_compile_of_the_inference_model_matches(pixels):
-    fast = optimize(build())
+    fast = optimize(build(), backend="torch")
     compiled = optimize(build(), compile=True)
     with torch.inference_mode():
         assert (compiled(pixels).logits - fast(pixels).logits).abs().max() < 1e-5
@@ -225,7 +227,7 @@ def test_importing_deit_has_no_process_wide_side_effects():
     """No optimizer hooks, no fork handlers, nothing measured at import."""
     code = ("import os, torch.optim.optimizer as o; before = len(o._global_optimizer_post_hooks); import deit, deit.optimize; "
             "import deit.probes as p; assert len(o._global_optimizer_post_hooks) == before; "
-            "assert p.bf16_matmul_is_fast.cache_info().currsize == 0 and p.onednn_fp32_is_fast.cache_info().currsize == 0")
+            "assert p.bf16_matmul_is_fast.cache_info().currsize == 0 and p.onednn_fp32_speedup.cache_info().currsize == 0")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

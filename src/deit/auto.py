@@ -5,34 +5,22 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .checkpoint import load_pretrained
 from .config import DeiTConfig
+from .model_rules import class_name_for_task
 from .modeling import MODEL_CLASSES, DeiTPreTrainedModel, model_init_arguments
-
-# What each task means for a DeiT (distilled) and a ViT (plain) checkpoint.
-_TASK_CLASSES = {
-    "image-classification": {"deit": "DeiTForImageClassificationWithTeacher", "vit": "ViTForImageClassification"},
-    "base": {"deit": "DeiTModel", "vit": "ViTModel"},
-    "masked-image-modeling": {"deit": "DeiTForMaskedImageModeling", "vit": "ViTForMaskedImageModeling"},
-}
-_TASK_OF_ARCHITECTURE = {
-    "DeiTForImageClassification": "image-classification",
-    "DeiTForImageClassificationWithTeacher": "image-classification",
-    "ViTForImageClassification": "image-classification",
-}
 
 
 def model_class_for(config: DeiTConfig | None, task: str | None) -> type[DeiTPreTrainedModel]:
-    """The class a checkpoint with ``config`` should be loaded into for ``task``.
+    """The class a checkpoint with ``config`` should be loaded into for ``task``
+    (:func:`deit.model_rules.class_name_for_task`).
 
     ``task=None`` means the class the checkpoint was saved from (its ``architectures`` entry),
     falling back to image classification when the config names none of ours.
     """
     model_type = config.model_type if config is not None else "deit"
-    if config is not None and config.architectures:
-        arch = config.architectures[0]
-        if arch in MODEL_CLASSES and (task is None or _TASK_OF_ARCHITECTURE.get(arch) == task):
-            return MODEL_CLASSES[arch]
-    return MODEL_CLASSES[_TASK_CLASSES[task or "image-classification"][model_type]]
+    architectures = config.architectures if config is not None else None
+    return MODEL_CLASSES[class_name_for_task(model_type, task, architectures)]
 
 
 class _AutoModel:
@@ -46,8 +34,6 @@ class _AutoModel:
         """Load any supported checkpoint (Hugging Face, timm or original DeiT layout; folder, file or
         Hub name) into the class its configuration calls for; keyword arguments as for
         :meth:`DeiTPreTrainedModel.from_pretrained`."""
-        from .checkpoint import load_pretrained
-
         # The loader settles the configuration (config.json, or one inferred from timm weights) and
         # asks class_for_config which class to build, so the file is read once.
         return load_pretrained(cls, name_or_path, **kwargs)

@@ -12,8 +12,32 @@ from .allocator import retain_freed_memory
 SUBCOMMANDS = ("predict", "attention", "convert", "export", "train", "pretrain", "eval", "demo", "bench")
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that ends with ``(default: X)`` where an option has a default and its text does not
+    already say what it is (a text that explains its default, "(default: one per core)", keeps
+    its own words: the value would be said twice)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default == argparse.SUPPRESS or action.option_strings == [] or "default" in text.lower():
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        # argparse %-formats help texts: a literal % in a default must be escaped.
+        return f"{text} (default: {shown.replace('%', '%%')})".lstrip()
+
+
+class DeitArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose help (and its subcommands' help) shows defaults once."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deit", description="Data-efficient Image Transformers: inference, conversion, training with distillation.")
+    # Subcommand parsers are made with the parent's class, so every level gets the formatter.
+    parser = DeitArgumentParser(prog="deit", description="Data-efficient Image Transformers: inference, conversion, training with distillation.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in SUBCOMMANDS:

@@ -9,13 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .io import atomic_write_text
+from .model_rules import PROBLEM_TYPES, SUPPORTED_ACTIVATIONS
 
 CONFIG_NAME = "config.json"
-
-# Activations the encoder knows by name; the same strings the Hugging Face configs use.
-SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "selu", "silu", "swish", "tanh")
-
-PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 # Keys that the Hugging Face side writes for bookkeeping; we drop them when reading a file
 # and do not pass them on when writing one of ours.
@@ -106,7 +102,15 @@ class DeiTConfig:
         # The reference's older files say torch_dtype; dtype wins when both are there.
         legacy_dtype = kwargs.pop("torch_dtype", None)
         self.dtype = dtype if dtype is not None else legacy_dtype
+        self._set_labels(num_labels, id2label, label2id)
+        self._keep_extra_fields(kwargs)
+        self._check_fields()
+        if num_attention_heads is not None:
+            self._check_heads_divide_width()
+        self._check_image_fits_patches()
 
+    def _set_labels(self, num_labels: int | None, id2label: dict[int, str] | None, label2id: dict[str, int] | None) -> None:
+        """``id2label`` (keys made ints) and ``label2id``; ``num_labels`` alone names the labels LABEL_i."""
         if id2label is not None:
             id2label = {int(k): str(v) for k, v in id2label.items()}
             if num_labels is not None and num_labels != len(id2label):
@@ -118,16 +122,14 @@ class DeiTConfig:
             label2id = {v: k for k, v in id2label.items()}
         self.label2id = {str(k): int(v) for k, v in label2id.items()}
 
-        for key in _HF_BOOKKEEPING:
-            kwargs.pop(key, None)
-        kwargs.pop("model_type", None)
-        self._extra_keys = sorted(kwargs)
-        for key, value in kwargs.items():
+    def _keep_extra_fields(self, fields: dict[str, Any]) -> None:
+        """Fields we do not know become attributes written back to the file, as the reference keeps
+        them; its bookkeeping keys and ``model_type`` (a class attribute here) are dropped."""
+        for key in (*_HF_BOOKKEEPING, "model_type"):
+            fields.pop(key, None)
+        self._extra_keys = sorted(fields)
+        for key, value in fields.items():
             setattr(self, key, value)
-        self._check_fields()
-        if num_attention_heads is not None:
-            self._check_heads_divide_width()
-        self._check_image_fits_patches()
 
     # ------------------------------------------------------------------ labels
     @property

@@ -10,7 +10,8 @@
   embeddings and after every layer (the DeiT paper, section 5.2, reports 0.06 for the learned
   tokens at the input rising to 0.93 at the output of a distilled DeiT-B).
 - :func:`explain` runs the model once and gives the maps of both tokens with each head's
-  prediction; :func:`render` draws them over the image as a PNG.
+  prediction; :func:`render` draws them over the image as a PNG, in multiples of uniform
+  attention: a map that spreads evenly reads as a flat 1, not as a full range of colours.
 
 Maps are ``(batch, grid_h, grid_w)`` tensors for any input size (pass
 ``interpolate_pos_encoding=True`` at sizes other than the model's). ViT checkpoints have no
@@ -91,12 +92,16 @@ def token_similarity(model: DeiTPreTrainedModel, pixel_values: torch.Tensor, int
 @dataclass
 class Explanation:
     """Maps of one forward pass. ``maps[token]``: ``(batch, grid_h, grid_w)``; ``predictions[head]``:
-    the predicted class id per image of each head (``"cls"``, ``"dist"``, ``"average"``)."""
+    the predicted class id per image of each head (``"cls"``, ``"dist"``, ``"average"``);
+    ``uniform_level``: the value every patch of a map would have if the token attended evenly
+    (1/patches for a rollout, which sums to 1 over the patches; 1/tokens for one layer's
+    attention, whose row sums to 1 over the prefix tokens and the patches)."""
 
     maps: dict[str, torch.Tensor]
     predictions: dict[str, torch.Tensor]
     method: str
     head: int | None
+    uniform_level: float
 
 
 @torch.no_grad()
@@ -130,13 +135,25 @@ def explain(model: DeiTPreTrainedModel, pixel_values: torch.Tensor, *, method: s
     for name, field in (("cls", "cls_logits"), ("dist", "distillation_logits")):
         if getattr(out, field, None) is not None:
             predictions[name] = getattr(out, field).argmax(-1)
-    return Explanation(maps, predictions, method, head)
+    num_patches = grid[0] * grid[1]
+    uniform_level = 1.0 / (num_patches if method == "rollout" else num_patches + num_prefix)
+    return Explanation(maps, predictions, method, head, uniform_level)
+
+
+# The colour scale of a map, in multiples of uniform attention, reaches at least this far: a map
+# within a few percent of uniform then shows one flat colour, as it should, instead of being
+# stretched over the whole colour map (which made a flat map look focused).
+MIN_SCALE_TOP = 2.0
 
 
 def render(image: torch.Tensor, explanation: Explanation, index: int, id2label: dict[int, str], path: str | os.PathLike,
            title: str | None = None) -> None:
     """One PNG: the image, then each token's map over it as a heat map with a colour bar; each
-    panel's title names the prediction of that token's head. ``image``: ``(3, H, W)`` in [0, 1]."""
+    panel's title names the prediction of that token's head. ``image``: ``(3, H, W)`` in [0, 1].
+
+    Maps are drawn divided by :attr:`Explanation.uniform_level` (1 = the share of a patch under
+    even attention, marked on the colour bar) on a perceptually uniform sequential colour map from
+    0 to the larger of the map's peak and :data:`MIN_SCALE_TOP`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,10 +172,15 @@ def render(image: torch.Tensor, explanation: Explanation, index: int, id2label: 
     axes[0].imshow(picture, cmap="gray" if picture.shape[2] == 1 else None)
     axes[0].set_title(f"input; averaged heads: {label('average')}", fontsize=9)
     for ax, (token, maps) in zip(axes[1:], explanation.maps.items()):
-        heat = F.interpolate(maps[index][None, None].float(), size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+        relative = maps[index].float() / explanation.uniform_level
+        heat = F.interpolate(relative[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
         ax.imshow(picture)
-        shown = ax.imshow(heat.numpy(), cmap="jet", alpha=0.5)
-        figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+        top = max(MIN_SCALE_TOP, float(relative.max()))
+        shown = ax.imshow(heat.numpy(), cmap="inferno", vmin=0.0, vmax=top, alpha=0.6)
+        bar = figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+        bar.solids.set_alpha(1.0)  # the scale itself opaque, so its colours are read without the photograph
+        bar.ax.axhline(1.0, color="cyan", linewidth=1.5)
+        bar.set_label(f"× uniform (1 = 1/{round(1 / explanation.uniform_level)} per patch)", fontsize=8)
         head_label = label(token) if token in explanation.predictions else label("average")
         ax.set_title(f"[{token.upper()}] {what} ({heads})\n{token.upper()} head predicts: {head_label}", fontsize=9)
     for ax in axes:

@@ -15,6 +15,10 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 # Weight files in the order we prefer them: safetensors first, pickle last.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# Suffixes of weight files: a name ending so is a file path, never a Hub repository.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".json")
+# The model folders a training run writes (deit train --output RUN): RUN/best, RUN/last, RUN/ema.
+RUN_MODEL_FOLDERS = ("best", "last", "ema")
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -97,6 +101,22 @@ def looks_like_repo_id(name: str) -> bool:
     return bool(_REPO_ID.match(name)) and not Path(name).exists()
 
 
+def missing_local_path(name: str) -> str | None:
+    """Why ``name``, which does not exist, is meant as a local path rather than a Hub id (None when it
+    may be a Hub id): it cannot be one, ends like a weights file, or its parent folder exists here
+    (``runs/nothere`` beside a ``runs/`` folder)."""
+    if Path(name).exists():
+        return None
+    if not _REPO_ID.match(name):
+        return "not a Hub name (owner/name) either"
+    if name.lower().endswith(WEIGHT_SUFFIXES):
+        return "a file name, not a Hub name"
+    parent = Path(name).parent
+    if str(parent) != "." and parent.is_dir():
+        return f"{parent}/ is a local folder, so this is a path, not a Hub name"
+    return None
+
+
 def resolve_file(
     name_or_path: str | os.PathLike,
     filename: str,
@@ -127,8 +147,9 @@ def resolve_file(
             raise FileNotFoundError(f"{path} is a file, not a folder containing {filename}")
         return None
     name = str(name_or_path)
-    if not looks_like_repo_id(name):
-        raise ModelNotFoundError(f"{name}: no such file or folder")
+    why_local = missing_local_path(name)
+    if why_local is not None:
+        raise ModelNotFoundError(f"{name}: no such file or folder ({why_local})")
     found = _hub_download(name, filename, cache_dir=cache_dir, revision=revision, local_files_only=local_files_only, token=token)
     if found is None and required:
         raise FileNotFoundError(f"Hub repository {name!r} has no {filename}")
@@ -144,4 +165,6 @@ def resolve_weights(name_or_path: str | os.PathLike, **hub_kwargs) -> Path:
         found = resolve_file(name_or_path, filename, required=False, **hub_kwargs)
         if found is not None:
             return found
-    raise FileNotFoundError(f"{name_or_path}: no weights found (looked for {', '.join(WEIGHT_FILES)})")
+    runs = [str(path / name) for name in RUN_MODEL_FOLDERS if path.is_dir() and (path / name / WEIGHT_FILES[0]).is_file()]
+    hint = f"; this is a training run's folder: its models are {' and '.join(runs)}" if runs else ""
+    raise FileNotFoundError(f"{name_or_path}: no weights found (looked for {', '.join(WEIGHT_FILES)}){hint}")

@@ -14,11 +14,9 @@ Two resize kernels, both on 8-bit pixels:
   transformers' default (torchvision-backend) DeiT processor -- several times faster than
   Pillow's; it differs from Pillow's by at most a few 8-bit levels on a few pixels.
 
-With ``resize="torch"``, RGB and grayscale JPEG files (baseline or progressive) without an
-EXIF rotation are decoded by ``simplejpeg`` when it is installed (``pip install deit[fast]``): the same
-libjpeg-turbo decode with the same settings as Pillow's (identical pixels, checked in the
-tests), written straight into a numpy array instead of into Pillow's image memory and copied
-out -- about a quarter less time per file. Everything else goes through Pillow.
+Files are opened by :mod:`deit.images` (EXIF orientation, the mode policy), as everywhere; with
+``resize="torch"`` they are decoded straight into arrays (:func:`deit.images.open_image_array`:
+``simplejpeg`` for plain JPEG files when it is installed, the same pixels as Pillow's).
 
 ``draft=True`` asks the JPEG decoder for a reduced-size image (DCT scaling by 1/2, 1/4 or 1/8,
 never below the resize target) before the bicubic resize: decoding large photos gets several
@@ -29,20 +27,22 @@ A file that cannot be read does not stop the others: its error comes back with i
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator, Sequence
+from functools import partial
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from .processing import DeiTImageProcessor, pil_to_8bit
+from .images import IMAGE_SUFFIXES, ImageReadError, decode_image, open_image_array, read_image
+from .processing import DeiTImageProcessor
 
-__all__ = ["LoadedBatch", "ImageFiles", "load_batches", "to_model_input", "default_num_workers", "RESIZE_KERNELS"]
+__all__ = ["LoadedBatch", "ImageFiles", "load_batches", "to_model_input", "default_num_workers", "RESIZE_KERNELS",
+           "expand_inputs", "output_names"]
 
 RESIZE_KERNELS = ("pil", "torch")
 # PIL resampling filter -> the torchvision interpolation mode that resizes tensors the same way.
@@ -50,20 +50,54 @@ _TORCHVISION_MODES = {Image.Resampling.NEAREST: "nearest", Image.Resampling.BILI
                       Image.Resampling.LANCZOS: "lanczos"}
 
 
+def expand_inputs(items: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given; folders replaced by the image files inside them (recursively, sorted).
+    A file reached twice (given itself and inside a given folder) is kept once, at its first place."""
+    paths: list[Path] = []
+    seen: set[Path] = set()
+    for item in items:
+        path = Path(item)
+        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()) if path.is_dir() else [path]
+        for file in found:
+            key = Path(os.path.normcase(os.path.abspath(file)))
+            if key not in seen:
+                seen.add(key)
+                paths.append(file)
+    return paths
+
+
+def output_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """The name each input's outputs take (``NAME.attention.png``, the ``name`` of a JSON result):
+    its path relative to the deepest folder holding all the inputs, with ``/`` between folders.
+
+    Inputs from one folder keep their file names; ``a/cat.jpg`` and ``b/cat.jpg`` become
+    ``a/cat.jpg`` and ``b/cat.jpg``, so no two inputs' outputs can overwrite each other.
+    """
+    if not paths:
+        return []
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    try:
+        common = Path(os.path.commonpath([p.parent for p in absolute]))
+    except ValueError as err:  # Windows: files on different drives share no folder
+        raise ValueError(f"inputs on different drives have no common folder to name their outputs by: {err}") from None
+    return [p.relative_to(common).as_posix() for p in absolute]
+
+
 @dataclass
 class LoadedBatch:
     """The images of one batch that loaded, as uint8, and the ones that did not."""
 
     indices: list[int]  # positions (in the list of paths) of the rows of ``pixels``
-    pixels: torch.Tensor  # (n, 3, H, W) uint8
+    pixels: torch.Tensor  # (n, C, H, W) uint8, C the processor's channel count
     failures: list[tuple[int, str]]  # (position, reason) of files that could not be read
 
 
 class ImageFiles(torch.utils.data.Dataset):
     """Image files decoded, resized and center-cropped as ``processor`` does, kept uint8.
 
-    Item ``i`` is ``(i, pixels, None)`` with (H, W, 3) or (H, W) uint8 pixels (numpy), or
-    ``(i, None, reason)``. A batch of items is loaded by ``threads`` threads (Pillow releases
+    Item ``i`` is ``(i, pixels, None)`` with (H, W, C) or (H, W) uint8 pixels (numpy), or
+    ``(i, None, reason)``. Images have the processor's channels (one per ``image_mean`` value),
+    decoded as the processor decodes them. A batch of items is loaded by ``threads`` threads (Pillow releases
     the GIL while it decodes and resizes).
     """
 
@@ -78,6 +112,7 @@ class ImageFiles(torch.utils.data.Dataset):
         self.draft = draft
         self.threads = threads
         self.resize = resize
+        self.channels = len(processor.image_mean)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -85,8 +120,8 @@ class ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
         try:
             return index, self._load(self.paths[index]), None
-        except UnidentifiedImageError:
-            return index, None, "not an image file"
+        except ImageReadError as err:
+            return index, None, err.reason
         except (OSError, ValueError) as err:
             return index, None, str(err) or type(err).__name__
 
@@ -109,22 +144,16 @@ class ImageFiles(torch.utils.data.Dataset):
         return np.asarray(pil)
 
     def _decode_pil(self, path: str) -> Image.Image:
-        """The file as an 8-bit RGB or L image, EXIF orientation applied."""
+        """The file as an upright 8-bit image as the processor decodes it (RGB or L; RGBA for four
+        channels), JPEG decoded at a reduced size with ``draft``."""
         proc = self.processor
-        with Image.open(path) as img:
-            if self.draft and proc.do_resize and img.format == "JPEG":
-                # The decoder picks the largest DCT scale that keeps both sides >= the request.
-                target_h, target_w = proc.resized_size(img.height, img.width)
-                img.draft("RGB", (target_w, target_h))
-            img.load()
-            # Camera photos store their orientation in EXIF; the processor applies it too.
-            ImageOps.exif_transpose(img, in_place=True)
-        return pil_to_8bit(img, path)
+        image = read_image(path, path, draft=proc.resized_size if self.draft and proc.do_resize else None)
+        return decode_image(image, path, None, keep_float=False, channels=self.channels).pil
 
     def _decode_tensor(self, path: str) -> torch.Tensor:
-        """The file as a (C, H, W) uint8 tensor, C = 3 or 1, EXIF orientation applied."""
-        decoded = None if self.draft else _decode_plain_jpeg(path)
-        pixels = torch.from_numpy(decoded if decoded is not None else np.array(self._decode_pil(path)))
+        """The file as a (C, H, W) uint8 tensor (C = 1 for grayscale), EXIF orientation applied."""
+        plain_rgb = self.channels == 3 and not self.draft
+        pixels = torch.from_numpy(open_image_array(path, path) if plain_rgb else np.array(self._decode_pil(path)))
         return pixels.permute(2, 0, 1) if pixels.ndim == 3 else pixels[None]
 
     def _torch_resize_and_crop(self, image: torch.Tensor) -> np.ndarray:
@@ -136,47 +165,18 @@ class ImageFiles(torch.utils.data.Dataset):
             height, width = proc.resized_size(height, width)
             interpolation = tvF.InterpolationMode(_TORCHVISION_MODES[proc.resample])
             image = tvF.resize(image, [height, width], interpolation=interpolation, antialias=True)
-        pixels = image.permute(1, 2, 0).numpy() if image.shape[0] == 3 else image[0].numpy()
+        pixels = image.permute(1, 2, 0).numpy() if image.shape[0] > 1 else image[0].numpy()
         if proc.do_center_crop:
             pixels = proc.center_crop(pixels, input_data_format="channels_last")
         return pixels
 
 
-def _simplejpeg() -> Any:
-    try:
-        import simplejpeg
-    except ImportError:
-        return None
-    return simplejpeg
+def _channels_first(pixels: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W, C) or grayscale (H, W) -> a (C, H, W) view, grayscale repeated in ``channels``."""
+    return pixels.transpose(2, 0, 1) if pixels.ndim == 3 else np.broadcast_to(pixels, (channels, *pixels.shape))
 
 
-def _decode_plain_jpeg(path: str) -> np.ndarray | None:
-    """An RGB or grayscale JPEG without EXIF rotation, decoded by simplejpeg into (H, W, 3) or
-    (H, W) uint8; None for any other file (or without simplejpeg): Pillow decodes those."""
-    simplejpeg = _simplejpeg()
-    if simplejpeg is None:
-        return None
-    with open(path, "rb") as f:
-        if f.read(2) != b"\xff\xd8":  # not a JPEG: leave it to Pillow without reading it all
-            return None
-        f.seek(0)
-        data = f.read()
-    with Image.open(io.BytesIO(data)) as img:  # parses the header only
-        if img.format != "JPEG" or img.mode not in ("RGB", "L"):
-            return None
-        if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:
-            return None
-    # Pillow's decode settings: accurate integer IDCT and fancy (smooth) chroma upsampling.
-    pixels = simplejpeg.decode_jpeg(data, colorspace="RGB" if img.mode == "RGB" else "GRAY", fastdct=False, fastupsample=False, strict=True)
-    return pixels[..., 0] if img.mode == "L" else pixels
-
-
-def _channels_first(pixels: np.ndarray) -> np.ndarray:
-    """(H, W, 3) or grayscale (H, W) -> a (3, H, W) view."""
-    return pixels.transpose(2, 0, 1) if pixels.ndim == 3 else np.broadcast_to(pixels, (3, *pixels.shape))
-
-
-def _collate(items: list[tuple[int, np.ndarray | None, str | None]]) -> LoadedBatch:
+def _collate(items: list[tuple[int, np.ndarray | None, str | None]], channels: int) -> LoadedBatch:
     loaded = [(i, px) for i, px, _ in items if px is not None]
     failures = [(i, reason) for i, px, reason in items if px is None]
     if loaded:
@@ -184,9 +184,9 @@ def _collate(items: list[tuple[int, np.ndarray | None, str | None]]) -> LoadedBa
         if len(shapes) > 1:
             raise ValueError(f"images of different sizes {sorted(shapes)} cannot form a batch; enable center crop")
         # numpy, not torch.stack: its strided uint8 copy is much faster here (measured).
-        pixels = torch.from_numpy(np.stack([_channels_first(px) for _, px in loaded]))
+        pixels = torch.from_numpy(np.stack([_channels_first(px, channels) for _, px in loaded]))
     else:
-        pixels = torch.empty(0, 3, 0, 0, dtype=torch.uint8)
+        pixels = torch.empty(0, channels, 0, 0, dtype=torch.uint8)
     return LoadedBatch([i for i, _ in loaded], pixels, failures)
 
 
@@ -216,7 +216,7 @@ def load_batches(
     workers = default_num_workers(len(paths), batch_size) if num_workers is None else num_workers
     loader = torch.utils.data.DataLoader(
         ImageFiles(paths, processor, draft=draft, threads=threads, resize=resize), batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=_collate, prefetch_factor=4 if workers else None, persistent_workers=False,
+        collate_fn=partial(_collate, channels=len(processor.image_mean)), prefetch_factor=4 if workers else None, persistent_workers=False,
     )
     yield from loader
 
@@ -224,13 +224,16 @@ def load_batches(
 def to_model_input(
     pixels: torch.Tensor, processor: DeiTImageProcessor, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """Rescale and normalize a uint8 (n, 3, H, W) batch as ``processor`` does, on ``device``.
+    """Rescale and normalize a uint8 (n, C, H, W) batch as ``processor`` does, on ``device``.
 
     The uint8 batch is moved first (4x fewer bytes than float32); each 8-bit level is then
     mapped through the processor's per-channel lookup table, so the float32 result equals the
     processor's output exactly. ``dtype`` is the model's (the table is rounded once).
     """
     table = processor.level_table()
+    channels = table.shape[0]
+    if pixels.shape[1] != channels:
+        raise ValueError(f"the batch has {pixels.shape[1]} channels but the processor's image_mean/image_std have {channels} values")
     pixels = pixels.to(device)
     if pixels.device.type == "cpu":
         # One index_select per contiguous (sample, channel) plane, straight into the output:
@@ -239,10 +242,10 @@ def to_model_input(
         levels = pixels.contiguous().int()
         values = torch.empty(levels.shape, dtype=dtype)
         for sample in range(levels.shape[0]):
-            for c in range(3):
+            for c in range(channels):
                 torch.index_select(table[c], 0, levels[sample, c].view(-1), out=values[sample, c].view(-1))
         return values
-    # (3, 256) table indexed by channel * 256 + level: one gather for the whole batch.
+    # (channels, 256) table indexed by channel * 256 + level: one gather for the whole batch.
     table = torch.from_numpy(table).to(device=pixels.device, dtype=dtype)
-    offsets = torch.arange(0, 3 * 256, 256, device=pixels.device, dtype=torch.int32).view(1, 3, 1, 1)
+    offsets = torch.arange(0, channels * 256, 256, device=pixels.device, dtype=torch.int32).view(1, channels, 1, 1)
     return table.view(-1)[pixels.int() + offsets]

@@ -12,7 +12,7 @@ Token layout: ``[CLS], [DIST], patch_1 ... patch_N`` (ViT: ``[CLS], patch_1 ... 
 from __future__ import annotations
 
 import functools
-import os
+import inspect
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -22,6 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DeiTConfig, ViTConfig
+from .hf_api import CheckpointingEncoder, PreTrainedModel
+from .losses import DistillationLoss
+from .model_rules import (
+    activation_function,
+    check_masked_positions_shape,
+    check_pixel_values_shape,
+    class_name_for_config,
+    head_mask_shapes,
+    problem_type_for,
+)
 from .outputs import (
     BaseModelOutputWithPooling,
     DeiTForImageClassificationWithTeacherOutput,
@@ -29,27 +39,27 @@ from .outputs import (
     MaskedImageModelingOutput,
 )
 
-_ACTIVATIONS: dict[str, type[nn.Module] | Any] = {
-    "gelu": nn.GELU,
-    "gelu_new": lambda: nn.GELU(approximate="tanh"),
-    "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
-    "gelu_fast": lambda: nn.GELU(approximate="tanh"),
-    "quick_gelu": lambda: _QuickGELU(),
-    "relu": nn.ReLU,
-    "selu": nn.SELU,
-    "silu": nn.SiLU,
-    "swish": nn.SiLU,
-    "tanh": nn.Tanh,
-}
-
 
 class _QuickGELU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
 
 
+# The module of each activation function (deit.model_rules.ACTIVATION_FUNCTIONS maps the config's names to these).
+_ACTIVATION_MODULES: dict[str, Callable[[], nn.Module]] = {
+    "gelu": nn.GELU,
+    "gelu_pytorch_tanh": functools.partial(nn.GELU, approximate="tanh"),
+    "quick_gelu": _QuickGELU,
+    "relu": nn.ReLU,
+    "selu": nn.SELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+}
+
+
 def activation(name: str) -> nn.Module:
-    return _ACTIVATIONS[name]()
+    """A new module computing the activation that the config name ``name`` means."""
+    return _ACTIVATION_MODULES[activation_function(name)]()
 
 
 # ---------------------------------------------------------------------------- embeddings
@@ -286,18 +296,15 @@ class DeiTLayer(nn.Module):
         return hidden_states + self.drop_path(mlp_output), probs
 
 
-class DeiTEncoder(nn.Module):
+class DeiTEncoder(CheckpointingEncoder):
+    """The transformer layers, each checkpointed in training when switched on (:mod:`deit.hf_api`)."""
+
     def __init__(self, config: DeiTConfig) -> None:
         super().__init__()
         depth = config.num_hidden_layers
         # Stochastic depth grows linearly with depth, as in the DeiT recipe.
         rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.layer = nn.ModuleList(DeiTLayer(config, rate) for rate in rates)
-        # Set by DeiTPreTrainedModel.gradient_checkpointing_enable (the reference's attribute name).
-        self.gradient_checkpointing = False
-        self.checkpoint_function: Callable[..., Any] = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
-        self.checkpoint_every_n_layers = 1
-        self.checkpoint_offload = False
 
     def forward(
         self,
@@ -314,10 +321,7 @@ class DeiTEncoder(nn.Module):
         for i, layer in enumerate(self.layer):
             layer_head_mask = head_mask[i] if head_mask is not None else None
             query_tokens = last_layer_tokens if i == last else None
-            if self.gradient_checkpointing and self.training and i % self.checkpoint_every_n_layers == 0:
-                hidden_states, probs = self._checkpointed(layer, hidden_states, layer_head_mask, output_attentions, query_tokens)
-            else:
-                hidden_states, probs = layer(hidden_states, layer_head_mask, output_attentions, query_tokens)
+            hidden_states, probs = self.run_layer(i, layer, hidden_states, layer_head_mask, output_attentions, query_tokens)
             if all_hidden is not None:
                 all_hidden.append(hidden_states)
             if all_attentions is not None:
@@ -327,14 +331,6 @@ class DeiTEncoder(nn.Module):
             tuple(all_hidden) if all_hidden is not None else None,
             tuple(all_attentions) if all_attentions is not None else None,
         )
-
-    def _checkpointed(self, layer: DeiTLayer, *args: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run ``layer`` keeping only its inputs; the backward pass recomputes the rest."""
-        if not self.checkpoint_offload:
-            return self.checkpoint_function(layer, *args)
-        # The saved inputs wait in (pinned) host memory instead of on the accelerator.
-        with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
-            return self.checkpoint_function(layer, *args)
 
 
 class DeiTPooler(nn.Module):
@@ -349,15 +345,16 @@ class DeiTPooler(nn.Module):
         return self.activation(self.dense(hidden_states[:, 0]))
 
 
-# ---------------------------------------------------------------------- shared machinery
-class DeiTPreTrainedModel(nn.Module):
-    """Configuration, weight initialisation, and ``from_pretrained`` / ``save_pretrained``."""
+# ------------------------------------------------------------------------ model classes
+class DeiTPreTrainedModel(PreTrainedModel):
+    """What every DeiT model class shares: its configuration class, weight initialisation, the
+    class that loads a checkpoint, the classification loss. The Hugging Face API (loading, saving,
+    gradient checkpointing, PEFT hooks) comes from :class:`deit.hf_api.PreTrainedModel`."""
 
     config_class: ClassVar[type[DeiTConfig]] = DeiTConfig
     base_model_prefix: ClassVar[str] = "deit"
     # Number of prefix tokens before the patches: [CLS] and [DIST] for DeiT, [CLS] for ViT.
     num_prefix_tokens: ClassVar[int] = 2
-    main_input_name: ClassVar[str] = "pixel_values"
 
     @classmethod
     def init_arguments(cls) -> frozenset[str]:
@@ -368,65 +365,22 @@ class DeiTPreTrainedModel(nn.Module):
     @classmethod
     def class_for_config(cls, config: DeiTConfig) -> type["DeiTPreTrainedModel"]:
         """The class that loads a checkpoint with ``config``: this one, or its twin of the other
-        model type (a DeiT class asked to load a plain ViT checkpoint, and the reverse). The auto
-        classes answer the same question from the checkpoint's ``architectures``."""
+        model type (:func:`deit.model_rules.class_name_for_config`). The auto classes answer the
+        same question from the checkpoint's ``architectures``."""
         if config.model_type == cls.config_class.model_type:
             return cls
-        name = cls.__name__
-        twin = _TWINS.get(name) or (name.replace("DeiT", "ViT") if config.model_type == "vit" else name.replace("ViT", "DeiT"))
+        twin = class_name_for_config(cls.__name__, config.model_type)
         if twin not in MODEL_CLASSES:
-            raise ValueError(f"{name} cannot load a {config.model_type!r} checkpoint (no {twin} class)")
+            raise ValueError(f"{cls.__name__} cannot load a {config.model_type!r} checkpoint (no {twin} class)")
         return MODEL_CLASSES[twin]
-
-    def __init__(self, config: DeiTConfig) -> None:
-        super().__init__()
-        if not isinstance(config, DeiTConfig):
-            raise TypeError(f"{type(self).__name__} expects a DeiTConfig, got {type(config).__name__}")
-        # A config may have been built in steps; here it must describe a model.
-        config.validate()
-        self.config = config
-        self._warned_eager_fallback = False
-        self._require_grads_hooks: list[torch.utils.hooks.RemovableHandle] = []
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def base_model(self) -> nn.Module:
-        """The body under ``base_model_prefix`` ("deit" / "vit"); the model itself for the bare body."""
-        return getattr(self, self.base_model_prefix, self)
 
     def get_input_embeddings(self) -> DeiTPatchEmbeddings:
         """The patch embeddings (the reference's answer for its vision models)."""
         return self.backbone.embeddings.patch_embeddings
 
-    def get_output_embeddings(self) -> None:
-        """None: no DeiT model has an output embedding tied to its input (no language-model head)."""
-        return None
-
-    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
-        """Number of parameters, as the reference counts them: ``only_trainable`` counts those
-        that require grad; ``exclude_embeddings`` leaves out ``nn.Embedding`` weights, of which
-        DeiT has none (its patch and position embeddings are a convolution and a parameter)."""
-        embedding_weights = {f"{name}.weight" for name, m in self.named_modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
-        return sum(
-            p.numel() for name, p in self.named_parameters()
-            if name not in embedding_weights and (p.requires_grad or not only_trainable)
-        )
-
-    def _output_flags(self, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None) -> tuple[bool, bool, bool]:
-        """The forward arguments, with the config's defaults where an argument is None (as the reference)."""
-        c = self.config
-        return (
-            c.output_attentions if output_attentions is None else output_attentions,
-            c.output_hidden_states if output_hidden_states is None else output_hidden_states,
-            c.return_dict if return_dict is None else return_dict,
-        )
+    @property
+    def backbone(self) -> "DeiTModel":
+        return getattr(self, self.base_model_prefix)
 
     @torch.no_grad()
     def init_weights(self, *roots: nn.Module) -> None:
@@ -452,125 +406,11 @@ class DeiTPreTrainedModel(nn.Module):
                 if module.mask_token is not None:
                     nn.init.zeros_(module.mask_token)
 
-    def set_attn_implementation(self, attn_implementation: str) -> None:
-        if attn_implementation not in ("sdpa", "eager"):
-            raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {attn_implementation!r}")
-        self.config.attn_implementation = attn_implementation
-
-    # ------------------------------------------------- training API of the Trainer and PEFT
-    supports_gradient_checkpointing: ClassVar[bool] = True
-
-    def gradient_checkpointing_enable(
-        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, every_n_layers: int = 1, offload: bool = False
-    ) -> None:
-        """Recompute each layer's activations in the backward pass instead of keeping them.
-
-        ``gradient_checkpointing_kwargs`` go to ``torch.utils.checkpoint.checkpoint`` (default
-        ``{"use_reentrant": False}``); ``every_n_layers``: checkpoint every n-th layer only;
-        ``offload``: keep the checkpointed inputs in host memory. Takes effect in training mode.
-        """
-        if isinstance(every_n_layers, bool) or not isinstance(every_n_layers, int) or every_n_layers < 1:
-            raise ValueError(f"every_n_layers must be a positive integer, got {every_n_layers!r}")
-        function = functools.partial(torch.utils.checkpoint.checkpoint, **{"use_reentrant": False, **(gradient_checkpointing_kwargs or {})})
-        for encoder in self._encoders():
-            encoder.gradient_checkpointing = True
-            encoder.checkpoint_function = function
-            encoder.checkpoint_every_n_layers = every_n_layers
-            encoder.checkpoint_offload = offload
-
-    def activation_checkpointing_enable(
-        self, activation_checkpointing_kwargs: dict[str, Any] | None = None, every_n_layers: int = 1, offload: bool = False
-    ) -> None:
-        """The newer reference name of :meth:`gradient_checkpointing_enable` (what its Trainer calls)."""
-        self.gradient_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers=every_n_layers, offload=offload)
-
-    def gradient_checkpointing_disable(self) -> None:
-        for encoder in self._encoders():
-            encoder.gradient_checkpointing = False
-
-    activation_checkpointing_disable = gradient_checkpointing_disable
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        return any(encoder.gradient_checkpointing for encoder in self._encoders())
-
-    is_activation_checkpointing = is_gradient_checkpointing
-
-    def _encoders(self) -> list[DeiTEncoder]:
-        return [m for m in self.modules() if isinstance(m, DeiTEncoder)]
-
-    def enable_input_require_grads(self) -> None:
-        """Make the patch embeddings' output require grad, so that gradients reach adapters (and
-        checkpointed layers) of a model whose own weights are frozen, as the reference does."""
-
-        def require_grad(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            output.requires_grad_(True)
-
-        self.disable_input_require_grads()
-        self._require_grads_hooks = [self.get_input_embeddings().register_forward_hook(require_grad)]
-
-    def disable_input_require_grads(self) -> None:
-        for hook in self._require_grads_hooks:
-            hook.remove()
-        self._require_grads_hooks = []
-
-    # Delegated to deit.checkpoint so that file formats live in one place.
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *args: Any, **kwargs: Any) -> "DeiTPreTrainedModel":
-        """Load a model from a folder, a weights file, or a Hub name.
-
-        Keyword arguments: ``config``, ``state_dict`` (weights to use instead of a file; the
-        name may then be None), ``dtype`` / ``torch_dtype``, ``device``, ``attn_implementation``,
-        ``ignore_mismatched_sizes``, ``output_loading_info``, ``cache_dir``, ``revision``,
-        ``local_files_only``, ``token``; a keyword the model's constructor takes
-        (``add_pooling_layer``, ``use_mask_token``) goes to it; any other overrides a config field
-        (e.g. ``num_labels=10``, ``output_attentions=True``).
-        """
-        from .checkpoint import load_pretrained
-
-        return load_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
-
-    @classmethod
-    def _from_config(cls, config: DeiTConfig, *, attn_implementation: str | None = None, dtype: Any = None,
-                     torch_dtype: Any = None, **model_kwargs: Any) -> "DeiTPreTrainedModel":
-        """A freshly initialised model of ``config`` (the reference's helper, used in notebooks):
-        ``attn_implementation`` and ``dtype`` (or ``torch_dtype``) are applied, ``model_kwargs``
-        go to the constructor."""
-        if attn_implementation is not None:
-            config.attn_implementation = attn_implementation
-        model = cls(config, **model_kwargs)
-        resolved = dtype if dtype is not None else torch_dtype
-        if resolved is not None:
-            model.to(getattr(torch, resolved) if isinstance(resolved, str) else resolved)
-            config.dtype = model.dtype
-        return model
-
-    def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str | None = None) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (sharded when ``max_shard_size`` is set).
-
-        Like the reference, the config records the dtype of the weights (``"dtype"``).
-        """
-        from .checkpoint import save_pretrained
-
-        self.config.dtype = self.dtype
-        save_pretrained(self, save_directory, max_shard_size=max_shard_size)
-
-    # ------------------------------------------------------------------- helpers for heads
-    @property
-    def backbone(self) -> "DeiTModel":
-        return getattr(self, self.base_model_prefix)
-
     def _classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Loss chosen by ``config.problem_type``, inferred from labels as the reference does."""
+        """Loss chosen by ``config.problem_type`` (:func:`deit.model_rules.problem_type_for`)."""
         num_labels = self.config.num_labels
-        problem_type = self.config.problem_type
-        if problem_type is None:
-            if num_labels == 1:
-                problem_type = "regression"
-            elif labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
-                problem_type = "single_label_classification"
-            else:
-                problem_type = "multi_label_classification"
+        integer_labels = labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8)
+        problem_type = problem_type_for(self.config, integer_labels)
         labels = labels.to(logits.device)
         if problem_type == "regression":
             if num_labels == 1:
@@ -585,20 +425,7 @@ def check_pixel_values(config: DeiTConfig, pixel_values: torch.Tensor, interpola
     """Raise a clear error for pixel values a model with ``config`` cannot read correctly."""
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
-    if pixel_values.ndim != 4:
-        raise ValueError(f"pixel_values must have shape (batch, channels, height, width), got {tuple(pixel_values.shape)}")
-    _, channels, height, width = pixel_values.shape
-    patch = config.patch_size
-    if channels != config.num_channels:
-        raise ValueError(f"pixel_values has {channels} channels but the model expects num_channels={config.num_channels}")
-    if not interpolate_pos_encoding:
-        if (height, width) != (config.image_size, config.image_size):
-            raise ValueError(
-                f"Input image size ({height}*{width}) doesn't match the model ({config.image_size}*{config.image_size}); "
-                "resize the input or pass interpolate_pos_encoding=True"
-            )
-    elif height < patch or width < patch:
-        raise ValueError(f"Input image size ({height}*{width}) is smaller than one patch ({patch}*{patch})")
+    check_pixel_values_shape(config, tuple(pixel_values.shape), interpolate_pos_encoding)
 
 
 class DeiTModel(DeiTPreTrainedModel):
@@ -610,6 +437,7 @@ class DeiTModel(DeiTPreTrainedModel):
         self.encoder = DeiTEncoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooler = DeiTPooler(config) if add_pooling_layer else None
+        self._warned_eager_fallback = False
         self.init_weights()
 
     @property
@@ -619,29 +447,16 @@ class DeiTModel(DeiTPreTrainedModel):
     def _check_inputs(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None, interpolate_pos_encoding: bool) -> None:
         """Raise a clear ValueError for inputs the model cannot read correctly."""
         check_pixel_values(self.config, pixel_values, interpolate_pos_encoding)
-        _, _, height, width = pixel_values.shape
-        patch = self.config.patch_size
         if bool_masked_pos is not None:
-            if self.embeddings.mask_token is None:
-                raise ValueError("bool_masked_pos was given but this model has no mask token (build it with use_mask_token=True)")
-            grid = (height // patch) * (width // patch)
-            batch = pixel_values.shape[0]
-            if bool_masked_pos.numel() != batch * grid or bool_masked_pos.shape[0] != batch:
-                raise ValueError(
-                    f"bool_masked_pos must have shape (batch, num_patches) = ({batch}, {grid}) for a {height}*{width} input, "
-                    f"got {tuple(bool_masked_pos.shape)}"
-                )
+            check_masked_positions_shape(self.config, tuple(pixel_values.shape), tuple(bool_masked_pos.shape),
+                                         has_mask_token=self.embeddings.mask_token is not None)
 
     def _expand_head_mask(self, head_mask: torch.Tensor | None) -> torch.Tensor | None:
-        """Turn a [heads] or [layers, heads] mask into [layers, 1, heads, 1, 1] (1 keeps a head)."""
+        """Turn a [heads] or [layers, heads] mask into [layers, 1, heads, 1, 1] (:func:`deit.model_rules.head_mask_shapes`)."""
         if head_mask is None:
             return None
-        layers, heads = self.config.num_hidden_layers, self.config.num_attention_heads
-        if head_mask.shape == (heads,):
-            head_mask = head_mask.expand(layers, heads)
-        elif head_mask.shape != (layers, heads):
-            raise ValueError(f"head_mask must have shape ({heads},) or ({layers}, {heads}), got {tuple(head_mask.shape)}")
-        return head_mask.to(self.dtype)[:, None, :, None, None]
+        full, per_layer = head_mask_shapes(self.config, tuple(head_mask.shape))
+        return head_mask.to(self.dtype).expand(full).reshape(per_layer)
 
     def forward(
         self,
@@ -790,8 +605,6 @@ class DeiTForImageClassificationWithTeacher(_HeadModel):
             raise ValueError("teacher_logits were given without labels; the distillation loss needs both")
         if labels is not None:
             if teacher_logits is not None:
-                from .losses import DistillationLoss
-
                 loss_fn = DistillationLoss(distillation_type=distillation_type, alpha=distillation_alpha, tau=distillation_tau)
                 loss = loss_fn(cls_logits, distillation_logits, labels, teacher_logits)
             else:
@@ -871,9 +684,6 @@ class ViTForMaskedImageModeling(ViTPreTrainedModel, DeiTForMaskedImageModeling):
     body_class = ViTModel
 
 
-# Our classes with no same-named twin of the other model type.
-_TWINS = {"DeiTForImageClassificationWithTeacher": "ViTForImageClassification"}
-
 MODEL_CLASSES: dict[str, type[DeiTPreTrainedModel]] = {
     cls.__name__: cls
     for cls in (
@@ -887,19 +697,13 @@ MODEL_CLASSES: dict[str, type[DeiTPreTrainedModel]] = {
 def model_init_arguments() -> frozenset[str]:
     """Keyword arguments of the model constructors besides ``config`` (``add_pooling_layer``,
     ``use_mask_token``): ``from_pretrained`` passes these to the constructor, not to the config."""
-    import inspect
-
     return frozenset(
         name for cls in MODEL_CLASSES.values() for name in inspect.signature(cls.__init__).parameters if name not in ("self", "config")
     )
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 __all__ = [
     "DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher", "DeiTForMaskedImageModeling",
     "DeiTPreTrainedModel", "ViTModel", "ViTForImageClassification", "ViTForMaskedImageModeling", "ViTPreTrainedModel",
-    "MODEL_CLASSES", "count_parameters", "model_init_arguments",
+    "MODEL_CLASSES", "model_init_arguments",
 ]

@@ -30,6 +30,8 @@ it was. It is an ordinary module of buffers and registered ops, so ``torch.compi
 from __future__ import annotations
 
 import inspect
+import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -41,13 +43,22 @@ from .dtypes import to_dtype
 from .modeling import (DeiTForImageClassification, DeiTForImageClassificationWithTeacher, DeiTForMaskedImageModeling,
                        DeiTLayer, DeiTModel, DeiTPreTrainedModel, activation, check_pixel_values, interpolate_position_embeddings)
 from .outputs import BaseModelOutputWithPooling, DeiTForImageClassificationWithTeacherOutput, ImageClassifierOutput
-from .probes import BF16_MATMUL_MODES, bf16_kernels_available, bf16_matmul_is_fast, fast_kernels_available
+from .probes import BF16_MATMUL_MODES, bf16_kernels_available, bf16_matmul_is_fast, fast_kernels_available, fastest, onednn_fp32_wins
 
 __all__ = ["optimize", "InferenceModel"]
 
 # Rows the packed weights are laid out for: DeiT's 198 tokens of one image.
 _PACKED_ROWS = 198
 # Arguments of the models' forward that the inference model serves, and those it refuses.
+# How the matmuls run: "onednn" (weights prepacked for oneDNN's GEMM, the bias, GELU and residual
+# addition in its epilogue), "default" (PyTorch's F.linear on the plain weights: MKL in float32;
+# activation and addition after it), or "auto" (see _linear_kernel).
+LINEAR_KERNELS = ("auto", "onednn", "default")
+# The engines behind optimize (see its docstring), and the dtype names that ask for int8.
+BACKENDS = ("auto", "torch", "onnxruntime")
+INT8_NAMES = ("int8", torch.int8, torch.qint8)
+# (engines, model shape, threads) -> the engine measured fastest in this process.
+_ENGINE_CHOICES: dict[tuple, str] = {}
 _SERVED = frozenset({"pixel_values", "interpolate_pos_encoding", "output_hidden_states", "return_dict", "last_layer_tokens",
                      "distillation_type", "distillation_alpha", "distillation_tau"})  # (the last three: loss settings only)
 
@@ -61,13 +72,28 @@ def _arithmetic_dtype(dtype: torch.dtype, bf16_matmul: str) -> torch.dtype:
     return torch.bfloat16
 
 
+def _linear_kernel(arithmetic: torch.dtype, choice: str) -> str:
+    """The matmul kernel for ``arithmetic`` (see :data:`LINEAR_KERNELS`): for ``"auto"`` oneDNN's
+    bf16 kernel where the matmuls run in bf16, and for float32 whichever of oneDNN and PyTorch's
+    default (MKL) :func:`deit.probes.onednn_fp32_wins` measured the faster on this CPU."""
+    if choice not in LINEAR_KERNELS:
+        raise ValueError(f"linear_kernel must be one of {', '.join(LINEAR_KERNELS)}, got {choice!r}")
+    if choice != "auto":
+        if choice == "onednn" and not fast_kernels_available():
+            raise ValueError("linear_kernel='onednn': this PyTorch build has no oneDNN matmul kernel; use 'default' or 'auto'")
+        return choice
+    if not fast_kernels_available():
+        return "default"
+    return "onednn" if arithmetic == torch.bfloat16 or onednn_fp32_wins() else "default"
+
+
 class _Frozen(nn.Module):
     """Buffers made from parameters: rounded to the model's dtype first (what the plain model
-    computes with), then cast to the arithmetic dtype (exact) and, for matmul weights, packed."""
+    computes with), then cast to the arithmetic dtype (exact) and, for oneDNN matmul weights, packed."""
 
-    def __init__(self, dtype: torch.dtype, arithmetic: torch.dtype) -> None:
+    def __init__(self, dtype: torch.dtype, arithmetic: torch.dtype, kernel: str) -> None:
         super().__init__()
-        self.dtype, self.arithmetic = dtype, arithmetic
+        self.dtype, self.arithmetic, self.kernel = dtype, arithmetic, kernel
 
     def keep(self, name: str, tensor: torch.Tensor | None, *, arithmetic: bool = False) -> None:
         if tensor is not None:
@@ -78,17 +104,27 @@ class _Frozen(nn.Module):
     def keep_matmul(self, name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         """A matmul's prepacked weight and its bias, as ``{name}_weight`` and ``{name}_bias``."""
         self.keep(f"{name}_weight", weight, arithmetic=True)
-        self.register_buffer(f"{name}_weight", kernels.pack_weight(getattr(self, f"{name}_weight"), _PACKED_ROWS))
+        if self.kernel == "onednn":
+            self.register_buffer(f"{name}_weight", kernels.pack_weight(getattr(self, f"{name}_weight"), _PACKED_ROWS))
         self.keep(f"{name}_bias", bias, arithmetic=True)
+
+    def linear(self, x: torch.Tensor, name: str, activation: str = "none", residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The matmul ``name`` on ``x``, then ``activation`` (oneDNN only) or ``+ residual``."""
+        weight, bias = getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias")
+        if self.kernel == "onednn":
+            return kernels.linear(x, weight, bias, activation, residual)
+        out = F.linear(x, weight, bias)
+        return out if residual is None else out.add_(residual)
 
 
 class _InferenceBlock(_Frozen):
     """One pre-norm transformer block: x + proj(attention(qkv(LN(x)))), then x + fc2(act(fc1(LN(x))))."""
 
-    def __init__(self, layer: DeiTLayer, hidden_act: str, dtype: torch.dtype, arithmetic: torch.dtype) -> None:
-        super().__init__(dtype, arithmetic)
+    def __init__(self, layer: DeiTLayer, hidden_act: str, dtype: torch.dtype, arithmetic: torch.dtype, kernel: str) -> None:
+        super().__init__(dtype, arithmetic, kernel)
         attention = layer.attention.attention
         self.num_heads, self.eps = attention.num_attention_heads, layer.layernorm_before.eps
+        self.width = layer.layernorm_before.weight.shape[0]  # a plain int: a traced graph keeps it constant
         self.keep("norm1_weight", layer.layernorm_before.weight)
         self.keep("norm1_bias", layer.layernorm_before.bias)
         self.keep("norm2_weight", layer.layernorm_after.weight)
@@ -103,28 +139,32 @@ class _InferenceBlock(_Frozen):
         self.keep_matmul("proj", layer.attention.output.dense.weight, layer.attention.output.dense.bias)
         self.keep_matmul("fc1", layer.intermediate.dense.weight, layer.intermediate.dense.bias)
         self.keep_matmul("fc2", layer.output.dense.weight, layer.output.dense.bias)
-        # An activation oneDNN cannot fuse runs after the matmul, as the model's module.
-        self.fused_act = hidden_act if hidden_act in kernels.ACTIVATIONS else "none"
-        self.separate_act = None if hidden_act in kernels.ACTIVATIONS else activation(hidden_act)
+        # oneDNN applies the activations it knows in the matmul's epilogue; any other activation,
+        # and every one on PyTorch's default kernel, runs after the matmul as the model's module.
+        fused = kernel == "onednn" and hidden_act in kernels.ACTIVATIONS
+        self.fused_act = hidden_act if fused else "none"
+        self.separate_act = None if fused else activation(hidden_act)
+        # One oneDNN could fuse runs in the matmul's arithmetic, as in the epilogue; any other in
+        # the model's dtype, as the model's module computes it.
+        self.act_dtype = self.arithmetic if hidden_act in kernels.ACTIVATIONS else dtype
 
     def _residual_add(self, residual: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
-        weight, bias = getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias")
         if self.dtype == torch.float32:  # the addition in the epilogue is the same float32 addition
-            return kernels.linear(x, weight, bias, residual=residual)
-        return residual + kernels.linear(x, weight, bias).to(self.dtype)
+            return self.linear(x, name, residual=residual)
+        return residual + self.linear(x, name).to(self.dtype)
 
     def forward(self, x: torch.Tensor, query_tokens: int = 0) -> torch.Tensor:
-        width = x.shape[-1]
+        width = self.width
         normed = F.layer_norm(x, (width,), self.norm1_weight, self.norm1_bias, self.eps)
-        qkv = kernels.linear(normed.to(self.arithmetic), self.qkv_weight, self.qkv_bias)
+        qkv = self.linear(normed.to(self.arithmetic), "qkv")
         context = kernels.attention(qkv, self.num_heads, query_tokens)
         if query_tokens:
             x = x[:, :query_tokens]
         x = self._residual_add(x, context, "proj")
         normed = F.layer_norm(x, (width,), self.norm2_weight, self.norm2_bias, self.eps)
-        hidden = kernels.linear(normed.to(self.arithmetic), self.fc1_weight, self.fc1_bias, self.fused_act)
+        hidden = self.linear(normed.to(self.arithmetic), "fc1", self.fused_act)
         if self.separate_act is not None:
-            hidden = self.separate_act(hidden.to(self.dtype)).to(self.arithmetic)
+            hidden = self.separate_act(hidden.to(self.act_dtype)).to(self.arithmetic)
         return self._residual_add(x, hidden, "fc2")
 
 
@@ -135,7 +175,7 @@ class InferenceModel(_Frozen):
     module docstring); ``config`` is the model's (shared).
     """
 
-    def __init__(self, model: DeiTPreTrainedModel, dtype: torch.dtype, bf16_matmul: str = "auto") -> None:
+    def __init__(self, model: DeiTPreTrainedModel, dtype: torch.dtype, bf16_matmul: str = "auto", linear_kernel: str = "auto") -> None:
         if isinstance(model, DeiTForMaskedImageModeling):
             raise TypeError(f"deit.optimize serves DeiTModel and the classification models, not {type(model).__name__}: "
                             "run masked image modeling with the model itself")
@@ -144,7 +184,8 @@ class InferenceModel(_Frozen):
                             f"ViT twins), got {type(model).__name__}")
         if bf16_matmul not in BF16_MATMUL_MODES:
             raise ValueError(f"bf16_matmul must be one of {', '.join(BF16_MATMUL_MODES)}, got {bf16_matmul!r}")
-        super().__init__(dtype, _arithmetic_dtype(dtype, bf16_matmul))
+        arithmetic = _arithmetic_dtype(dtype, bf16_matmul)
+        super().__init__(dtype, arithmetic, _linear_kernel(arithmetic, linear_kernel))
         self.config = model.config
         self.source_class = type(model)
         self._signature = inspect.signature(type(model).forward)
@@ -156,7 +197,7 @@ class InferenceModel(_Frozen):
         self.keep("patch_bias", embeddings.patch_embeddings.projection.bias)
         self.keep("prefix_tokens", embeddings.prefix_tokens(1))
         self.keep("position_embeddings", embeddings.position_embeddings)
-        self.layers = nn.ModuleList(_InferenceBlock(layer, model.config.hidden_act, dtype, self.arithmetic) for layer in body.encoder.layer)
+        self.layers = nn.ModuleList(_InferenceBlock(layer, model.config.hidden_act, dtype, self.arithmetic, self.kernel) for layer in body.encoder.layer)
         self.keep("norm_weight", body.layernorm.weight)
         self.keep("norm_bias", body.layernorm.bias)
         self.eps = body.layernorm.eps
@@ -221,47 +262,116 @@ class InferenceModel(_Frozen):
         if pixel_values.device.type != "cpu":
             raise RuntimeError(f"the model deit.optimize returns runs on the CPU, got pixel_values on {pixel_values.device}")
 
-        x = self._embed(pixel_values.to(self.dtype), interpolate)
-        hidden_states = [x] if output_hidden_states else None
         last_tokens = 0 if output_hidden_states else (arguments.get("last_layer_tokens") or self.tokens_read or 0)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, last_tokens if i == len(self.layers) - 1 else 0)
-            if hidden_states is not None:
-                hidden_states.append(x)
-        sequence = F.layer_norm(x, (x.shape[-1],), self.norm_weight, self.norm_bias, self.eps)
-        hidden = tuple(hidden_states) if hidden_states is not None else None
-
+        sequence, hidden = self.encode(pixel_values, interpolate, output_hidden_states, last_tokens)
         if not self.heads:
             pooled = None
             if self.pooler_activation is not None:
                 pooled = self.pooler_activation(F.linear(sequence[:, 0], self.pooler_weight, self.pooler_bias))
-            output: Any = BaseModelOutputWithPooling(sequence, pooled, hidden, None)
-        elif len(self.heads) == 1:
-            output = ImageClassifierOutput(None, self._head(self.heads[0], sequence[:, 0]), hidden, None)
+            output = BaseModelOutputWithPooling(sequence, pooled, hidden, None)
+            return output if return_dict else output.to_tuple()
+        return self.classify(sequence, hidden, return_dict)
+
+    def encode(self, pixel_values: torch.Tensor, interpolate: bool = False, output_hidden_states: bool = False,
+               last_tokens: int = 0) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """The final LayerNorm's output (only the first ``last_tokens`` tokens, which the last
+        block then computes alone, when > 0) and the hidden states if asked for."""
+        x = self._embed(pixel_values.to(self.dtype), interpolate)
+        hidden_states = [x] if output_hidden_states else None
+        for i, layer in enumerate(self.layers):
+            x = layer(x, last_tokens if i == len(self.layers) - 1 else 0)
+            if hidden_states is not None:
+                hidden_states.append(x)
+        sequence = F.layer_norm(x, (self.config.hidden_size,), self.norm_weight, self.norm_bias, self.eps)
+        return sequence, tuple(hidden_states) if hidden_states is not None else None
+
+    def classify(self, sequence: torch.Tensor, hidden: tuple[torch.Tensor, ...] | None, return_dict: bool) -> Any:
+        """The classifier's output from the final LayerNorm's output: head i reads token i ([CLS]
+        for the classifier, [CLS] and [DIST] for the two of a distilled model)."""
+        logits = [self._head(name, sequence[:, i]) for i, name in enumerate(self.heads)]
+        if len(logits) == 1:
+            output: Any = ImageClassifierOutput(None, logits[0], hidden, None)
         else:
-            cls_logits, distillation_logits = self._head(self.heads[0], sequence[:, 0]), self._head(self.heads[1], sequence[:, 1])
+            cls_logits, distillation_logits = logits
             output = DeiTForImageClassificationWithTeacherOutput(None, (cls_logits + distillation_logits) / 2, cls_logits,
                                                                  distillation_logits, hidden, None)
         return output if return_dict else output.to_tuple()
 
 
+def _fastest(engines: dict[str, nn.Module], config: Any) -> str:
+    """The name of the engine that runs a one-image batch fastest here (measured once per process,
+    model shape and thread count: about ten calls of each)."""
+    key = (tuple(engines), config.hidden_size, config.num_hidden_layers, config.intermediate_size, config.num_attention_heads,
+           config.image_size, config.patch_size, torch.get_num_threads())
+    if key not in _ENGINE_CHOICES:
+        pixels = torch.randn(1, config.num_channels, config.image_size, config.image_size, generator=torch.Generator().manual_seed(0))
+
+        def call(engine: nn.Module) -> Callable[[], object]:
+            return lambda: engine(pixels)
+
+        with torch.inference_mode():
+            _ENGINE_CHOICES[key] = fastest({name: call(engine) for name, engine in engines.items()})
+    return _ENGINE_CHOICES[key]
+
+
 def optimize(model: DeiTPreTrainedModel, dtype: torch.dtype | str | None = None, compile: bool = False,
-             bf16_matmul: str = "auto") -> nn.Module:
-    """A frozen, fast CPU inference copy of ``model`` (:class:`InferenceModel`; see the module
-    docstring); ``model`` itself is not modified.
+             bf16_matmul: str = "auto", backend: str = "auto", linear_kernel: str = "auto",
+             cache_dir: str | os.PathLike | None = None) -> nn.Module:
+    """A frozen, fast CPU inference copy of ``model`` (see the module docstring); ``model`` itself
+    is not modified.
 
-    ``dtype``: the copy's precision (default: the model's); ``torch.bfloat16`` / ``"bf16"`` halves
+    ``dtype``: the copy's precision (default: the model's). ``torch.bfloat16`` / ``"bf16"`` halves
     the weights' memory and is the fastest setting on CPUs whose bf16 matmul beats float32 (AMX,
-    AMD Zen 4/5), about float32 speed elsewhere. ``bf16_matmul``: how bfloat16 matmuls run,
-    ``"bf16"`` (oneDNN's bf16 kernel, where the CPU has one), ``"fp32"`` (float32 arithmetic on the
-    exact bf16 operands) or ``"auto"``, the faster here (:func:`deit.probes.bf16_matmul_is_fast`).
-    ``compile=True`` also wraps the copy in ``torch.compile`` (the first call takes a while).
+    AMD Zen 4/5), about float32 speed elsewhere. ``"int8"``: int8 weights with dynamically
+    quantized activations, run by ONNX Runtime (:mod:`deit.onnx_engine` names the layers kept in
+    float32); classifiers only, ``pip install 'deit[onnx]'``.
 
-    Where the fast kernels do not apply (a model on another device, a PyTorch without oneDNN)
-    this returns ``model`` itself, cast to ``dtype`` when one is given.
+    ``backend``: the engine of a float32 classifier: ``"torch"`` (:class:`InferenceModel`, this
+    module's PyTorch kernels), ``"onnxruntime"`` (:class:`deit.onnx_engine.OnnxRuntimeModel`: the
+    same graph, with the same savings, in an ONNX Runtime session), or ``"auto"``: where ONNX
+    Runtime is installed, both are built and the one faster on a one-image batch here is
+    returned (measured once per process and model shape, a few seconds with the export); bfloat16
+    and bare bodies always run on PyTorch. ``cache_dir``: keep the ONNX files there and reuse them
+    for the same weights.
+
+    ``linear_kernel``: the PyTorch engine's matmuls, ``"onednn"`` (prepacked weights, fused
+    epilogues), ``"default"`` (``F.linear``: MKL in float32) or ``"auto"``, the faster here
+    (:func:`deit.probes.onednn_fp32_wins`). ``bf16_matmul``: how bfloat16 matmuls run, ``"bf16"``
+    (oneDNN's bf16 kernel, where the CPU has one), ``"fp32"`` (float32 arithmetic on the exact bf16
+    operands) or ``"auto"``, the faster here (:func:`deit.probes.bf16_matmul_is_fast`).
+    ``compile=True`` wraps the PyTorch engine in ``torch.compile`` (the first call takes a while).
+
+    On another device, or in float16, this returns ``model`` itself, cast to ``dtype`` when one is given.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if dtype in INT8_NAMES:
+        if backend == "torch" or model.device.type != "cpu":
+            raise ValueError("int8 inference runs on ONNX Runtime on the CPU: use backend='onnxruntime' or 'auto' on a CPU model")
+        from .onnx_engine import OnnxRuntimeModel
+
+        return OnnxRuntimeModel(model, "int8", cache_dir=cache_dir)
     target = to_dtype(dtype) if dtype is not None else model.dtype
-    if model.device.type != "cpu" or not fast_kernels_available() or target not in (torch.float32, torch.bfloat16):
+    if model.device.type != "cpu" or target not in (torch.float32, torch.bfloat16):
+        if backend == "onnxruntime":
+            raise ValueError(f"the ONNX Runtime engine runs float32 or int8 CPU models, not {target} on {model.device}")
         return model.to(target) if dtype is not None else model
-    inference = InferenceModel(model, target, bf16_matmul)
+    if backend == "onnxruntime" or (backend == "auto" and not compile and target == torch.float32 and _onnx_serves(model)):
+        from .onnx_engine import OnnxRuntimeModel
+
+        if backend == "onnxruntime":
+            if target != torch.float32 or compile:
+                raise ValueError("the ONNX Runtime engine runs float32 (or int8) without torch.compile: use backend='torch'")
+            return OnnxRuntimeModel(model, "fp32", cache_dir=cache_dir)
+        engines = {"torch": InferenceModel(model, target, bf16_matmul, linear_kernel),
+                   "onnxruntime": OnnxRuntimeModel(model, "fp32", cache_dir=cache_dir)}
+        return engines[_fastest(engines, model.config)]
+    inference = InferenceModel(model, target, bf16_matmul, linear_kernel)
     return torch.compile(inference) if compile else inference
+
+
+def _onnx_serves(model: DeiTPreTrainedModel) -> bool:
+    """Whether the ONNX Runtime engine is installed and takes this model (a classifier)."""
+    from .onnx_engine import onnxruntime_available
+
+    return isinstance(model, (DeiTForImageClassification, DeiTForImageClassificationWithTeacher)) and onnxruntime_available()

@@ -8,9 +8,10 @@ They behave like the Hugging Face ``ModelOutput``: fields that are ``None`` are 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
+if TYPE_CHECKING:  # annotations only: the Keras models' outputs (deit.keras.outputs) hold Keras tensors
+    import torch
 
 
 @dataclass

@@ -10,8 +10,10 @@ caller first asks (nothing runs at import):
   float32 arithmetic instead (exactly: each product is the one the bf16 kernel computes).
   ``DEIT_BF16_MATMUL=bf16|fp32`` fixes the choice.
 * float32 matmuls: PyTorch's default (MKL) ran 2.3x below oneDNN on one AMD Zen 4 machine,
-  1.15-1.4x below on others, and even with it on Intel ones. ``DEIT_ONEDNN_FP32=1|0`` fixes
-  the answer.
+  1.15-1.4x below on others, even with it on Intel ones, and 1.1x *above* it on an AMD Zen 3
+  (AVX2). :func:`onednn_fp32_speedup` measures the ratio; inference uses oneDNN wherever it is
+  the faster (:func:`onednn_fp32_wins`; ``DEIT_ONEDNN_FP32=1|0`` fixes the answer). Training
+  measures its own step instead (:func:`deit.train.fast_kernels.training_kernels_win`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["fast_kernels_available", "bf16_kernels_available", "bf16_matmul_is_fast", "onednn_fp32_is_fast", "BF16_MATMUL_MODES"]
+__all__ = ["fast_kernels_available", "bf16_kernels_available", "bf16_matmul_is_fast", "onednn_fp32_speedup", "onednn_fp32_wins",
+           "best_seconds", "fastest", "BF16_MATMUL_MODES"]
 
 # How bfloat16 matmuls are computed: "bf16" (oneDNN's bf16 kernel, where the CPU has one), "fp32"
 # (float32 arithmetic on the bf16 operands), or "auto" (the faster here).
@@ -46,8 +49,9 @@ def bf16_kernels_available() -> bool:
 
 @functools.cache
 def bf16_matmul_is_fast() -> bool:
-    """Whether oneDNN multiplies bfloat16 matrices faster than float32 ones on this CPU (about
-    50 ms, best of five each, on DeiT-S's first MLP Linear; ``DEIT_BF16_MATMUL`` skips it)."""
+    """Whether oneDNN multiplies bfloat16 matrices faster than float32 ones on this CPU (best
+    of seven interleaved rounds on DeiT-S's first MLP Linear, about 100 ms; ``DEIT_BF16_MATMUL``
+    skips it)."""
     forced = os.environ.get("DEIT_BF16_MATMUL", "auto")
     if forced not in BF16_MATMUL_MODES:
         raise ValueError(f"DEIT_BF16_MATMUL must be one of {', '.join(BF16_MATMUL_MODES)}, got {forced!r}")
@@ -56,31 +60,34 @@ def bf16_matmul_is_fast() -> bool:
     if forced != "auto":
         return forced == "bf16"
     x, w = _probe_operands()
-    seconds = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        x_cast, packed = x.to(dtype), torch.ops.mkldnn._reorder_linear_weight(w.to(dtype), x.shape[0])
-        seconds[dtype] = _best_seconds(lambda: torch.ops.mkldnn._linear_pointwise(x_cast, packed, None, "none", [], ""))
-    return seconds[torch.bfloat16] < seconds[torch.float32]
+    calls = {str(dtype): _onednn_call(x.to(dtype), torch.ops.mkldnn._reorder_linear_weight(w.to(dtype), x.shape[0]))
+             for dtype in (torch.float32, torch.bfloat16)}
+    seconds = best_seconds(calls)
+    return seconds[str(torch.bfloat16)] < seconds[str(torch.float32)]
 
 
 @functools.cache
-def onednn_fp32_is_fast() -> bool:
-    """Whether oneDNN's float32 matmul beats PyTorch's default one (MKL) by 1.5x or more here
-    (measured like :func:`bf16_matmul_is_fast`; ``DEIT_ONEDNN_FP32=1|0`` skips it). The bar is
-    high because a training step is more than its matmuls: at a 1.15-1.4x matmul ratio the
-    DeiT-Ti training step ran 3 % slower to 8 % faster on oneDNN (BENCHMARKS.md)."""
+def onednn_fp32_speedup() -> float:
+    """How many times faster oneDNN's float32 matmul (prepacked weight) is than PyTorch's default
+    one (``F.linear``, MKL) here: best of seven interleaved rounds on DeiT-S's first MLP Linear
+    (1024 rows), about 100 ms. ``DEIT_ONEDNN_FP32=1`` makes it infinite, ``0`` zero (no measurement); 0 without oneDNN."""
     forced = os.environ.get("DEIT_ONEDNN_FP32")
     if forced is not None:
         if forced not in ("0", "1"):
             raise ValueError(f"DEIT_ONEDNN_FP32 must be 0 or 1, got {forced!r}")
-        return forced == "1"
+        return float("inf") if forced == "1" else 0.0
     if not fast_kernels_available():
-        return False
+        return 0.0
     x, w = _probe_operands()
-    packed = torch.ops.mkldnn._reorder_linear_weight(w, x.shape[0])
-    onednn = _best_seconds(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""))
-    default = _best_seconds(lambda: torch.nn.functional.linear(x, w))
-    return onednn * 1.5 <= default
+    seconds = best_seconds({"onednn": _onednn_call(x, torch.ops.mkldnn._reorder_linear_weight(w, x.shape[0])),
+                            "default": lambda: torch.nn.functional.linear(x, w)})
+    return seconds["default"] / seconds["onednn"]
+
+
+def onednn_fp32_wins() -> bool:
+    """Whether float32 inference matmuls should run on oneDNN (prepacked weights, fused epilogues)
+    rather than PyTorch's default: oneDNN is the faster here (:func:`onednn_fp32_speedup` > 1)."""
+    return onednn_fp32_speedup() > 1.0
 
 
 def _probe_operands() -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,13 +98,26 @@ def _probe_operands() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(1024, 384, generator=generator), torch.randn(1536, 384, generator=generator)
 
 
-def _best_seconds(run: Callable[[], object], repeats: int = 5) -> float:
-    """The fastest of ``repeats`` timed calls, after one untimed call (oneDNN builds its kernel
-    on the first)."""
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _onednn_call(x: torch.Tensor, packed: torch.Tensor) -> Callable[[], object]:
+    return lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
+def best_seconds(calls: dict[str, Callable[[], object]], rounds: int = 7) -> dict[str, float]:
+    """Each call's fastest time: after one untimed call each (oneDNN builds its kernel on the
+    first), ``rounds`` rounds of one timed call each, in turn, so that a slow moment of a shared
+    machine hits all alike."""
+    best = dict.fromkeys(calls, float("inf"))
+    for run in calls.values():
         run()
-        best = min(best, time.perf_counter() - start)
+    for _ in range(rounds):
+        for name, run in calls.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
+
+
+def fastest(calls: dict[str, Callable[[], object]], rounds: int = 3) -> str:
+    """The name of the fastest of ``calls`` (:func:`best_seconds`)."""
+    seconds = best_seconds(calls, rounds)
+    return min(seconds, key=seconds.__getitem__)

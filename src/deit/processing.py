@@ -9,25 +9,38 @@ same way, so uint8 inputs give bit-identical outputs.
 Speed comes from keeping pixels uint8 until the very end: resize and crop run
 inside Pillow, and rescale + normalize is one 256-entry lookup table per
 channel instead of float arithmetic over the whole image.
+
+Files, PIL images, arrays and tensors become pixels in :mod:`deit.images` (EXIF
+orientation, the mode policy, value ranges), as on every other path; this module
+holds the processor, its settings and its ``preprocessor_config.json``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from .images import (
+    ALLOWED_CHANNELS,
+    DEFAULT_CROP_PCT,
+    DecodedImage,
+    ImageInput,
+    channel_axis,
+    decode_image,
+    eval_resize_size,
+    eval_sizes,
+    flatten_images,
+    float_to_255,
+)
 from .io import atomic_write_text
-
-if TYPE_CHECKING:  # torch is only needed for return_tensors="pt" and tensor inputs
-    import torch
 
 __all__ = [
     "BatchFeature",
@@ -38,32 +51,11 @@ __all__ = [
     "IMAGENET_DEFAULT_STD",
     "PREPROCESSOR_CONFIG_NAME",
     "eval_resize_size",
-    "pil_to_8bit",
 ]
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
-# Share of the resized image that the evaluation centre crop keeps (224 of 256).
-DEFAULT_CROP_PCT = 0.875
-
-
-def eval_resize_size(crop_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int:
-    """The side to resize an image to before an evaluation centre crop of ``crop_size`` that keeps
-    ``crop_pct`` of it: ``int(crop_size / crop_pct)`` (224 at 0.875 -> 256; 384 at 0.875 -> 438).
-
-    The DeiT authors' formula (``size = int(args.input_size / args.eval_crop_ratio)`` in
-    ``datasets.py`` of facebookresearch/deit), which timm's eval transform also uses
-    (``math.floor(img_size / crop_pct)``).
-    """
-    if isinstance(crop_size, bool) or not isinstance(crop_size, (int, np.integer)) or crop_size <= 0:
-        raise ValueError(f"crop_size must be a positive int, got {crop_size!r}")
-    if not 0 < crop_pct <= 1:
-        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
-    return int(crop_size / crop_pct)
-
-ImageLike = Union[Image.Image, np.ndarray, "torch.Tensor", str, os.PathLike]
-ImageInput = Union[ImageLike, Sequence[ImageLike]]
 
 _RESAMPLE_NAMES = {
     "nearest": Image.Resampling.NEAREST,
@@ -73,7 +65,6 @@ _RESAMPLE_NAMES = {
     "box": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
-_ALLOWED_CHANNELS = (1, 3, 4)
 _MAX_WORKERS = 8  # threads for batches; resizing scales well up to about this many
 # Keys of the Hugging Face file we do not keep: the type key is rewritten by us.
 _DROPPED_KEYS = {"image_processor_type", "feature_extractor_type"}
@@ -184,7 +175,7 @@ def _parse_channel_stats(value: Any, what: str, channels: int = 3) -> tuple[floa
         stats = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         raise ValueError(f"{what} must be a float or 3 floats (one per RGB channel), got {value!r}") from None
-    if len(stats) not in _ALLOWED_CHANNELS:
+    if len(stats) not in ALLOWED_CHANNELS:
         raise ValueError(f"{what} must have 3 values (one per RGB channel), or 1 / 4 for grayscale / RGBA images; "
                          f"got {len(stats)}: {value!r}")
     return stats
@@ -214,218 +205,31 @@ def _parse_bool(value: Any, what: str) -> bool:
     return bool(value)
 
 
-# --------------------------------------------------------------------------- input decoding
+@dataclass(frozen=True)
+class _CallSettings:
+    """The settings of one :meth:`DeiTImageProcessor.preprocess` call (the processor's, overridden)."""
 
+    do_resize: bool
+    size: dict[str, int]
+    resample: int
+    do_center_crop: bool
+    crop_size: dict[str, int]
+    do_rescale: bool
+    rescale_factor: float
+    do_normalize: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    data_format: str
+    input_data_format: str | None
+    return_tensors: str | None
+    device: Any
 
-def _channel_axis(shape: tuple[int, ...], label: str, input_data_format: str | None) -> int:
-    """Index (0 or 2) of the channel axis of a 3-D image."""
-    if input_data_format is not None:
-        axis = 0 if input_data_format == "channels_first" else 2
-        if shape[axis] not in _ALLOWED_CHANNELS:
-            raise ValueError(
-                f"{label}: image of shape {shape} has {shape[axis]} channels on its {input_data_format} axis; "
-                "expected 1 (grayscale), 3 (RGB) or 4 (RGBA)"
-            )
-        return axis
-    # Same preference as Hugging Face: channels-first wins when both ends could be channels.
-    if shape[0] in _ALLOWED_CHANNELS:
-        return 0
-    if shape[2] in _ALLOWED_CHANNELS:
-        return 2
-    raise ValueError(
-        f"{label}: cannot find the channel axis of an image of shape {shape}: expected 1 (grayscale), "
-        f"3 (RGB) or 4 (RGBA) channels on the first or last axis, got {shape[0]} and {shape[2]}"
-    )
-
-
-def _int_to_uint8(a: np.ndarray, label: str, sixteen_bit: bool) -> np.ndarray:
-    """Integer pixels -> uint8; 16-bit data is mapped 0..65535 -> 0..255 (v / 257, rounded)."""
-    if a.dtype == np.uint8:
-        return a
-    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
-    if lo < 0 or hi > 65535:
-        raise ValueError(f"{label}: integer pixel values must lie in [0, 255] (8-bit) or [0, 65535] (16-bit), "
-                         f"got [{lo}, {hi}]")
-    if not sixteen_bit and hi <= 255:
-        return a.astype(np.uint8)
-    # (v + 128) // 257 == round(v / 257) exactly (257 is odd, so there are no ties).
-    return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
-
-
-def _float_to_255(a: np.ndarray, label: str) -> tuple[np.ndarray, bool]:
-    """Float pixels -> float32 on the 0..255 scale, and whether they were in [0, 1] (already rescaled)."""
-    a = a.astype(np.float32, copy=False)
-    if not np.isfinite(a).all():
-        raise ValueError(f"{label}: float image contains NaN or infinite values")
-    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    if lo >= 0.0 and hi <= 1.0:
-        return a * np.float32(255.0), True
-    if lo >= 0.0 and hi <= 255.0:
-        return a, False
-    raise ValueError(f"{label}: float pixel values must lie in [0, 1] (or [0, 255]), got [{lo:g}, {hi:g}]")
-
-
-class _Pixels:
-    """One decoded image: a PIL image (mode "RGB" or "L", or "RGBA" when four channels are kept;
-    8-bit) or a float32 HWC array on the 0..255 scale (only when no resize is asked for, to keep
-    float precision)."""
-
-    __slots__ = ("pil", "array", "prescaled")
-
-    def __init__(self, pil: Image.Image | None = None, array: np.ndarray | None = None, prescaled: bool = False):
-        self.pil = pil
-        self.array = array
-        # True when the input was float in [0, 1]: the user already rescaled it, so it is
-        # divided by 255 exactly once whatever do_rescale says (no double rescale).
-        self.prescaled = prescaled
-
-
-def _channel_mismatch(label: str, found: int, channels: int) -> ValueError:
-    return ValueError(f"{label}: image has {found} channel(s) but image_mean/image_std have {channels} value(s); "
-                      "give one mean/std value per image channel")
-
-
-def _decode_pil(img: Image.Image, label: str, keep_float: bool, channels: int = 3) -> _Pixels:
-    """``channels``: 3 makes every image RGB (grayscale stays one plane, repeated at the end);
-    1 and 4 keep grayscale and RGBA images as they are and refuse others."""
-    mode = img.mode
-    if channels == 4 and mode in ("RGBA", "RGBa", "PA"):
-        return _Pixels(pil=img if mode == "RGBA" else img.convert("RGBA"))
-    if channels == 1 and (mode in ("L", "1", "LA", "La", "I", "F") or mode.startswith("I;16")):
-        return _decode_pil(img, label, keep_float)  # one 8-bit plane (or float array) on the grayscale path
-    if channels != 3:
-        raise _channel_mismatch(label, len(img.getbands()), channels)
-    if mode in ("RGB", "L"):
-        return _Pixels(pil=img)
-    if mode == "1" or mode in ("LA", "La"):
-        return _Pixels(pil=img.convert("L"))  # dropping alpha of LA = its L band
-    if mode == "I" or mode.startswith("I;16"):
-        return _decode_array(np.asarray(img), label, None, keep_float, sixteen_bit=True)
-    if mode == "F":
-        return _decode_array(np.asarray(img), label, None, keep_float)
-    try:
-        # RGBA/RGBX/P/PA/CMYK/YCbCr/...: Pillow's own conversion; alpha is dropped, not composited.
-        return _Pixels(pil=img.convert("RGB"))
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{label}: cannot convert a PIL image of mode {mode!r} to RGB ({err})") from None
-
-
-def _decode_array(a: np.ndarray, label: str, input_data_format: str | None, keep_float: bool,
-                  sixteen_bit: bool = False, channels: int = 3) -> _Pixels:
-    if a.ndim == 3:
-        axis = _channel_axis(a.shape, label, input_data_format)
-        if axis == 0:
-            a = np.moveaxis(a, 0, -1)
-        if channels != 3 and a.shape[-1] != channels:
-            raise _channel_mismatch(label, a.shape[-1], channels)
-        if a.shape[-1] == 4 and channels == 3:
-            a = a[..., :3]  # RGBA -> RGB: drop alpha like PIL convert("RGB")
-        elif a.shape[-1] == 1:
-            a = a[..., 0]
-    elif a.ndim != 2:
-        raise ValueError(f"{label}: an image must be a 2-D (H, W) or 3-D (H, W, C) / (C, H, W) array, "
-                         f"got shape {tuple(a.shape)}")
-    elif channels not in (1, 3):
-        raise _channel_mismatch(label, 1, channels)
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise ValueError(f"{label}: image has an empty side (shape {tuple(a.shape)})")
-
-    if a.dtype == np.bool_:
-        u8 = a.astype(np.uint8) * np.uint8(255)
-    elif a.dtype == np.uint16 or sixteen_bit:
-        u8 = _int_to_uint8(a, label, sixteen_bit=True)
-    elif np.issubdtype(a.dtype, np.integer):
-        u8 = _int_to_uint8(a, label, sixteen_bit=False)
-    elif np.issubdtype(a.dtype, np.floating):
-        f255, prescaled = _float_to_255(a, label)
-        if keep_float:
-            return _Pixels(array=f255 if f255.ndim == 3 else f255[..., None], prescaled=prescaled)
-        # Pillow resizes 8-bit data; round (not truncate) to the nearest level.
-        u8 = np.rint(f255).astype(np.uint8)
-        return _Pixels(pil=Image.fromarray(np.ascontiguousarray(u8)), prescaled=prescaled)
-    else:
-        raise TypeError(f"{label}: unsupported pixel dtype {a.dtype}")
-    return _Pixels(pil=Image.fromarray(np.ascontiguousarray(u8)))
-
-
-def _is_torch_tensor(x: Any) -> bool:
-    torch = sys.modules.get("torch")  # never import torch just to check a type
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
-def _tensor_to_numpy(t: "torch.Tensor") -> np.ndarray:
-    import torch
-
-    t = t.detach().cpu()
-    if t.dtype in (torch.float16, torch.bfloat16):
-        t = t.float()
-    try:
-        return t.numpy()
-    except TypeError:  # dtypes numpy lacks (e.g. uint16/uint32 in older torch)
-        return t.to(torch.int64).numpy()
-
-
-def _decode(item: Any, label: str, input_data_format: str | None, keep_float: bool, channels: int = 3) -> _Pixels:
-    if isinstance(item, Image.Image):
-        return _decode_pil(item, label, keep_float, channels)
-    if _is_torch_tensor(item):
-        item = _tensor_to_numpy(item)
-    if isinstance(item, np.ndarray):
-        return _decode_array(item, label, input_data_format, keep_float, channels=channels)
-    if isinstance(item, (str, os.PathLike)):
-        return _decode_pil(_open_path(item, label), label, keep_float, channels)
-    raise TypeError(f"{label}: expected a PIL image, numpy array, torch tensor or file path, "
-                    f"got {type(item).__name__}")
-
-
-def _open_path(path: str | os.PathLike, label: str) -> Image.Image:
-    text = os.fspath(path)
-    if isinstance(text, str) and text.startswith(("http://", "https://")):
-        raise ValueError(f"{label}: URLs are not fetched ({text!r}); download the image and pass it or its path")
-    if not os.path.isfile(text):
-        raise ValueError(f"{label}: image file {text!r} does not exist")
-    from PIL import ImageOps
-
-    try:
-        with Image.open(text) as img:
-            img.load()
-            # Camera photos store their orientation in EXIF; Hugging Face's load_image applies it too.
-            return ImageOps.exif_transpose(img)
-    except OSError as err:
-        raise ValueError(f"{label}: cannot read {text!r} as an image ({err})") from None
-
-
-def _flatten(images: Any) -> list[tuple[str, Any]]:
-    """Flatten the accepted input structures into (label, single image) pairs."""
-
-    def batch_or_single(x: Any, label: str) -> list[tuple[str, Any]]:
-        ndim = getattr(x, "ndim", None)
-        if ndim == 4:
-            if x.shape[0] == 0:
-                raise ValueError(f"{label}: empty batch (shape {tuple(x.shape)})")
-            return [(f"{label}[{i}]", x[i]) for i in range(x.shape[0])]
-        if ndim in (2, 3):
-            return [(label, x)]
-        raise ValueError(f"{label}: expected a 2-D/3-D image or a 4-D batch, got an array of shape {tuple(x.shape)}")
-
-    def one(x: Any, label: str, depth: int) -> list[tuple[str, Any]]:
-        if isinstance(x, Image.Image) or isinstance(x, (str, os.PathLike)):
-            return [(label, x)]
-        if isinstance(x, np.ndarray) or _is_torch_tensor(x):
-            return batch_or_single(x, label)
-        if isinstance(x, (list, tuple)):
-            if depth >= 2:
-                raise TypeError(f"{label}: images may be nested at most two lists deep")
-            if len(x) == 0:
-                raise ValueError(f"{label}: empty list of images")
-            out: list[tuple[str, Any]] = []
-            for i, sub in enumerate(x):
-                out.extend(one(sub, f"{label}[{i}]", depth + 1))
-            return out
-        raise TypeError(f"{label}: expected a PIL image, numpy array, torch tensor, file path or a list of them, "
-                        f"got {type(x).__name__}")
-
-    return one(images, "images", 0)
+    def scale_of(self, px: DecodedImage) -> float | None:
+        """What an image's levels are multiplied by: 1/255 for a float image already in [0, 1]
+        (so it is rescaled exactly once), else the rescale factor when rescaling."""
+        if px.prescaled:
+            return 1.0 / 255.0
+        return self.rescale_factor if self.do_rescale else None
 
 
 # --------------------------------------------------------------------------- geometry
@@ -473,7 +277,7 @@ def _to_channels_last(image: np.ndarray, input_data_format: str | None) -> tuple
         return image[..., None], False
     if image.ndim != 3:
         raise ValueError(f"image: expected a 2-D (H, W) or 3-D (H, W, C) / (C, H, W) array, got shape {image.shape}")
-    if _channel_axis(image.shape, "image", input_data_format) == 0:
+    if channel_axis(image.shape, "image", input_data_format) == 0:
         return np.moveaxis(image, 0, -1), True
     return image, False
 
@@ -486,12 +290,6 @@ def _from_channels_last(hwc: np.ndarray, channels_first: bool, data_format: str 
         return hwc[..., 0]
     first = channels_first if data_format is None else data_format == "channels_first"
     return np.ascontiguousarray(np.moveaxis(hwc, -1, 0)) if first else hwc
-
-
-def pil_to_8bit(image: Image.Image, label: str = "image") -> Image.Image:
-    """The image as the processor resizes it: 8-bit RGB, or L for grayscale (alpha dropped,
-    palettes and other modes converted by Pillow, 16-bit and float images mapped to 8 bits)."""
-    return _decode_pil(image, label, keep_float=False).pil
 
 
 # --------------------------------------------------------------------------- the processor
@@ -578,113 +376,65 @@ class DeiTImageProcessor:
         images keep their channels and others are refused. ``do_convert_rgb`` is accepted for
         Hugging Face compatibility.
         """
-        do_resize = self.do_resize if do_resize is None else _parse_bool(do_resize, "do_resize")
-        size = self.size if size is None else _parse_size(size, "size", True)
-        resample = self.resample if resample is None else _resample_to_int(resample)
-        do_center_crop = self.do_center_crop if do_center_crop is None else _parse_bool(do_center_crop,
-                                                                                           "do_center_crop")
-        crop_size = self.crop_size if crop_size is None else _parse_size(crop_size, "crop_size", False)
-        do_rescale = self.do_rescale if do_rescale is None else _parse_bool(do_rescale, "do_rescale")
-        rescale_factor = self.rescale_factor if rescale_factor is None else float(rescale_factor)
-        do_normalize = self.do_normalize if do_normalize is None else _parse_bool(do_normalize, "do_normalize")
+        call = self._settings_for_call(
+            return_tensors=return_tensors, do_resize=do_resize, size=size, resample=resample, do_center_crop=do_center_crop,
+            crop_size=crop_size, do_rescale=do_rescale, rescale_factor=rescale_factor, do_normalize=do_normalize,
+            image_mean=image_mean, image_std=image_std, data_format=data_format, input_data_format=input_data_format, device=device,
+        )
+        items = flatten_images(images)
+        workers = min(len(items), os.cpu_count() or 1, _MAX_WORKERS)
+        if workers > 1:
+            # Pillow releases the GIL while decoding and resizing, which is most of the work.
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                decoded = list(pool.map(lambda entry: self._prepare(entry, call), items))
+        else:
+            decoded = [self._prepare(entry, call) for entry in items]
+        return _pixel_values(items, decoded, call)
+
+    def _settings_for_call(self, *, return_tensors: Any, do_resize: Any, size: Any, resample: Any, do_center_crop: Any, crop_size: Any,
+                           do_rescale: Any, rescale_factor: Any, do_normalize: Any, image_mean: Any, image_std: Any,
+                           data_format: str, input_data_format: str | None, device: Any) -> _CallSettings:
+        """The processor's settings with this call's overrides, each checked."""
         mean, std = _parse_mean_std(self.image_mean if image_mean is None else image_mean,
                                     self.image_std if image_std is None else image_std)
-        channels = len(mean)
-        if do_normalize and any(s == 0.0 for s in std):
+        call = _CallSettings(
+            do_resize=self.do_resize if do_resize is None else _parse_bool(do_resize, "do_resize"),
+            size=self.size if size is None else _parse_size(size, "size", True),
+            resample=self.resample if resample is None else _resample_to_int(resample),
+            do_center_crop=self.do_center_crop if do_center_crop is None else _parse_bool(do_center_crop, "do_center_crop"),
+            crop_size=self.crop_size if crop_size is None else _parse_size(crop_size, "crop_size", False),
+            do_rescale=self.do_rescale if do_rescale is None else _parse_bool(do_rescale, "do_rescale"),
+            rescale_factor=self.rescale_factor if rescale_factor is None else float(rescale_factor),
+            do_normalize=self.do_normalize if do_normalize is None else _parse_bool(do_normalize, "do_normalize"),
+            mean=mean, std=std, data_format=data_format, input_data_format=input_data_format,
+            return_tensors=getattr(return_tensors, "value", return_tensors),  # HF's TensorType enum
+            device=device,
+        )
+        if call.do_normalize and any(s == 0.0 for s in std):
             raise ValueError(f"image_std must not contain zeros, got {std}")
         if data_format not in ("channels_first", "channels_last"):
             raise ValueError(f"data_format must be 'channels_first' or 'channels_last', got {data_format!r}")
         if input_data_format not in (None, "channels_first", "channels_last"):
             raise ValueError(f"input_data_format must be 'channels_first', 'channels_last' or None, "
                              f"got {input_data_format!r}")
-        return_tensors = getattr(return_tensors, "value", return_tensors)  # HF's TensorType enum
-        if return_tensors not in (None, "pt", "np", "tf", "jax"):
-            raise ValueError(f"return_tensors must be 'pt', 'np', 'tf', 'jax' or None, got {return_tensors!r}")
-        if device is not None and return_tensors != "pt":
+        if call.return_tensors not in (None, "pt", "np", "tf", "jax"):
+            raise ValueError(f"return_tensors must be 'pt', 'np', 'tf', 'jax' or None, got {call.return_tensors!r}")
+        if device is not None and call.return_tensors != "pt":
             raise ValueError("device= needs return_tensors='pt'")
+        return call
 
-        items = _flatten(images)
-
-        def prepare(entry: tuple[str, Any]) -> _Pixels:
-            label, item = entry
-            px = _decode(item, label, input_data_format, keep_float=not do_resize, channels=channels)
-            if px.pil is not None:
-                if do_resize:
-                    px.pil = self.resize(px.pil, size, resample)
-                if do_center_crop:
-                    px.pil = self.center_crop(px.pil, crop_size)
-            elif do_center_crop:
-                px.array = self.center_crop(px.array, crop_size, input_data_format="channels_last")
-            return px
-
-        workers = min(len(items), os.cpu_count() or 1, _MAX_WORKERS)
-        if workers > 1:
-            # Pillow releases the GIL while decoding and resizing, which is most of the work.
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                decoded = list(pool.map(prepare, items))
-        else:
-            decoded = [prepare(entry) for entry in items]
-
-        def scale_of(px: _Pixels) -> float | None:
-            if px.prescaled:
-                return 1.0 / 255.0
-            return rescale_factor if do_rescale else None
-
-        # Raw uint8 pixels come back unchanged when neither rescale nor normalize is asked for
-        # (as in Hugging Face); otherwise float32.
-        raw = [px.pil is not None and scale_of(px) is None and not do_normalize for px in decoded]
-        out_dtype = np.uint8 if all(raw) else np.float32
-        shapes = [(px.pil.height, px.pil.width) if px.pil is not None else px.array.shape[:2] for px in decoded]
-
-        def layout(h: int, w: int) -> tuple[int, int, int]:
-            return (channels, h, w) if data_format == "channels_first" else (h, w, channels)
-
-        if return_tensors is not None:
-            if len(set(shapes)) != 1:
-                detail = ", ".join(f"{label}: {s[0]}x{s[1]}" for (label, _), s in zip(items, shapes))
-                raise ValueError(f"cannot stack images of different sizes into one tensor ({detail}); "
-                                 "enable center crop, use a height/width size, or pass return_tensors=None")
-            batch = np.empty((len(decoded),) + layout(*shapes[0]), dtype=out_dtype)
-            outputs = list(batch)
-        else:
-            outputs = [np.empty(layout(*s), dtype=out_dtype) for s in shapes]
-
-        luts: dict[float | None, np.ndarray] = {}
-        for px, out in zip(decoded, outputs):
-            chw = out if data_format == "channels_first" else out.transpose(2, 0, 1)
-            scale = scale_of(px)
-            if px.pil is not None:
-                pixels = np.asarray(px.pil)
-                if out_dtype == np.uint8 or (scale is None and not do_normalize):
-                    _write_channels(chw, pixels, None)
-                else:
-                    if scale not in luts:
-                        luts[scale] = _lookup_table(scale, do_normalize, mean, std)
-                    _write_channels(chw, pixels, luts[scale])
-            else:
-                _write_channels(chw, _float_pixels(px.array, scale, do_normalize, mean, std, channels), None)
-
-        if return_tensors is None:
-            return BatchFeature(pixel_values=outputs)
-        if return_tensors == "np":
-            return BatchFeature(pixel_values=batch)
-        if return_tensors == "tf":
-            from .tensorflow_import import import_dynamo_before_tensorflow
-
-            import_dynamo_before_tensorflow()
-            import tensorflow as tf
-
-            return BatchFeature(pixel_values=tf.convert_to_tensor(batch))
-        if return_tensors == "jax":
-            import jax.numpy as jnp
-
-            return BatchFeature(pixel_values=jnp.asarray(batch))
-        import torch
-
-        tensor = torch.from_numpy(batch)
-        if device is not None:
-            tensor = tensor.to(device)
-        return BatchFeature(pixel_values=tensor)
+    def _prepare(self, entry: tuple[str, Any], call: _CallSettings) -> DecodedImage:
+        """One image decoded, resized and cropped (8-bit, or float when nothing is resized)."""
+        label, item = entry
+        px = decode_image(item, label, call.input_data_format, keep_float=not call.do_resize, channels=len(call.mean))
+        if px.pil is not None:
+            if call.do_resize:
+                px.pil = self.resize(px.pil, call.size, call.resample)
+            if call.do_center_crop:
+                px.pil = self.center_crop(px.pil, call.crop_size)
+        elif call.do_center_crop:
+            px.array = self.center_crop(px.array, call.crop_size, input_data_format="channels_last")
+        return px
 
     # ------------------------------------------------------------ the steps, one by one
     # The reference's processors have these as methods that users call in turn on numpy images.
@@ -716,7 +466,7 @@ class DeiTImageProcessor:
         hwc, channels_first = _to_channels_last(image, input_data_format)
         floats = np.issubdtype(hwc.dtype, np.floating)
         if floats:
-            f255, zero_to_one = _float_to_255(hwc, "image")
+            f255, zero_to_one = float_to_255(hwc, "image")
             hwc = np.rint(f255).astype(np.uint8)
         elif hwc.dtype != np.uint8:
             raise TypeError(f"resize takes uint8 or float images, got {hwc.dtype}")
@@ -797,16 +547,22 @@ class DeiTImageProcessor:
     # ------------------------------------------------------------------ choosing one
 
     @classmethod
+    def for_eval(cls, image_size: int, crop_pct: float = DEFAULT_CROP_PCT, **kwargs: Any) -> DeiTImageProcessor:
+        """The evaluation resize rule of :mod:`deit.images` for a model of ``image_size``: the
+        shorter side to ``int(image_size / crop_pct)``, the centre ``image_size`` square; other
+        settings from ``kwargs`` (default: bicubic, ImageNet mean/std)."""
+        size, crop_size = eval_sizes(image_size, crop_pct)
+        return cls(size=size, crop_size=crop_size, **kwargs)
+
+    @classmethod
     def for_model(cls, source: str | os.PathLike, image_size: int) -> DeiTImageProcessor:
         """The processor of the model at ``source`` (a folder or a weights file): the
-        ``preprocessor_config.json`` beside it, else the DeiT evaluation recipe for
-        ``image_size`` (resize to :func:`eval_resize_size` of it at the default 0.875 crop ratio,
-        centre crop to ``image_size``, ImageNet mean/std)."""
+        ``preprocessor_config.json`` beside it, else :meth:`for_eval` of ``image_size``."""
         path = Path(source)
         folder = path if path.is_dir() else path.parent
         if (folder / PREPROCESSOR_CONFIG_NAME).is_file():
             return cls.from_pretrained(folder)
-        return cls(size=eval_resize_size(image_size), crop_size=image_size)
+        return cls.for_eval(image_size)
 
     # ------------------------------------------------------------------ serialization
 
@@ -884,6 +640,66 @@ DeiTFeatureExtractor = DeiTImageProcessor
 
 
 # --------------------------------------------------------------------------- numeric kernels
+
+
+def _pixel_values(items: list[tuple[str, Any]], decoded: list[DecodedImage], call: _CallSettings) -> BatchFeature:
+    """The prepared images rescaled, normalized and laid out as ``call`` asks: 8-bit levels go
+    through one lookup table per channel, float images (nothing resized) are computed."""
+    channels = len(call.mean)
+    # Raw uint8 pixels come back unchanged when neither rescale nor normalize is asked for
+    # (as in Hugging Face); otherwise float32.
+    raw = [px.pil is not None and call.scale_of(px) is None and not call.do_normalize for px in decoded]
+    out_dtype = np.uint8 if all(raw) else np.float32
+    shapes = [(px.pil.height, px.pil.width) if px.pil is not None else px.array.shape[:2] for px in decoded]
+
+    def layout(h: int, w: int) -> tuple[int, int, int]:
+        return (channels, h, w) if call.data_format == "channels_first" else (h, w, channels)
+
+    batch = None
+    if call.return_tensors is not None:
+        if len(set(shapes)) != 1:
+            detail = ", ".join(f"{label}: {s[0]}x{s[1]}" for (label, _), s in zip(items, shapes))
+            raise ValueError(f"cannot stack images of different sizes into one tensor ({detail}); "
+                             "enable center crop, use a height/width size, or pass return_tensors=None")
+        batch = np.empty((len(decoded),) + layout(*shapes[0]), dtype=out_dtype)
+        outputs = list(batch)
+    else:
+        outputs = [np.empty(layout(*s), dtype=out_dtype) for s in shapes]
+
+    luts: dict[float | None, np.ndarray] = {}
+    for px, out in zip(decoded, outputs):
+        chw = out if call.data_format == "channels_first" else out.transpose(2, 0, 1)
+        scale = call.scale_of(px)
+        if px.pil is None:
+            _write_channels(chw, _float_pixels(px.array, scale, call.do_normalize, call.mean, call.std, channels), None)
+        elif out_dtype == np.uint8 or (scale is None and not call.do_normalize):
+            _write_channels(chw, np.asarray(px.pil), None)
+        else:
+            if scale not in luts:
+                luts[scale] = _lookup_table(scale, call.do_normalize, call.mean, call.std)
+            _write_channels(chw, np.asarray(px.pil), luts[scale])
+    return BatchFeature(pixel_values=outputs if batch is None else _as_tensors(batch, call.return_tensors, call.device))
+
+
+def _as_tensors(batch: np.ndarray, return_tensors: str, device: Any) -> Any:
+    """A numpy batch as the framework's array that ``return_tensors`` names."""
+    if return_tensors == "np":
+        return batch
+    if return_tensors == "tf":
+        from .tensorflow_import import import_dynamo_before_tensorflow
+
+        import_dynamo_before_tensorflow()
+        import tensorflow as tf
+
+        return tf.convert_to_tensor(batch)
+    if return_tensors == "jax":
+        import jax.numpy as jnp
+
+        return jnp.asarray(batch)
+    import torch
+
+    tensor = torch.from_numpy(batch)
+    return tensor if device is None else tensor.to(device)
 
 
 def _lookup_table(scale: float | None, do_normalize: bool, mean: Iterable[float],

@@ -11,9 +11,11 @@ from keras_backend import import_deit_keras
 from small_models import SMALL
 
 import deit
+from deit.model_rules import ACTIVATION_FUNCTIONS
 
 dk = import_deit_keras()
 import keras  # noqa: E402  (after deit.keras: see deit.tensorflow_import)
+from deit.keras.layers import activation  # noqa: E402
 
 ATOL = 1e-4
 PAIRS = [
@@ -154,6 +156,36 @@ def test_tuple_outputs_and_input_errors():
         keras_model(pixels.numpy(), teacher_logits=np.zeros((3, 5), np.float32))
     with pytest.raises(ValueError, match="no mask token"):
         dk.TFDeiTModel(model.config)(pixels.numpy(), bool_masked_pos=np.zeros((3, 16), bool))
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATION_FUNCTIONS))
+def test_every_activation_name_matches_pytorch(name):
+    x = np.linspace(-6, 6, 1001, dtype=np.float32)
+    got = keras.ops.convert_to_numpy(activation(name)(keras.ops.convert_to_tensor(x)))
+    expected = deit.modeling.activation(name)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def _message(call) -> str:
+    with pytest.raises(ValueError) as err:
+        call()
+    return str(err.value)
+
+
+def test_input_errors_are_the_pytorch_messages():
+    """Both backends check with deit.model_rules: the same message, word for word."""
+    model, keras_model = twin(deit.DeiTForMaskedImageModeling, dk.TFDeiTForMaskedImageModeling)
+    bad_inputs = [
+        dict(pixel_values=np.zeros((1, 1, 32, 32), np.float32)),
+        dict(pixel_values=np.zeros((1, 3, 40, 32), np.float32)),
+        dict(pixel_values=np.zeros((1, 3, 4, 4), np.float32), interpolate_pos_encoding=True),
+        dict(pixel_values=np.zeros((2, 3, 32, 32), np.float32), bool_masked_pos=np.zeros((2, 15), bool)),
+        dict(pixel_values=np.zeros((1, 3, 32, 32), np.float32), head_mask=np.ones((3,), np.float32)),
+    ]
+    for kwargs in bad_inputs:
+        torch_kwargs = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
+        # Keras wraps an error raised in call() in its own text around the original message.
+        assert _message(lambda: model(**torch_kwargs)) in _message(lambda: keras_model(**kwargs)), kwargs
 
 
 @pytest.mark.parametrize("rates", [dict(hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3), dict(drop_path_rate=0.5)],

@@ -23,7 +23,9 @@ from deit.train.data import (
     ImageFolderDataset,
     Mnist5k,
     build_dataset,
+    collate_readable,
     count_corrupt,
+    default_eval_split,
 )
 from deit.train.transforms import build_eval_transform
 
@@ -129,6 +131,22 @@ def test_imagefolder_single_tree_is_split_90_10_per_class(tmp_path):
     assert {s[0] for s in build_dataset(str(tmp_path), "val").samples if s[0].parent.name != "d"} == val_files
     for image, label in (train[i] for i in range(len(train))):
         assert train.classes[label] == owner[red(image)]
+
+
+def test_split_all_and_a_val_folder_alone(tmp_path):
+    """Issue 24 item 5: a folder of class folders is a test set for ``deit eval`` (every image), and a
+    tree with a val/ folder only is its validation split, not one class called "val"."""
+    make_tree(tmp_path / "plain", {"a": 20, "b": 10})
+    assert len(build_dataset(str(tmp_path / "plain"), "all")) == 30 and default_eval_split(str(tmp_path / "plain")) == "all"
+    make_tree(tmp_path / "valonly" / "val", {"a": 2, "b": 3})
+    val = build_dataset(str(tmp_path / "valonly"), "val")
+    assert val.classes == ["a", "b"] and len(val) == 5 and default_eval_split(str(tmp_path / "valonly")) == "val"
+    with pytest.raises(ValueError, match="no train/ folder"):
+        build_dataset(str(tmp_path / "valonly"), "train")
+    make_tree(tmp_path / "split" / "train", {"a": 3, "b": 2})
+    make_tree(tmp_path / "split" / "val", {"a": 1}, start=100)
+    assert len(build_dataset(str(tmp_path / "split"), "all")) == 6 and default_eval_split(str(tmp_path / "split")) == "val"
+    assert default_eval_split("mnist5k") == "val"
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -237,6 +255,21 @@ def test_corrupt_image_is_skipped_replaced_and_counted(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once; a flagged file is not read again
         dataset[index]
+
+
+def test_corrupt_image_left_out_for_evaluation(tmp_path):
+    """Issue 24 item 4: with ``replace_corrupt = False`` a corrupt sample is None and the collate
+    drops it, so no other image takes its place (and is counted twice)."""
+    bad = corrupt_tree(tmp_path)
+    dataset = ImageFolderDataset(tmp_path, "train", TO_TENSOR)
+    dataset.replace_corrupt = False
+    index = next(i for i, (path, _) in enumerate(dataset.samples) if path == bad)
+    with pytest.warns(CorruptImageWarning, match="left out"):
+        assert dataset[index] is None
+    loader = DataLoader(dataset, batch_size=2, collate_fn=collate_readable)
+    batches = [batch for batch in loader if batch is not None]
+    assert sum(len(labels) for _, labels in batches) == len(dataset) - 1
+    assert collate_readable([None, None]) is None
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])

@@ -183,15 +183,18 @@ def test_fast_kernels_pay(monkeypatch):
     assert fast_kernels_pay("auto", torch.float16, "cpu") is False
     assert fast_kernels_pay("auto", torch.float32, torch.device("cuda", 0)) is False
     monkeypatch.setattr(fast_kernels, "fast_kernels_available", lambda: True)
+    monkeypatch.setattr(fast_kernels, "bf16_matmul_is_fast", lambda: False)
     for fast in (True, False):
-        # float32: where oneDNN's float32 matmul is much faster than MKL's; bf16 autocast: where
-        # PyTorch's bf16 matmul is the slow one (then the kernels compute in float32 arithmetic).
-        monkeypatch.setattr(fast_kernels, "onednn_fp32_is_fast", lambda: fast)
-        monkeypatch.setattr(fast_kernels, "bf16_matmul_is_fast", lambda: fast)
+        # auto: where the measured training step of a Linear is faster on the kernels.
+        monkeypatch.setattr(fast_kernels, "training_kernels_win", lambda dtype: fast)
         assert fast_kernels_pay("auto", torch.float32, "cpu") is fast
-        assert fast_kernels_pay("auto", torch.bfloat16, "cpu") is not fast
+        assert fast_kernels_pay("auto", torch.bfloat16, "cpu") is fast
         assert fast_kernels_pay("on", torch.float32, "cpu") is True
         assert fast_kernels_pay("on", torch.bfloat16, "cpu") is True
+    # Where oneDNN's bf16 kernel is fast, autocast runs it already: never for bf16 autocast.
+    monkeypatch.setattr(fast_kernels, "training_kernels_win", lambda dtype: True)
+    monkeypatch.setattr(fast_kernels, "bf16_matmul_is_fast", lambda: True)
+    assert fast_kernels_pay("auto", torch.bfloat16, "cpu") is False
     with pytest.raises(ValueError, match="CPU kernels, this run trains on cuda"):
         fast_kernels_pay("on", torch.float32, "cuda")
     with pytest.raises(ValueError, match="not torch.float16"):
@@ -202,6 +205,14 @@ def test_fast_kernels_pay(monkeypatch):
     assert fast_kernels_pay("auto", torch.bfloat16, "cpu") is False
     with pytest.raises(ValueError, match="no oneDNN matmul kernel"):
         fast_kernels_pay("on", torch.float32, "cpu")
+
+
+def test_training_probe_measures_once_without_moving_the_global_random_state():
+    fast_kernels.training_kernels_win.cache_clear()
+    state = torch.get_rng_state()
+    assert isinstance(fast_kernels.training_kernels_win(torch.float32), bool)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert fast_kernels.training_kernels_win.cache_info().currsize == 1
 
 
 def test_invalid_setting_is_a_clear_error(capsys):

@@ -4,6 +4,7 @@ hand-over to fine-tuning, the command line."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -104,7 +105,8 @@ def test_fine_tuning_a_pretrained_checkpoint_loads_the_encoder_and_says_what_is_
     pretrained = load_file(tmp_path / "pre" / "last" / "model.safetensors")
     capsys.readouterr()
     finetune = tiny_config(str(tmp_path / "fine"), model=str(tmp_path / "pre" / "last"), image_size=None, patch_size=None, hidden_size=None, depth=None, heads=None)
-    with pytest.warns(UserWarning, match="newly initialised"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # told once, by the log line (issue 24 item 11)
         student = build_student(finetune, dict(enumerate(train_set.classes)), log=print)
     log = capsys.readouterr().out
     assert "loaded 39 tensors" in log and "deit.encoder.layer.*.attention.attention.query, " in log
@@ -143,7 +145,8 @@ def test_pretraining_from_a_classifier_keeps_its_encoder_and_starts_a_new_decode
     train_set, val_set = datasets()
     config = tiny_pretrain_config(str(tmp_path / "run"), model=str(tmp_path / "source"), image_size=None, patch_size=None, hidden_size=None,
                                   depth=None, heads=None)
-    with pytest.warns(UserWarning, match="newly initialised"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the log line says what is new; no warning repeats it (issue 24 item 11)
         trainer = PretrainTrainer(config, DistributedContext(0, 1, 0, torch.device("cpu")), train_set=train_set, val_set=val_set)
     assert "newly initialised 3 (decoder.0, deit.embeddings.mask_token)" in capsys.readouterr().out
     model = trainer.model

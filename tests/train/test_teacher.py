@@ -83,10 +83,21 @@ def test_torchvision_teacher_from_a_weights_file(tmp_path, suffix):
     teacher = load_teacher("torchvision:resnet18", num_classes=10, weights_path=str(tmp_path / f"r18{suffix}"),
                            student_mean=STUDENT_MEAN, student_std=STUDENT_STD, student_input_size=16)
     assert teacher.num_classes == 10 and teacher.input_size is None  # convnet: any size
+    # A weights file of the user's: its training size and statistics are unknown, so the teacher
+    # gets the student's batch as it is (as timm's train.py feeds its teacher), and says so.
     x = student_batch()
     with torch.no_grad():
-        expected = reference(by_hand(x, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
-    torch.testing.assert_close(teacher(x), expected, atol=ATOL, rtol=0)
+        expected = reference(x)
+    torch.testing.assert_close(teacher(x), expected, atol=0, rtol=0)
+    assert "input 16x16 px (the student's batch as it is: the weights file's training size is unknown" in teacher.input_description
+    assert f"mean ({STUDENT_MEAN[0]:.3g}, " in teacher.input_description and "(the student's: the weights file's are unknown)" in teacher.input_description
+    # Asked for, the ImageNet statistics and another size are applied.
+    resized = load_teacher("torchvision:resnet18", num_classes=10, weights_path=str(tmp_path / f"r18{suffix}"), student_mean=STUDENT_MEAN,
+                           student_std=STUDENT_STD, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, input_size=32)
+    with torch.no_grad():
+        expected = reference(by_hand(x, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 32))
+    torch.testing.assert_close(resized(x), expected, atol=ATOL, rtol=0)
+    assert "input 32x32 px (--teacher-input-size)" in resized.input_description
 
 
 def test_class_count_mismatch_is_refused(tmp_path):
@@ -97,17 +108,19 @@ def test_class_count_mismatch_is_refused(tmp_path):
     assert load_teacher("torchvision:resnet18", num_classes=None, weights_path=str(tmp_path / "r18.safetensors"), student_input_size=16).num_classes == 10
 
 
-def test_torchvision_errors_and_random_weights_warning(tmp_path):
+def test_torchvision_errors_and_random_weights_refused(tmp_path):
+    """Issue 24 item 9: a teacher without weights teaches noise; it used to be a warning only."""
     with pytest.raises(ValueError, match="not a torchvision classification model"):
         load_teacher("torchvision:no_such_net", num_classes=10)
-    with pytest.warns(UserWarning, match="random weights"):
-        assert load_teacher("torchvision:resnet18", num_classes=3, student_input_size=16).num_classes == 3
+    for spec in ("torchvision:resnet18", "timm:test_resnet"):
+        with pytest.raises(ValueError, match="would have random weights.*--teacher-weights"):
+            load_teacher(spec, num_classes=3, student_input_size=16)
     torch.save({"something": torch.zeros(2)}, tmp_path / "wrong.pth")
     with pytest.raises(ValueError, match="do not fit"):
         load_teacher("torchvision:resnet18", num_classes=10, weights_path=str(tmp_path / "wrong.pth"))
 
 
-def test_timm_teacher_uses_its_pretrained_cfg(tmp_path):
+def test_timm_teacher_with_its_own_weights_gets_the_student_batch(tmp_path):
     timm = pytest.importorskip("timm")
     reference = timm.create_model("test_resnet", pretrained=False, num_classes=7).eval()
     save_file(reference.state_dict(), str(tmp_path / "w.safetensors"))
@@ -115,10 +128,28 @@ def test_timm_teacher_uses_its_pretrained_cfg(tmp_path):
                            student_mean=STUDENT_MEAN, student_std=STUDENT_STD, input_size=32)
     cfg = reference.pretrained_cfg
     x = student_batch()
-    with torch.no_grad():
-        expected = reference(by_hand(x, cfg["mean"], cfg["std"], 32))
+    with torch.no_grad():  # resized as asked, in the student's normalisation (the file's own is unknown)
+        expected = reference(F.interpolate(x, size=(32, 32), mode="bicubic", align_corners=False, antialias=True))
     torch.testing.assert_close(teacher(x), expected, atol=ATOL, rtol=0)
-    assert load_teacher("timm:test_resnet", num_classes=7, weights_path=str(tmp_path / "w.safetensors")).input_size == cfg["input_size"][-1]
+    # Without --teacher-input-size a convnet with the user's weights is fed the student's batch as
+    # it is, not resized to its pretrained_cfg size (issue 24 item 12: 28 px data went in at 224 px).
+    default = load_teacher("timm:test_resnet", num_classes=7, weights_path=str(tmp_path / "w.safetensors"), student_input_size=16)
+    assert default.input_size is None and "input 16x16 px (the student's batch as it is" in default.input_description
+    assert cfg["input_size"][-1] != 16
+
+
+def test_fixed_size_teacher_is_resized_to_its_own_size_and_says_why(tmp_path):
+    """An architecture that refuses the student's size (a ViT with its position embeddings) gets its own."""
+    timm = pytest.importorskip("timm")
+    reference = timm.create_model("test_vit3", pretrained=False, num_classes=4).eval()  # 160 px only
+    save_file(reference.state_dict(), str(tmp_path / "vit.safetensors"))
+    teacher = load_teacher("timm:test_vit3", num_classes=4, weights_path=str(tmp_path / "vit.safetensors"), student_input_size=32)
+    assert teacher.input_size == 160
+    assert "input 160x160 px (the only size timm:test_vit3 takes (it fails on the student's))" in teacher.input_description
+    x = student_batch(size=32, batch=1)
+    with torch.no_grad():
+        expected = reference(F.interpolate(x, size=(160, 160), mode="bicubic", align_corners=False, antialias=True))
+    torch.testing.assert_close(teacher(x), expected, atol=ATOL, rtol=0)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")

@@ -1,19 +1,29 @@
-"""Inference throughput: ours against transformers (eager, sdpa) and timm, in one interleaved run.
+"""Inference throughput: ours against what a deploying user would pick, in one interleaved run.
 
 For each model size, batch size and precision, every implementation is timed on the same input
-with the same threads. In bfloat16 each peer is timed in each of its settings (autocast over
-float32 weights, or the model cast to bfloat16; ``compile_peers`` adds ``torch.compile`` of
-both) and its fastest counts. Ours is :func:`deit.optimize`'s inference model in that dtype.
-Two reference rows come from the same run: the Linear layers alone at the model's shapes with
-``F.linear`` (the bound of the issue), and with the oneDNN kernels ours uses.
+with the same threads. The peers: transformers (eager, sdpa), timm eager, and in float32 timm
+under ``torch.compile`` with Inductor's weight freezing, and ONNX Runtime on the file ``deit
+export --onnx`` writes (our model's graph as exported, float32), and that file after ONNX
+Runtime's dynamic int8 quantization (its documented recipe: int8 weights, per tensor). In
+bfloat16 each peer is timed in each of its settings (autocast over float32 weights, or the
+model cast to bfloat16; ``compile_peers`` adds ``torch.compile`` of both) and its fastest counts.
+
+Ours: :func:`deit.optimize` in that dtype, each of its engines (PyTorch kernels, ONNX Runtime)
+timed on its own with the one ``backend="auto"`` picks named; the plain model (the eager
+``DeiTForImageClassificationWithTeacher``, what ``optimize`` must never lose to); and in float32
+``deit.optimize(model, dtype="int8")``, compared with ONNX Runtime's int8 alone. Two reference
+rows come from the same run: the Linear layers alone at the model's shapes with ``F.linear``
+and with oneDNN's prepacked kernel (the two kernels ``deit.optimize`` chooses between).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import tempfile
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -23,17 +33,24 @@ import torch.nn.functional as F
 from ..config import DeiTConfig
 from ..dtypes import DTYPES
 from ..modeling import DeiTForImageClassificationWithTeacher
-from ..optimize import optimize
+from ..onnx_engine import OnnxRuntimeModel, onnxruntime_available
+from ..optimize import InferenceModel, optimize
 from ..probes import bf16_kernels_available, bf16_matmul_is_fast, fast_kernels_available
 from .timing import interleaved
 
 __all__ = ["SIZES", "Cell", "Row", "model_flops", "benchmark_cell", "format_table", "PEERS", "benchmark_ablation", "format_ablation"]
 
 SIZES = ("tiny", "small", "base")
-PEERS = ("transformers-sdpa", "transformers-eager", "timm")
-# Ours as deit.optimize sets it up, and (bf16 on the CPU) with the other bf16 matmul choice.
+# Float peers (the compiled and ONNX Runtime ones in float32 only) and the int8 one.
+PEERS = ("transformers-sdpa", "transformers-eager", "timm", "timm-compiled", "onnxruntime", "onnxruntime-int8")
+INT8_PEERS = ("onnxruntime-int8",)
+# Ours as deit.optimize sets it up, each engine, (bf16 on the CPU) the other bf16 matmul choice,
+# the plain model, and int8. Each is compared with the best peer of its precision.
 OURS_ALTERNATIVE = "ours, other bf16 matmul"
-OURS = ("ours", OURS_ALTERNATIVE)
+OURS_PLAIN = "ours, plain model"
+OURS_INT8 = "ours int8"
+OURS = ("ours", "ours, PyTorch engine", "ours, ONNX Runtime engine", "ours+compile", OURS_ALTERNATIVE, OURS_PLAIN, OURS_INT8)
+INT8_IMPLEMENTATIONS = (OURS_INT8,) + INT8_PEERS
 
 # Dense bf16 peak (TFLOP/s) of GPUs, to report the fraction reached where a GPU runs this.
 GPU_BF16_PEAK_TFLOPS = {"H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "H200": 989.4, "A100": 312.0, "L4": 121.0}
@@ -109,7 +126,7 @@ def linear_only(config: DeiTConfig, batch_size: int, dtype: torch.dtype, device:
 
 
 def _peer_model(name: str, config: DeiTConfig, ours: torch.nn.Module) -> torch.nn.Module | None:
-    """The peer's distilled DeiT classifier (None when the package is not installed)."""
+    """The peer's distilled DeiT classifier, a PyTorch module (None when the package is not installed)."""
     try:
         if name.startswith("transformers"):
             import transformers
@@ -117,6 +134,8 @@ def _peer_model(name: str, config: DeiTConfig, ours: torch.nn.Module) -> torch.n
             import timm
     except ImportError:
         return None
+    if name == "timm-compiled":
+        return _frozen_compile(_peer_model("timm", config, ours))
     if name.startswith("transformers"):
         # Through the files, as users load it: transformers renames its modules on load.
         with tempfile.TemporaryDirectory() as folder:
@@ -125,6 +144,38 @@ def _peer_model(name: str, config: DeiTConfig, ours: torch.nn.Module) -> torch.n
         return model.eval()
     size = next(s for s in SIZES if preset_config(s).hidden_size == config.hidden_size)
     return timm.create_model(f"deit_{size}_distilled_patch16_224", pretrained=False).eval()
+
+
+def _frozen_compile(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` with Inductor's freezing (weights as constants: folded, prepacked for the
+    CPU's GEMM), as PyTorch recommends for CPU inference."""
+    import torch._inductor.config as inductor
+
+    inductor.freezing = True  # read at compile time (the first call); the benchmark compiles nothing else that trains
+    return torch.compile(model, dynamic=False)
+
+
+def onnxruntime_peer(name: str, model: torch.nn.Module, folder: str) -> Callable[[torch.Tensor], object] | None:
+    """A call of ONNX Runtime on the file ``deit export --onnx`` writes for ``model`` (float32, or
+    after ONNX Runtime's dynamic int8 quantization for ``onnxruntime-int8``); None without it."""
+    from ..onnx_engine import onnxruntime_available, onnxruntime_session
+
+    if not onnxruntime_available():
+        return None
+    from ..export import export_onnx
+
+    path = Path(folder) / "model.onnx"
+    if not path.exists():
+        export_onnx(model, path)
+    if name == "onnxruntime-int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantized = path.with_name("model-int8.onnx")
+        quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
+        path = quantized
+    session = onnxruntime_session(path)
+    first_output = session.get_outputs()[0].name  # logits
+    return lambda x: session.run([first_output], {"pixel_values": x.numpy()})[0]
 
 
 def _logits(output: object) -> torch.Tensor:
@@ -186,34 +237,60 @@ def benchmark_cell(
     meta: dict[str, tuple[str, str, float | None]] = {}
 
     ours = optimize(reference, dtype=dtype)
-    candidates["ours"] = _caller(ours, x.to(dtype), autocast=False)
-    meta["ours"] = ("ours", f"{cell.dtype}, deit.optimize", None)
+    engine = "onnxruntime" if isinstance(ours, OnnxRuntimeModel) else "torch"
+    for name, backend in (("ours, PyTorch engine", "torch"), ("ours, ONNX Runtime engine", "onnxruntime")):
+        if backend != "onnxruntime" or (dtype == torch.float32 and device.type == "cpu" and onnxruntime_available()):
+            model = ours if backend == engine else optimize(reference, dtype=dtype, backend=backend)
+            candidates[name] = _caller(model, x.to(dtype), autocast=False)
+            kernel = f", {model.kernel} matmuls" if backend == "torch" and isinstance(model, InferenceModel) else ""
+            meta[name] = (name, f"{cell.dtype}, backend={backend!r}{kernel}", None)
+    candidates[OURS_PLAIN] = _caller(copy.deepcopy(reference).to(dtype), x.to(dtype), autocast=False)
+    meta[OURS_PLAIN] = (OURS_PLAIN, f"{cell.dtype}, the eager model", None)
     if dtype == torch.bfloat16 and device.type == "cpu" and fast_kernels_available():
         if bf16_kernels_available():
             # Show what deit.optimize chose for the bf16 matmuls here and time the other choice too.
             chosen, other = ("bf16", "fp32") if bf16_matmul_is_fast() else ("fp32", "bf16")
-            meta["ours"] = ("ours", f"bf16, deit.optimize, matmuls in {chosen}", None)
+            meta["ours, PyTorch engine"] = ("ours, PyTorch engine", f"bf16, deit.optimize, matmuls in {chosen}", None)
             alternative = optimize(reference, dtype=dtype, bf16_matmul=other)
             candidates["ours-alternative"] = _caller(alternative, x.to(dtype), autocast=False)
             meta["ours-alternative"] = (OURS_ALTERNATIVE, f"bf16, bf16_matmul={other!r}", None)
         else:  # no other choice to time
-            meta["ours"] = ("ours", "bf16, deit.optimize, matmuls in fp32 (no bf16 matmul on this CPU)", None)
+            meta["ours, PyTorch engine"] = ("ours, PyTorch engine", "bf16, deit.optimize, matmuls in fp32 (no bf16 matmul on this CPU)", None)
     if compile_ours:
-        ours_compiled = optimize(reference, dtype=dtype)
+        ours_compiled = _frozen_compile(optimize(reference, dtype=dtype, backend="torch"))
         call, seconds = _compiled(ours_compiled, lambda m: _caller(m, x.to(dtype), autocast=False))
         candidates["ours+compile"] = call
-        meta["ours+compile"] = ("ours", f"{cell.dtype}, deit.optimize + compile", seconds)
+        meta["ours+compile"] = ("ours+compile", f"{cell.dtype}, deit.optimize(backend='torch') + compile (freezing)", seconds)
+    int8 = dtype == torch.float32 and device.type == "cpu" and onnxruntime_available()
+    if int8:
+        candidates[OURS_INT8] = _caller(optimize(reference, dtype="int8"), x, autocast=False)
+        meta[OURS_INT8] = (OURS_INT8, "deit.optimize(dtype='int8'), ONNX Runtime", None)
 
-    for peer in peers:
-        model = _peer_model(peer, config, reference)
-        if model is None:
-            log(f"{peer}: not installed, skipped")
-            continue
-        model = model.to(device)
-        for setting, call, seconds in _peer_settings(model, x, cell.dtype, compile_peers):
-            key = f"{peer}/{setting}"
-            candidates[key] = call
-            meta[key] = (peer, setting, seconds)
+    with tempfile.TemporaryDirectory() as folder:
+        for peer in peers:
+            if peer in ("timm-compiled", "onnxruntime", "onnxruntime-int8") and (dtype != torch.float32 or device.type != "cpu"):
+                continue  # float32 CPU peers (the bf16 cells compile with compile_peers)
+            if peer.startswith("onnxruntime"):
+                run = onnxruntime_peer(peer, reference, folder)
+                if run is None:
+                    log(f"{peer}: onnxruntime not installed, skipped")
+                    continue
+                candidates[peer] = functools.partial(run, x)
+                meta[peer] = (peer, "int8 dynamic, on deit export --onnx" if peer in INT8_PEERS else "fp32, on deit export --onnx", None)
+                continue
+            model = _peer_model(peer, config, reference)
+            if model is None:
+                log(f"{peer}: not installed, skipped")
+                continue
+            model = model.to(device)
+            if peer == "timm-compiled":
+                call, seconds = _compiled(model, lambda m: _caller(m, x, autocast=False))
+                candidates[peer], meta[peer] = call, (peer, "fp32, torch.compile, freezing", seconds)
+                continue
+            for setting, call, seconds in _peer_settings(model, x, cell.dtype, compile_peers):
+                key = f"{peer}/{setting}"
+                candidates[key] = call
+                meta[key] = (peer, setting, seconds)
 
     if linear_bounds:
         candidates["linear-only F.linear"] = linear_only(config, cell.batch_size, dtype, device, "torch")
@@ -225,6 +302,9 @@ def benchmark_cell(
     log(f"{cell.size} batch {cell.batch_size} {cell.dtype}: timing {len(candidates)} candidates x {rounds} rounds")
     timings = interleaved(candidates, rounds=rounds, device=device, min_seconds=TURN_SECONDS)
     rows = []
+    chosen = "ours, ONNX Runtime engine" if engine == "onnxruntime" else "ours, PyTorch engine"
+    timings["ours"] = timings[chosen]  # deit.optimize's own result: the engine it picked
+    meta["ours"] = ("ours", f"{cell.dtype}, deit.optimize: {meta[chosen][0].split(', ', 1)[1]}", None)
     for key, timing in timings.items():
         name, setting, seconds = meta[key]
         rows.append(Row(cell, name, setting, cell.batch_size / timing.best, seconds,
@@ -241,6 +321,15 @@ def best_by_implementation(rows: list[Row]) -> dict[str, Row]:
     return best
 
 
+def _ratio(row: Row, reference: Row | None) -> str:
+    """Best rounds against each other, and in brackets the median rounds: near 1.00x the two
+    together say whether a difference outlasts the run-to-run noise."""
+    if reference is None:
+        return ""
+    median = row.details["median_images_per_s"] / reference.details["median_images_per_s"]
+    return f"{row.images_per_s / reference.images_per_s:.2f}x ({median:.2f}x)"
+
+
 def format_table(rows: list[Row], device: torch.device) -> str:
     """A Markdown table: per cell, ours and each peer at its best setting, plus the bounds."""
     cells: dict[tuple[str, int, str], list[Row]] = {}
@@ -250,25 +339,25 @@ def format_table(rows: list[Row], device: torch.device) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         gpu_peak = next((v for k, v in GPU_BF16_PEAK_TFLOPS.items() if k in name), None)
-    header = ("| model | batch | dtype | implementation (best setting) | images/s | vs best peer (median) | GFLOP/s | of F.linear bound "
-              "| of oneDNN bound | quiet rounds |")
-    lines = [header, "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    header = ("| model | batch | dtype | implementation (best setting) | images/s | vs best peer (median) | vs ours plain (median) | GFLOP/s "
+              "| of F.linear bound | of oneDNN bound | quiet rounds |")
+    lines = [header, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for (size, batch, dtype), cell_rows in cells.items():
         flops = model_flops(preset_config(size))
         best = best_by_implementation(cell_rows)
         bound_torch = best.pop("Linear-only bound (F.linear)", None)
         bound_dnn = best.pop("Linear-only bound (oneDNN)", None)
         peer_rows = [r for n, r in best.items() if n in PEERS]
-        best_peer = max(peer_rows, key=lambda r: r.images_per_s, default=None)
+        # The best peer of each precision: int8 rows are compared with int8 peers only.
+        best_float = max((r for r in peer_rows if r.name not in INT8_PEERS), key=lambda r: r.images_per_s, default=None)
+        best_int8 = max((r for r in peer_rows if r.name in INT8_PEERS), key=lambda r: r.images_per_s, default=None)
+        plain = best.get(OURS_PLAIN)
         ordered = [best[n] for n in OURS if n in best] + sorted(peer_rows, key=lambda r: -r.images_per_s)
         for row in ordered + [r for r in (bound_torch, bound_dnn) if r is not None]:
             timed = row.name in OURS + PEERS
-            ratio = ""
-            if best_peer is not None and timed:
-                # Best rounds against each other, and in brackets the median rounds: near 1.00x
-                # the two together say whether a difference outlasts the run-to-run noise.
-                median = row.details["median_images_per_s"] / best_peer.details["median_images_per_s"]
-                ratio = f"{row.images_per_s / best_peer.images_per_s:.2f}x ({median:.2f}x)"
+            best_peer = best_int8 if row.name in INT8_IMPLEMENTATIONS else best_float
+            ratio = _ratio(row, best_peer) if timed else ""
+            vs_plain = _ratio(row, plain) if timed and row.name in OURS else ""
             gflops = row.images_per_s * flops / 1e9 if timed else None
             gflops_text = f"{gflops:.0f}" if gflops is not None else ""
             if gflops is not None and gpu_peak:
@@ -279,7 +368,7 @@ def format_table(rows: list[Row], device: torch.device) -> str:
             if row.compile_s is not None:
                 label += f", compile {row.compile_s:.0f} s"
             quiet = f"{row.details['quiet_rounds']}/{row.details['rounds']}"
-            lines.append(f"| DeiT-{size[0].upper()} | {batch} | {dtype} | {label} | {row.images_per_s:.1f} | {ratio} | {gflops_text} | {frac_t} | {frac_d} | {quiet} |")
+            lines.append(f"| DeiT-{size[0].upper()} | {batch} | {dtype} | {label} | {row.images_per_s:.1f} | {ratio} | {vs_plain} | {gflops_text} | {frac_t} | {frac_d} | {quiet} |")
     return "\n".join(lines)
 
 

@@ -6,28 +6,31 @@ import argparse
 import sys
 from pathlib import Path
 
-from .predict import expand_inputs
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("attention", help="draw the attention maps of the [CLS] and [DIST] tokens over images (PNG)")
-    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (or folders of images, searched recursively)")
     p.add_argument("--model", required=True, help="checkpoint folder, weights file or Hub name")
-    p.add_argument("--out", required=True, help="folder for the PNG files (IMAGE-NAME.attention.png)")
+    p.add_argument("--out", required=True,
+                   help="folder for the pictures: OUT/NAME.attention.png, NAME the image's path under the inputs' common folder "
+                        "(its file name when all come from one folder), so same-named files from different folders never overwrite each other")
     p.add_argument("--method", choices=("rollout", "last-layer"), default="rollout",
-                   help="rollout: attention flow through every layer (Abnar & Zuidema 2020); last-layer: the last layer's attention")
-    p.add_argument("--token", choices=("cls", "dist", "both"), default="both", help="which token's map to draw (default both)")
+                   help="rollout: attention flow through every layer (Abnar & Zuidema 2020); last-layer: the last layer's attention. "
+                        "Maps are drawn in multiples of uniform attention (1 = every patch alike)")
+    p.add_argument("--token", choices=("cls", "dist", "both"), default="both", help="which token's map to draw")
     p.add_argument("--head", type=int, default=None, help="one attention head in every layer (default: the mean of the heads)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from PIL import Image, UnidentifiedImageError
 
     from ..auto import AutoModelForImageClassification
     from ..explain import explain, render
+    from ..images import ImageReadError, read_image
+    from ..labels import class_names
+    from ..loading import expand_inputs, output_names
     from ..processing import DeiTImageProcessor
 
     model = AutoModelForImageClassification.from_pretrained(args.model, device=args.device, attn_implementation="eager")
@@ -40,20 +43,21 @@ def run(args: argparse.Namespace) -> int:
     mean = torch.tensor(processor.image_mean).view(-1, 1, 1)
     std = torch.tensor(processor.image_std).view(-1, 1, 1)
 
+    id2label = class_names(model.config)
     paths = expand_inputs(args.images)
     failures = 0
-    for path in paths:
+    for path, name in zip(paths, output_names(paths)):
         try:
-            with Image.open(path) as image:
-                pixel_values = processor(image, return_tensors="pt")["pixel_values"]
-        except (UnidentifiedImageError, OSError, ValueError) as err:
+            # The file as decoded by deit.images; the processor's mode policy follows its mean/std.
+            pixel_values = processor(read_image(path, str(path)), return_tensors="pt")["pixel_values"]
+        except ValueError as err:
             failures += 1
-            print(f"deit attention: error: {path}: {err}", file=sys.stderr)
+            print(f"deit attention: error: {path}: {err.reason if isinstance(err, ImageReadError) else err}", file=sys.stderr)
             continue
         result = explain(model, pixel_values.to(args.device, model.dtype), method=args.method, tokens=tokens, head=args.head)
-        target = out / f"{path.name}.attention.png"
-        render((pixel_values[0] * std + mean), result, 0, model.config.id2label, target, title=path.name)
-        labels = ", ".join(f"{head}: {model.config.id2label.get(int(ids[0]), str(int(ids[0])))}" for head, ids in result.predictions.items())
+        target = out / f"{name}.attention.png"
+        render((pixel_values[0] * std + mean), result, 0, id2label, target, title=name)
+        labels = ", ".join(f"{head}: {id2label.get(int(ids[0]), str(int(ids[0])))}" for head, ids in result.predictions.items())
         print(f"{path} -> {target} ({labels})")
     if failures:
         print(f"deit attention: {failures} of {len(paths)} file(s) could not be drawn", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 SRC is anything ``from_pretrained`` reads (a Hugging Face folder, a timm or original DeiT weights
 file, a Hub name). ``--to hf`` writes a folder (config.json, model.safetensors,
-preprocessor_config.json); ``--to timm`` writes one timm-layout safetensors file.
+preprocessor_config.json); ``--to timm`` writes one timm-layout safetensors file. A checkpoint
+with 1000 classes and no class names (every timm file) gets the ImageNet-1k names in the folder.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def timm_usage(recipe: dict[str, Any], dst: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..auto import AutoModelAsSaved
     from ..checkpoint import save_timm
+    from ..labels import imagenet_class_names, needs_imagenet_names
 
     layout = output_layout(args)
     dst = Path(args.dst)
@@ -75,6 +77,12 @@ def run(args: argparse.Namespace) -> int:
     kind = type(model).__name__
 
     if layout == "hf":
+        if needs_imagenet_names(model.config):
+            names = imagenet_class_names()
+            model.config.id2label = dict(enumerate(names))
+            model.config.label2id = {name: i for i, name in enumerate(names)}
+            print("note: 1000 classes without names: labelled with the ImageNet-1k class names (torchvision's list, class 0 = "
+                  f"{names[0]!r}); the checkpoints with 1000 classes are ImageNet-1k classifiers")
         model.save_pretrained(dst)
         processor_for(args.src, model.config.image_size, hub_kwargs).save_pretrained(dst)
         print(f"wrote {kind} to {dst}/ (config.json, model.safetensors, preprocessor_config.json)")

@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help=f"a smoke run: {QUICK_TRAIN_PER_CLASS * 10} training and {QUICK_VAL_PER_CLASS * 10} validation images, "
                         f"{QUICK_EPOCHS} epoch(s) per model (accuracies are not meaningful)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the teacher and student runs (initial weights, augmentation, data order) and of the sample digits shown")
     # One compute thread per process (the two students train side by side): on a busy machine
     # several times faster than more (OpenMP threads that wait for a descheduled sibling waste
     # most of their time), so the demo's time stays predictable.

@@ -10,28 +10,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
 import torch
 
 from ..dtypes import DTYPES, PRECISIONS
-
+from ..train.data import EVAL_SPLITS
+from ..train.recipe import TrainConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="top-1/top-5 accuracy of a checkpoint on a data set")
     p.add_argument("model", metavar="MODEL", help="checkpoint folder, weights file, or Hub name")
     p.add_argument("--data", required=True, help="mnist5k, an ImageFolder folder, or hf:PATH (a datasets save_to_disk folder)")
-    p.add_argument("--split", choices=("train", "val"), default="val")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--split", choices=EVAL_SPLITS, default=None,
+                   help="which images of --data: val (the validation split: a val/ folder, or the 10 %% that deit train holds "
+                   "out of a plain class-folder tree), train, or all; default: val where the data has a val/ folder or split, "
+                   "all for a plain folder of class folders (a test set)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--transform", choices=("authors", "processor"), default="authors",
                    help="authors: resize to size/crop-pct + centre crop; processor: the checkpoint's preprocessor_config.json")
     p.add_argument("--crop-pct", type=float, default=0.875, help="crop ratio of the authors' transform (default 0.875)")
-    p.add_argument("--interpolation", choices=("bicubic", "bilinear"), default="bicubic")
-    p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader worker processes")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--interpolation", choices=("bicubic", "bilinear"), default="bicubic", help="resize filter of the authors' transform")
+    p.add_argument("--num-workers", type=int, default=TrainConfig().resolved_num_workers,
+                   help="DataLoader processes that decode images (default: up to 4, one core left to the model)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=PRECISIONS, default="fp32",
                    help="precision: fp32 and bf16 run deit.optimize's inference copy on the CPU, otherwise autocast")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..auto import AutoModelForImageClassification
     from ..optimize import optimize
-    from ..train.data import build_dataset
+    from ..train.data import build_dataset, collate_readable, default_eval_split
     from ..train.evaluate import evaluate, format_metrics
     from ..train.samplers import ShardedEvalSampler
     from ..train.transforms import build_eval_transform
@@ -85,21 +89,27 @@ def run(args: argparse.Namespace) -> int:
             model.config.image_size, mean=processor.image_mean, std=processor.image_std,
             crop_pct=args.crop_pct, interpolation=args.interpolation,
         )
-    dataset = build_dataset(args.data, args.split, transform)
+    split = args.split or default_eval_split(args.data)
+    dataset = build_dataset(args.data, split, transform)
+    if args.split is None and split == "all":
+        print(f"deit eval: {args.data} is a folder of class folders without train/ and val/: evaluating all its "
+              f"{len(dataset)} images (--split val: the 10 % hold-out that deit train validates on)", file=sys.stderr)
+    dataset.replace_corrupt = False  # a corrupt image is left out, not scored as the next one
+    dataset.quiet = True  # named once below
     order = label_order(model.config.id2label, dataset.classes)
     if order is not None:
         dataset.targets = [order[t] for t in dataset.targets]
     loader = DataLoader(
         dataset, batch_size=args.batch_size, sampler=ShardedEvalSampler(len(dataset)),
-        num_workers=args.num_workers, persistent_workers=False,
+        num_workers=args.num_workers, persistent_workers=False, collate_fn=collate_readable,
     )
     metrics = evaluate(model, loader, device=args.device, dtype=dtype if model is plain else None)
     if dataset.num_corrupt:
-        print(f"deit eval: skipped {dataset.num_corrupt} corrupt image(s): {', '.join(dataset.corrupt_files()[:5])}", file=sys.stderr)
+        print(f"deit eval: left out {dataset.num_corrupt} corrupt image(s): {', '.join(dataset.corrupt_files()[:5])}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"model": args.model, "data": args.data, "split": args.split, "transform": args.transform,
+        print(json.dumps({"model": args.model, "data": args.data, "split": split, "transform": args.transform,
                           "corrupt_images": dataset.num_corrupt, **metrics}, indent=2))
     else:
-        print(f"{args.model} on {args.data} ({args.split}, {args.transform} transform)")
+        print(f"{args.model} on {args.data} ({split}, {args.transform} transform)")
         print(format_metrics(metrics))
     return 0

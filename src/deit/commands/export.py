@@ -1,4 +1,6 @@
-"""``deit export MODEL --onnx OUT.onnx [--pt2 OUT.pt2]``: the model as a graph with a dynamic batch axis."""
+"""``deit export MODEL --onnx OUT.onnx [--pt2 OUT.pt2]``: the model as a graph with a dynamic batch axis
+named ``batch``, every head as a named output, and (ONNX) the class names and preprocessing as
+metadata."""
 
 from __future__ import annotations
 
@@ -7,15 +9,22 @@ import importlib.util
 import io
 import sys
 
+# Batch sizes the check runs: 1, and one the export never saw (it traces a batch of 2).
+CHECK_BATCH_SIZES = (1, 5)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="export a model to ONNX and/or a torch.export program")
     p.add_argument("model", metavar="MODEL", help="checkpoint folder, weights file or Hub name")
-    p.add_argument("--onnx", metavar="OUT.onnx", help="write one self-contained ONNX file here")
+    p.add_argument("--onnx", metavar="OUT.onnx",
+                   help="write one self-contained ONNX file here: input pixel_values (batch x channels x size x size), an output per "
+                        "head (logits; a distilled model also cls_logits and distillation_logits), and metadata entries id2label, "
+                        "image_size, image_mean, image_std, resize, preprocessor_config (onnxruntime: "
+                        "session.get_modelmeta().custom_metadata_map)")
     p.add_argument("--pt2", metavar="OUT.pt2", help="write a torch.export program here (torch.export.load reads it)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-check", action="store_true", help="skip running the ONNX file with onnxruntime against PyTorch")
-    p.add_argument("--atol", type=float, default=1e-4, help="largest difference from PyTorch the check accepts (default 1e-4)")
+    p.add_argument("--atol", type=float, default=1e-4, help="largest difference from PyTorch, on any output, that the check accepts")
     p.set_defaults(func=run)
 
 
@@ -23,8 +32,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..auto import AutoModelAsSaved
-    from ..export import compare_onnx, export_onnx, export_program
+    from ..export import compare_onnx, export_onnx, export_program, head_names, onnx_metadata
     from ..io import atomic_write_bytes
+    from ..labels import class_names
+    from .convert import processor_for
 
     if not args.onnx and not args.pt2:
         raise ValueError("nothing to do: give --onnx OUT.onnx and/or --pt2 OUT.pt2")
@@ -40,17 +51,21 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_bytes(args.pt2, buffer.getvalue())
         print(f"wrote torch.export program of {name} to {args.pt2}")
     if args.onnx:
-        export_onnx(model, args.onnx, opset=args.opset)
+        processor = processor_for(args.model, model.config.image_size, {})
+        metadata = onnx_metadata(model, processor, class_names(model.config))
+        export_onnx(model, args.onnx, opset=args.opset, metadata=metadata)
+        outputs = ", ".join(head_names(model))
         print(f"wrote ONNX graph of {name} to {args.onnx} (input pixel_values: batch x {model.config.num_channels} x "
-              f"{model.config.image_size} x {model.config.image_size}, dynamic batch)")
+              f"{model.config.image_size} x {model.config.image_size}, dynamic batch; outputs: {outputs}; "
+              f"metadata: {', '.join(metadata)})")
         if args.no_check:
             return 0
         if importlib.util.find_spec("onnxruntime") is None:
             print("onnxruntime is not installed; skipped the check against PyTorch (pip install onnxruntime)")
             return 0
-        differences = compare_onnx(model, args.onnx)
-        report = ", ".join(f"batch {b}: {d:.2e}" for b, d in differences.items())
-        print(f"onnxruntime vs PyTorch, largest absolute difference: {report}")
+        differences = compare_onnx(model, args.onnx, batch_sizes=CHECK_BATCH_SIZES)
+        report = ", ".join(f"{output} {d:.2e}" for output, d in differences.items())
+        print(f"onnxruntime vs PyTorch on batches of {' and '.join(map(str, CHECK_BATCH_SIZES))}, largest absolute difference: {report}")
         if max(differences.values()) > args.atol:
             print(f"deit export: error: the ONNX graph differs from PyTorch by more than --atol {args.atol:g}", file=sys.stderr)
             return 1

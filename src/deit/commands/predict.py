@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,12 +15,14 @@ from ..dtypes import DTYPES, PRECISIONS
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="classify images with a DeiT checkpoint")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (or folders of images)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (or folders of images, searched recursively)")
     p.add_argument("--model", required=True, help="checkpoint folder, weights file, or Hub name")
-    p.add_argument("--top-k", type=int, default=5, help="labels to show per image (default 5)")
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--top-k", type=int, default=5, help="labels to show per image")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document instead of text: per image its path as given, its name (the path under the "
+                        "inputs' common folder, as deit attention names its pictures), and the predictions or the error")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", choices=PRECISIONS, default="fp32", help="inference precision")
     p.add_argument("--workers", type=int, default=0,
                    help="image decoding processes (default 0: decode with --threads threads in this process, the faster on few cores)")
@@ -33,24 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-
-
-def expand_inputs(items: list[str]) -> list[Path]:
-    """Files as given; folders replaced by the image files inside them (sorted)."""
-    paths: list[Path] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            paths.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
-        else:
-            paths.append(path)
-    return paths
-
-
 def run(args: argparse.Namespace) -> int:
     from ..auto import AutoModelForImageClassification
-    from ..loading import load_batches, to_model_input
+    from ..labels import class_names
+    from ..loading import expand_inputs, load_batches, output_names, to_model_input
     from ..optimize import optimize
     from ..processing import DeiTImageProcessor
 
@@ -61,17 +48,18 @@ def run(args: argparse.Namespace) -> int:
     dtype = DTYPES[args.dtype]
     model = optimize(AutoModelForImageClassification.from_pretrained(args.model, torch_dtype=dtype, device=args.device))
     processor = DeiTImageProcessor.for_model(args.model, model.config.image_size)
-    id2label = model.config.id2label
+    id2label = class_names(model.config)
     k = min(args.top_k, model.config.num_labels)
 
     paths = expand_inputs(args.images)
+    names = output_names(paths)
     results: list[dict[str, Any]] = [{} for _ in paths]  # in the order of the paths
     failures = 0
     for batch in load_batches(paths, processor, args.batch_size, args.workers, draft=args.draft, threads=args.threads, resize=args.resize):
         for index, reason in batch.failures:
             failures += 1
             print(f"deit predict: error: {paths[index]}: {reason}", file=sys.stderr)
-            results[index] = {"image": str(paths[index]), "error": reason}
+            results[index] = {"image": str(paths[index]), "name": names[index], "error": reason}
         if not batch.indices:
             continue
         pixel_values = to_model_input(batch.pixels, processor, args.device, dtype)
@@ -80,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         probs, ids = logits.softmax(-1).topk(k, dim=-1)
         for index, p_row, id_row in zip(batch.indices, probs.tolist(), ids.tolist()):
             preds = [{"label": id2label.get(i, str(i)), "id": i, "score": round(p, 6)} for p, i in zip(p_row, id_row)]
-            results[index] = {"image": str(paths[index]), "predictions": preds}
+            results[index] = {"image": str(paths[index]), "name": names[index], "predictions": preds}
 
     if args.json:
         print(json.dumps(results, indent=2))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from ..train.pretrain_recipe import PretrainConfig
-from .train import TRAIN_OPTIONS, add_train_options, config_from_args, finished_on_main
+from ..train.recipe import MASKED_IMAGE_MODELING_LAYER_DECAY
+from .train import TRAIN_OPTIONS, add_train_options, config_from_args, epochs_text, finished_on_main
 
 _DEFAULTS = PretrainConfig()
 # The augmentation of SimMIM is a random resized crop and a flip; the label-based options of
@@ -26,6 +27,8 @@ _PRETRAIN_OPTIONS = {
     "optimisation": TRAIN_OPTIONS["optimisation"],
     "augmentation": [option for option in TRAIN_OPTIONS["augmentation and regularisation"] if option[0] in _AUGMENTATION],
     "run": TRAIN_OPTIONS["run"],
+    # Layer decay is a fine-tuning rule: deit train applies it to this command's checkpoints by default.
+    "speed, memory, logs and the Hub": [option for option in TRAIN_OPTIONS["speed, memory, logs and the Hub"] if option[0] != "layer_decay"],
 }
 
 
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     if not finished_on_main(result, config, "pretrain"):
         return 0
     last = result.final_metrics
-    print(f"finished {len(result.history)} epochs: validation reconstruction loss {last['val_loss']:.4f} (best {result.best:.4f})")
+    print(f"finished {epochs_text(len(result.history))}: validation reconstruction loss {last['val_loss']:.4f} (best {result.best:.4f})")
     print(f"model: {result.output_dir / 'last'}; reconstructions: {result.output_dir / 'reconstructions.png'}; "
-          f"fine-tune with: deit train --model {result.output_dir / 'last'} --data ...")
+          f"fine-tune with: deit train --model {result.output_dir / 'last'} --data ... "
+          f"(layer decay {MASKED_IMAGE_MODELING_LAYER_DECAY} by default for this encoder; --layer-decay RATE sets it)")
     return 0

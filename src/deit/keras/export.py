@@ -2,7 +2,7 @@
 
 The ``serve`` endpoint (also the ``serving_default`` signature) takes ``pixel_values`` of shape
 (batch, channels, image_size, image_size), float32, on a dynamic batch axis, and returns the
-model's main tensors by name, as the ONNX export does (:func:`deit.export.output_names`):
+model's main tensors by name, as the ONNX export does (:func:`deit.model_rules.output_names`):
 ``logits`` for classifiers, ``last_hidden_state`` and ``pooler_output`` for a bare body,
 ``reconstruction`` for masked image modeling. Needs TensorFlow (``pip install 'deit[tf]'``).
 """
@@ -13,17 +13,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import keras
 
-from ..export import output_names
-
-if TYPE_CHECKING:
-    from .models import TFDeiTPreTrainedModel
+from ..model_rules import output_names
 
 
-def export_saved_model(model: "TFDeiTPreTrainedModel", path: str | os.PathLike) -> Path:
+def export_saved_model(model: keras.Model, path: str | os.PathLike) -> Path:
     """Write ``model`` as a SavedModel folder at ``path`` (replaced whole, never left half-written)."""
     config = model.config
     names = output_names(model)

@@ -18,25 +18,24 @@ import numpy as np
 from keras import ops
 
 from ..config import DeiTConfig
+from ..model_rules import activation_function
 from .weights import TorchWeight
 
-# The torch model's activations by config name; "gelu" is the exact (erf) GELU there.
-_ACTIVATIONS = {
+# Each activation function in keras.ops (deit.model_rules.ACTIVATION_FUNCTIONS maps the config's names to these).
+_ACTIVATION_FUNCTIONS = {
     "gelu": lambda x: ops.gelu(x, approximate=False),
-    "gelu_new": lambda x: ops.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: ops.gelu(x, approximate=True),
-    "gelu_fast": lambda x: ops.gelu(x, approximate=True),
     "quick_gelu": lambda x: x * ops.sigmoid(1.702 * x),
     "relu": ops.relu,
     "selu": ops.selu,
     "silu": ops.silu,
-    "swish": ops.silu,
     "tanh": ops.tanh,
 }
 
 
 def activation(name: str) -> Any:
-    return _ACTIVATIONS[name]
+    """The function computing the activation that the config name ``name`` means."""
+    return _ACTIVATION_FUNCTIONS[activation_function(name)]
 
 
 def _dense(units: int, inputs: int, use_bias: bool = True, name: str | None = None) -> keras.layers.Dense:

@@ -1,6 +1,7 @@
 """The training losses of the PyTorch classes in ``keras.ops``: the classification loss chosen by
 ``config.problem_type`` (as ``DeiTPreTrainedModel._classification_loss``) and the DeiT
-distillation loss (as :class:`deit.losses.DistillationLoss`, with its default base criterion)."""
+distillation loss (as :class:`deit.losses.DistillationLoss`, with its default base criterion).
+The choices and checks are :mod:`deit.model_rules`'; nothing here imports PyTorch."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from keras import ops
 
 from ..config import DeiTConfig
-from ..losses import DistillationLoss
+from ..model_rules import check_distillation_settings, problem_type_for
 
 
 def _is_integer(x: Any) -> bool:
@@ -26,16 +27,10 @@ def cross_entropy(logits: Any, labels: Any) -> Any:
 
 
 def classification_loss(config: DeiTConfig, logits: Any, labels: Any) -> Any:
-    """MSE, cross-entropy or binary cross-entropy, inferred from the labels as the reference does."""
+    """MSE, cross-entropy or binary cross-entropy, as ``config.problem_type`` or the labels choose
+    (:func:`deit.model_rules.problem_type_for`)."""
     num_labels = config.num_labels
-    problem_type = config.problem_type
-    if problem_type is None:
-        if num_labels == 1:
-            problem_type = "regression"
-        elif _is_integer(labels):
-            problem_type = "single_label_classification"
-        else:
-            problem_type = "multi_label_classification"
+    problem_type = problem_type_for(config, _is_integer(labels))
     if problem_type == "regression":
         if num_labels == 1:
             return ops.mean(ops.square(ops.reshape(logits, (-1,)) - ops.reshape(ops.cast(labels, logits.dtype), (-1,))))
@@ -48,7 +43,7 @@ def classification_loss(config: DeiTConfig, logits: Any, labels: Any) -> Any:
 def distillation_loss(cls_logits: Any, distillation_logits: Any, labels: Any, teacher_logits: Any, distillation_type: str = "hard",
                       alpha: float = 0.5, tau: float = 1.0) -> Any:
     """The DeiT loss (Touvron et al. 2021, eq. 2 and 3); see :class:`deit.losses.DistillationLoss`."""
-    DistillationLoss(distillation_type, alpha, tau)  # validates the settings with the PyTorch class's messages
+    check_distillation_settings(distillation_type, alpha, tau)
     base_loss = cross_entropy(cls_logits, labels)
     if distillation_type == "none":
         return base_loss

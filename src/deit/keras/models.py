@@ -19,6 +19,7 @@ import numpy as np
 from keras import ops
 
 from ..config import DeiTConfig
+from ..model_rules import VIT_STAND_INS, check_masked_positions_shape, check_pixel_values_shape, head_mask_shapes
 from .layers import DeiTMainLayer, conv_weights, dense_weights
 from .losses import classification_loss, distillation_loss
 from .outputs import (
@@ -84,10 +85,13 @@ class TFDeiTPreTrainedModel(keras.Model):
 
     @classmethod
     def class_for_config(cls, config: DeiTConfig) -> type["TFDeiTPreTrainedModel"]:
-        """The class that loads a checkpoint with ``config`` (asked by ``load_pretrained``)."""
-        if config.model_type == "vit" and cls is TFDeiTForImageClassificationWithTeacher:
-            raise ValueError("TFDeiTForImageClassificationWithTeacher needs a distilled (model_type 'deit') checkpoint; "
-                             "this one is a plain ViT: load it with TFDeiTForImageClassification")
+        """The class that loads a checkpoint with ``config`` (asked by ``load_pretrained``): this one,
+        which serves both model types, unless it needs the [DIST] token that a plain ViT lacks
+        (:data:`deit.model_rules.VIT_STAND_INS`)."""
+        stand_in = VIT_STAND_INS.get(cls.__name__.removeprefix("TF")) if config.model_type == "vit" else None
+        if stand_in is not None:
+            raise ValueError(f"{cls.__name__} needs a distilled (model_type 'deit') checkpoint; this one is a plain ViT: "
+                             f"load it with TF{stand_in.replace('ViT', 'DeiT', 1)}")
         return cls
 
     def eval(self) -> "TFDeiTPreTrainedModel":
@@ -132,38 +136,20 @@ class TFDeiTPreTrainedModel(keras.Model):
 
     # ------------------------------------------------------------------------- input checks
     def _check_inputs(self, pixel_values: Any, bool_masked_pos: Any, interpolate_pos_encoding: bool) -> None:
-        """Raise a clear ValueError for inputs the model cannot read correctly (as the PyTorch model does)."""
-        shape = tuple(pixel_values.shape)
-        if len(shape) != 4:
-            raise ValueError(f"pixel_values must have shape (batch, channels, height, width), got {shape}")
-        _, channels, height, width = shape
-        size, patch = self.config.image_size, self.config.patch_size
-        if channels != self.config.num_channels:
-            raise ValueError(f"pixel_values has {channels} channels but the model expects num_channels={self.config.num_channels}")
-        if not interpolate_pos_encoding and (height, width) != (size, size):
-            raise ValueError(f"Input image size ({height}*{width}) doesn't match the model ({size}*{size}); "
-                             "resize the input or pass interpolate_pos_encoding=True")
-        if interpolate_pos_encoding and (height < patch or width < patch):
-            raise ValueError(f"Input image size ({height}*{width}) is smaller than one patch ({patch}*{patch})")
+        """Raise a clear ValueError for inputs the model cannot read correctly (the rules and messages
+        of the PyTorch model: :mod:`deit.model_rules`)."""
+        check_pixel_values_shape(self.config, tuple(pixel_values.shape), interpolate_pos_encoding)
         if bool_masked_pos is not None:
-            if self.backbone.embeddings.mask_token is None:
-                raise ValueError("bool_masked_pos was given but this model has no mask token (build it with use_mask_token=True)")
-            grid = (height // patch) * (width // patch)
-            if int(np.prod(bool_masked_pos.shape[1:])) != grid or bool_masked_pos.shape[0] not in (None, shape[0]):
-                raise ValueError(f"bool_masked_pos must have shape (batch, num_patches) = ({shape[0]}, {grid}) for a {height}*{width} "
-                                 f"input, got {tuple(bool_masked_pos.shape)}")
+            check_masked_positions_shape(self.config, tuple(pixel_values.shape), tuple(bool_masked_pos.shape),
+                                         has_mask_token=self.backbone.embeddings.mask_token is not None)
 
     def _expand_head_mask(self, head_mask: Any) -> Any:
-        """Turn a [heads] or [layers, heads] mask into [layers, 1, heads, 1, 1] (1 keeps a head)."""
+        """Turn a [heads] or [layers, heads] mask into [layers, 1, heads, 1, 1] (:func:`deit.model_rules.head_mask_shapes`)."""
         if head_mask is None:
             return None
-        layers, heads = self.config.num_hidden_layers, self.config.num_attention_heads
         head_mask = ops.cast(ops.convert_to_tensor(head_mask), "float32")
-        if tuple(head_mask.shape) == (heads,):
-            head_mask = ops.broadcast_to(head_mask, (layers, heads))
-        elif tuple(head_mask.shape) != (layers, heads):
-            raise ValueError(f"head_mask must have shape ({heads},) or ({layers}, {heads}), got {tuple(head_mask.shape)}")
-        return ops.reshape(head_mask, (layers, 1, heads, 1, 1))
+        full, per_layer = head_mask_shapes(self.config, tuple(head_mask.shape))
+        return ops.reshape(ops.broadcast_to(head_mask, full), per_layer)
 
     @property
     def backbone(self) -> DeiTMainLayer:

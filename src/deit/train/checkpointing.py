@@ -20,6 +20,8 @@ import torch
 from ..io import atomic_path
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# Settings of one invocation that a resumed run does not take over from the checkpoint.
+PER_INVOCATION_SETTINGS = ("stop_after_steps", "overwrite")
 # Bumped when the layout of the file changes in a way older code cannot read.
 CHECKPOINT_FORMAT = 1
 
@@ -73,6 +75,41 @@ def resolve_resume_path(resume: str | os.PathLike, output_dir: str | os.PathLike
     """``--resume`` with no value (``"auto"``) means the output folder's own checkpoint."""
     path = Path(output_dir) / CHECKPOINT_NAME if str(resume) == "auto" else Path(resume)
     return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
+def resumed_config(config_class: type[Any], given: dict[str, Any]) -> tuple[Any, str]:
+    """The settings of a resumed run: those saved in its checkpoint, with ``given`` (the options
+    set explicitly, ``resume`` among them) on top; and a line saying what came from where.
+
+    The output folder is the checkpoint's own unless ``given`` names one. A missing checkpoint
+    is a FileNotFoundError naming the path and how to point at the run.
+    """
+    output = given.get("output")
+    resume = str(given["resume"])
+    if output is None and resume == "auto":
+        output = config_class().output
+    path = resolve_resume_path(resume, output if output is not None else ".")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no training checkpoint to resume; name the run's folder with --output FOLDER --resume, "
+            "or its checkpoint with --resume PATH"
+        )
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in load_checkpoint(path)["config"].items()}
+    defaults = config_class()
+    for name in PER_INVOCATION_SETTINGS:  # they ruled the run that wrote the checkpoint, not this one
+        saved[name] = getattr(defaults, name)
+    settings = {**saved, **given, "resume": str(path), "output": output if output is not None else str(path.parent)}
+    config = config_class.from_dict(settings)
+    overridden = [f"{k} {_shown(v)} (the run's: {_shown(saved[k])})" for k, v in given.items()
+                  if k not in ("resume", "output") and k in saved and saved[k] != v]
+    note = f"resuming {path} with the run's settings (model {saved.get('model')}, data {saved.get('data')}, {saved.get('epochs')} epochs)"
+    if overridden:
+        note += "; from the command line: " + ", ".join(overridden)
+    return config, note
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def save_hf_model(model: torch.nn.Module, directory: str | os.PathLike, *, mean: Sequence[float], std: Sequence[float], crop_pct: float) -> None:

@@ -6,8 +6,10 @@ Every data set yields ``(image, label)`` items, where ``image`` is ``transform(P
 ``num_classes``.
 
 Corrupt images are skipped, not fatal: an image that cannot be decoded is flagged, a warning
-names it (once per process), and the item is replaced by the next readable one (index + 1,
-wrapping around), so a batch never comes out short. The flags live in a shared-memory tensor, so
+names it (once per process, unless ``dataset.quiet``: then the caller reports the flags), and
+the item is replaced by the next readable one (index + 1, wrapping around), so a training batch
+never comes out short. For evaluation, ``dataset.replace_corrupt = False`` leaves it out instead:
+the item is None, which :func:`collate_readable` drops, so no image is counted twice. The flags live in a shared-memory tensor, so
 a file found corrupt inside a DataLoader worker (fork or spawn) is visible to the main process:
 ``dataset.num_corrupt`` / ``dataset.corrupt_files()`` there count what all workers met, and
 :func:`count_corrupt` adds up the ranks of a distributed run. A flagged file is not read again.
@@ -31,12 +33,14 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "CorruptImageWarning", "ImageDataset", "Mnist5k", "ImageFolderDataset", "UnlabelledImageFolder", "HFDiskDataset",
-    "build_dataset", "count_corrupt", "SPLITS", "MNIST5K_SPEC",
+    "build_dataset", "count_corrupt", "collate_readable", "default_eval_split", "SPLITS", "EVAL_SPLITS", "MNIST5K_SPEC",
 ]
 
 SPLITS = ("train", "val")
-# Every image of a source, without a held-out split: the unlabelled images of a partly labelled run.
+# Every image of a source, without a held-out split: evaluation of a folder of class folders as a
+# test set, and the unlabelled images of a partly labelled run.
 ALL_IMAGES = "all"
+EVAL_SPLITS = (*SPLITS, ALL_IMAGES)
 MNIST5K_SPEC = "mnist5k"
 # Share of each class held out for validation when a source has no split of its own.
 VAL_FRACTION = 0.1
@@ -67,6 +71,8 @@ class ImageDataset(Dataset):
         # One flag per sample in shared memory: DataLoader workers write, the main process reads.
         self._corrupt = torch.zeros(len(self.targets), dtype=torch.uint8).share_memory_()
         self._warned: set[int] = set()
+        self.replace_corrupt = True  # False: a corrupt sample's item is None (left out), for evaluation
+        self.quiet = False  # True: no warning per corrupt file; the caller reports corrupt_files()
 
     @property
     def num_classes(self) -> int:
@@ -89,7 +95,9 @@ class ImageDataset(Dataset):
     def corrupt_files(self) -> list[str]:
         return [self.describe(int(i)) for i in torch.nonzero(self._corrupt).flatten()]
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def __getitem__(self, index: int) -> tuple[Any, int] | None:
+        if not self.replace_corrupt:
+            return self._read(int(index))
         size = len(self)
         for step in range(size):
             i = (int(index) + step) % size
@@ -103,13 +111,24 @@ class ImageDataset(Dataset):
             return (self.transform(image) if self.transform is not None else image), self.targets[i]
         raise RuntimeError(f"{self.source}: no readable image left, all {size} images are corrupt")
 
+    def _read(self, index: int) -> tuple[Any, int] | None:
+        """Sample ``index``, or None when it is corrupt."""
+        if self._corrupt[index]:
+            return None
+        try:
+            image = self.load_image(index)
+        except DECODE_ERRORS as err:
+            self._flag_corrupt(index, err)
+            return None
+        return (self.transform(image) if self.transform is not None else image), self.targets[index]
+
     def _flag_corrupt(self, index: int, err: BaseException) -> None:
         self._corrupt[index] = 1
-        if index not in self._warned:
+        if index not in self._warned and not self.quiet:
             self._warned.add(index)
+            fate = "it is replaced by the next readable image" if self.replace_corrupt else "it is left out"
             warnings.warn(
-                f"skipping corrupt image {self.describe(index)} ({type(err).__name__}: {err}); "
-                "it is replaced by the next readable image",
+                f"skipping corrupt image {self.describe(index)} ({type(err).__name__}: {err}); {fate}",
                 CorruptImageWarning,
                 stacklevel=3,
             )
@@ -134,6 +153,15 @@ def count_corrupt(dataset: ImageDataset) -> int:
     return int(flags.sum())
 
 
+def collate_readable(items: list[tuple[Any, int] | None]) -> Any:
+    """``default_collate`` of the items that are not None (corrupt samples left out); None when
+    no item of the batch is readable."""
+    from torch.utils.data import default_collate
+
+    readable = [item for item in items if item is not None]
+    return default_collate(readable) if readable else None
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     # Palette images with transparency go through RGBA so Pillow maps the colours, not indices.
     if image.mode == "P" and "transparency" in image.info:
@@ -141,9 +169,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _check_split(split: str, allowed: Sequence[str] = SPLITS) -> None:
-    if split not in allowed:
-        raise ValueError(f"split must be one of {tuple(allowed)}, got {split!r}")
+def _check_split(split: str) -> None:
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
 
 
 def _holdout(items: Sequence[Any], key: str) -> tuple[list[Any], list[Any]]:
@@ -194,7 +222,7 @@ class Mnist5k(ImageDataset):
         for c in range(10):
             members = np.flatnonzero(labels == c)
             position_in_class[members] = np.arange(len(members))
-        keep = (position_in_class % 5 == 4) if split == "val" else (position_in_class % 5 != 4)
+        keep = {"val": position_in_class % 5 == 4, "train": position_in_class % 5 != 4, "all": position_in_class >= 0}[split]
         pixels = pixels[keep]
         if image_size is not None and image_size != 28:
             pixels = np.stack([np.asarray(Image.fromarray(p).resize((image_size, image_size), Image.Resampling.BICUBIC)) for p in pixels])
@@ -257,6 +285,9 @@ class ImageFolderDataset(ImageDataset):
     - ``root/<class>/...``: a fixed held-out split per class: the class's files (sorted by path)
       are shuffled with a seed derived from the class name and 10 % of them (at least one for a
       class of two or more images) go to validation.
+    - ``root/val/<class>/...`` (or ``validation``) alone: a validation (test) set; no train split.
+
+    ``split="all"`` reads every image: both folders of the first layout, every file of the others.
 
     Files are found recursively by suffix (case-insensitive); hidden files and folders are ignored.
     A class folder without images is an error: keeping it would train a class with no examples,
@@ -269,20 +300,29 @@ class ImageFolderDataset(ImageDataset):
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such data folder")
         val_dir = next((root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()), None)
-        if (root / "train").is_dir() and val_dir is not None:
+        has_train = (root / "train").is_dir()
+        if has_train and val_dir is not None:
             train_files = _scan_classes(root / "train")
             classes = sorted(train_files)
-            if split == "train":
-                per_class = train_files
-            else:
-                per_class = _scan_classes(val_dir)
-                unknown = sorted(set(per_class) - set(classes))
+            per_class = {c: [] for c in classes}
+            if split in ("train", "all"):
+                per_class = {c: list(files) for c, files in train_files.items()}
+            if split in ("val", "all"):
+                val_files = _scan_classes(val_dir)
+                unknown = sorted(set(val_files) - set(classes))
                 if unknown:
                     raise ValueError(f"{val_dir}: class folder(s) {unknown} have no counterpart in {root / 'train'}")
+                for c, files in val_files.items():
+                    per_class[c] = per_class[c] + files
+        elif val_dir is not None and not has_train and _is_split_folder(root, val_dir):
+            if split == "train":
+                raise ValueError(f"{root}: a {val_dir.name}/ folder but no train/ folder beside it, so there is nothing to train on")
+            per_class = _scan_classes(val_dir)
+            classes = sorted(per_class)
         else:
             all_files = _scan_classes(root)
             classes = sorted(all_files)
-            per_class = {c: _holdout(all_files[c], c)[0 if split == "train" else 1] for c in classes}
+            per_class = {c: all_files[c] if split == "all" else _holdout(all_files[c], c)[0 if split == "train" else 1] for c in classes}
         index = {c: i for i, c in enumerate(classes)}
         self.samples = [(path, index[c]) for c in sorted(per_class) for path in per_class[c]]
         if not self.samples:
@@ -297,6 +337,13 @@ class ImageFolderDataset(ImageDataset):
         return str(self.samples[index][0])
 
 
+def _is_split_folder(root: Path, val_dir: Path) -> bool:
+    """Whether ``val_dir`` is a split (it holds class folders and is ``root``'s only folder) rather
+    than a class that happens to be called "val"."""
+    folders = [e for e in _list_dir(root) if e.is_dir()]
+    return len(folders) == 1 and any(e.is_dir() for e in _list_dir(val_dir))
+
+
 class UnlabelledImageFolder(ImageDataset):
     """Every image file under a folder, without labels (masked-image pre-training; the unlabelled
     images of a partly labelled run, ``split="all"``).
@@ -308,15 +355,15 @@ class UnlabelledImageFolder(ImageDataset):
     """
 
     def __init__(self, root: str | os.PathLike, split: str, transform: Callable | None = None) -> None:
-        _check_split(split, (*SPLITS, ALL_IMAGES))
+        _check_split(split)
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: no such data folder")
         val_dir = next((root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()), None)
-        if split == ALL_IMAGES:
-            self.files = _images_under(root)
-        elif (root / "train").is_dir() and val_dir is not None:
+        if (root / "train").is_dir() and val_dir is not None and split != "all":
             self.files = _images_under(root / "train" if split == "train" else val_dir)
+        elif split == "all":
+            self.files = _images_under(root)
         else:
             self.files = _holdout(_images_under(root), "unlabelled")[0 if split == "train" else 1]
         if not self.files:
@@ -358,11 +405,12 @@ class HFDiskDataset(ImageDataset):
     ``image`` (or ``img``), labels from ``label`` (or ``labels``); class names are the
     ``ClassLabel`` names, else the label values (integers 0..max, or sorted strings).
     ``labelled=False`` (pre-training) also reads a data set without a label column.
-    ``split="all"`` takes the ``train`` split of a ``DatasetDict`` and every row of a ``Dataset``.
+    ``split="all"`` reads every row of a ``Dataset``; of a ``DatasetDict`` read without labels (the
+    unlabelled images of a partly labelled run), its ``train`` split.
     """
 
     def __init__(self, path: str | os.PathLike, split: str, transform: Callable | None = None, *, labelled: bool = True) -> None:
-        _check_split(split, (*SPLITS, ALL_IMAGES))
+        _check_split(split)
         try:
             import datasets
         except ImportError:
@@ -376,7 +424,9 @@ class HFDiskDataset(ImageDataset):
             raise ValueError(f"{path}: not a data set saved with datasets' save_to_disk ({err})") from None
 
         if isinstance(loaded, datasets.DatasetDict):
-            names = ("train",) if split in ("train", ALL_IMAGES) else HF_VAL_SPLITS
+            if split == "all" and labelled:
+                raise ValueError(f"{path}: a data set with the splits {', '.join(loaded)}: choose the train or the val split")
+            names = ("train",) if split in ("train", "all") else HF_VAL_SPLITS  # unlabelled images: the train split
             chosen = next((n for n in names if n in loaded), None)
             if chosen is None:
                 raise ValueError(f"{path}: no {' / '.join(names)} split (the data set has {', '.join(loaded)})")
@@ -401,7 +451,7 @@ class HFDiskDataset(ImageDataset):
             classes = [str(i) for i in range(max(labels) + 1)] if labels else []
 
         rows = list(range(len(labels)))
-        if whole and split != ALL_IMAGES:
+        if whole and split != "all":
             by_class: dict[int, list[int]] = {}
             for row, label in enumerate(labels):
                 by_class.setdefault(label, []).append(row)
@@ -427,8 +477,23 @@ class HFDiskDataset(ImageDataset):
 
 
 # ------------------------------------------------------------------------------ entry
+def default_eval_split(spec: str) -> str:
+    """The split ``deit eval`` scores by default: "val" where the source has a validation split of
+    its own (mnist5k, ``train/`` + ``val/`` folders, a ``val/`` folder alone, a data set saved with
+    splits), "all" for a plain folder of class folders (then it is the test set itself)."""
+    if spec == MNIST5K_SPEC or spec.startswith(HF_PREFIX):
+        return "val"
+    root = Path(spec)
+    if not root.is_dir() or _is_hf_folder(root):
+        return "val"
+    val_dir = next((root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()), None)
+    if val_dir is not None and ((root / "train").is_dir() or _is_split_folder(root, val_dir)):
+        return "val"
+    return "all"
+
+
 def build_dataset(spec: str, split: str, transform: Callable | None = None, *, image_size: int | None = None, labelled: bool = True) -> ImageDataset:
-    """The data set named by ``spec``, for ``split`` ("train" or "val").
+    """The data set named by ``spec``, for ``split`` ("train", "val", or "all": every image).
 
     ``spec`` is ``mnist5k`` (built in), ``hf:PATH`` or a folder written by ``datasets``'
     ``save_to_disk`` (recognised by its ``dataset_info.json`` / ``state.json`` /

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -33,20 +34,34 @@ from ..dtypes import to_dtype
 from ..losses import DistillationLoss, LabelSmoothingCrossEntropy, StudentCriterion
 from ..modeling import DeiTPreTrainedModel
 from . import checkpointing
+from .compiling import CompileUnavailableError, check_compile, compile_failure_message, compile_module, is_compile_failure
 from .distributed import DistributedContext, barrier, init_distributed, shutdown_distributed
 from .ema import ModelEma
 from .epoch_order import seed_everything, step_seed
 from .fast_kernels import fast_kernels_pay, use_fast_kernels
 from .loaders import RunData, build_run_data
 from .metrics import CURVES_NAME, METRICS_NAME, RunningMean, all_reduce_sum, plot_curves, write_metrics
+from .model_card import check_push, model_card_text, push_run, write_model_card
 from .optim import WarmupCosineSchedule, build_optimizer, scaled_lr
-from .recipe import RESUMABLE_CHANGES, TrainConfig
-from .student import build_student, student_image_size
+from .recipe import MASKED_IMAGE_MODELING_LAYER_DECAY, RESUMABLE_CHANGES, TrainConfig
+from .student import build_student, starts_from_masked_image_modeling, student_image_size
+from .trackers import TRACKER_FOLDERS, Trackers
 
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped and its last good checkpoint was kept."""
+
+
+class RunExistsError(FileExistsError):
+    """The output folder holds a run and neither ``resume`` nor ``overwrite`` says what to do with it."""
+
+
+# The whole run's time is estimated from the first steps of the first epoch (loader start included).
+ESTIMATE_AFTER_STEPS = 3
+# An EMA that still weighs the initial weights by more than this at the end of the run is close
+# to a copy of them (decay ** steps: the share of the initial weights left in the average).
+EMA_MAX_INITIAL_SHARE = 0.05
 
 
 @dataclass
@@ -82,51 +97,104 @@ class Trainer:
         self.config = config
         self.ctx = ctx
         self.output_dir = Path(config.output)
+        self._claim_output_dir()
         self.device = ctx.device
         self.amp_dtype = None if config.amp == "none" else to_dtype(config.amp, "amp")
+        if config.compile:  # before the data and the teacher are loaded: a run that cannot compile stops at once
+            check_compile(config.compile, self.device)
 
         self.image_size = student_image_size(config)
         self.data: RunData = self._build_data(train_set, val_set)
         seed_everything(config.seed)  # the same initial weights on every rank
         student = self._build_model().to(self.device)
+        if config.grad_checkpointing:
+            student.gradient_checkpointing_enable()
         self.fast_kernels = self._use_fast_kernels(student)
         self.model = student
         self.train_model: nn.Module = student
+        if config.compile:  # compiled inside DDP: the engine's DDP handling (no_sync) stays as it is
+            self.train_model = compile_module(student, config.compile)
         if ctx.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(student, device_ids=device_ids)
+            self.train_model = DistributedDataParallel(self.train_model, device_ids=device_ids)
         self._setup_objective(teacher)
+        if config.compile:
+            has_teacher = getattr(self, "teacher", None) is not None
+            if has_teacher:
+                self.teacher = compile_module(self.teacher, config.compile)
+            self._log(f"compile: the student{' and the teacher' if has_teacher else ''} with torch.compile ({config.compile}); "
+                      "the first steps include the compilation; validation runs eager")
 
         self.global_batch = config.batch_size * ctx.world_size * config.accum_steps
         self.peak_lr = scaled_lr(config.lr, self.global_batch)
-        self.optimizer = build_optimizer(student, self.peak_lr, config.weight_decay)
+        self.layer_decay = self._layer_decay()
+        self.optimizer = build_optimizer(student, self.peak_lr, config.weight_decay, layer_decay=self.layer_decay)
         self.steps_per_epoch = self.data.batches_per_epoch // config.accum_steps
         self.schedule = WarmupCosineSchedule(
             self.optimizer, peak_lr=self.peak_lr, epochs=config.epochs, steps_per_epoch=self.steps_per_epoch,
-            warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr, min_lr=config.min_lr, per_step=config.lr_per_step,
+            warmup_epochs=config.resolved_warmup_epochs, warmup_lr=config.warmup_lr, min_lr=config.min_lr, per_step=config.lr_per_step,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
-        self.ema = ModelEma(student, config.model_ema_decay) if config.model_ema else None
+        self._log_plan()
+        self.ema = ModelEma(student, config.model_ema_decay) if self._keeps_ema() else None
+        self._estimate_pending = True
+        self._reported_corrupt: set[str] = set()
         self.position = _Position()
         self.history: list[dict[str, Any]] = []
         self.best = -math.inf if self.best_is_max else math.inf
         self.step_losses: list[float] = []
+        self.trackers = Trackers([])  # opened by run(), once the step it starts from is known
 
     # ------------------------------------------------------------------ the objective
     # Image classification, with or without a teacher. A subclass trains another objective in
     # the same loop by overriding these methods (deit.train.pretraining: masked-image modeling).
     best_metric = "val_acc1"  # the epoch metric that picks best/
     best_is_max = True
+    # What a run writes into its output folder (--overwrite removes these, and only these).
+    run_files = (checkpointing.CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME, "best", "last", "ema", *TRACKER_FOLDERS)
+    model_card_task = "image-classification"
 
     def _log(self, message: str) -> None:
         if self.ctx.is_main:
             print(message, flush=True)
 
+    def _note(self, message: str) -> None:
+        """A warning for the person at the console (stderr), from rank 0 only."""
+        if self.ctx.is_main:
+            print(f"note: {message}", file=sys.stderr, flush=True)
+
+    def _epoch_summary(self, entry: dict[str, Any]) -> str:
+        """The line printed when an epoch ends: its loss and validation accuracy."""
+        parts = [f"train loss {entry['train_loss']:.4f}"]
+        if "val_acc1" in entry:
+            heads = ", ".join(f"{label} {entry[key]:.2f}" for key, label in (("val_acc1_cls", "CLS"), ("val_acc1_dist", "DIST")) if key in entry)
+            parts.append(f"val top-1 {entry['val_acc1']:.2f} %" + (f" ({heads})" if heads else ""))
+        elif "val_loss" in entry:
+            parts.append(f"val loss {entry['val_loss']:.4f}")
+        if "ema_acc1" in entry:
+            parts.append(f"EMA top-1 {entry['ema_acc1']:.2f} %")
+        return ", ".join(parts)
+
     def _build_data(self, train_set: Any, val_set: Any) -> RunData:
         return build_run_data(self.config, self.ctx, self.image_size, train_set, val_set)
 
     def _build_model(self) -> DeiTPreTrainedModel:
-        return build_student(self.config, self.data.id2label, log=self._log)
+        return build_student(self.config, self.data.id2label, log=self._model_log)
+
+    @property
+    def _model_log(self) -> Any:
+        """Where the model's origin is told: the console, except on resume (the checkpoint's weights replace it)."""
+        return (lambda message: None) if self.config.resume else self._log
+
+    def _layer_decay(self) -> float | None:
+        """--layer-decay; by default the SimMIM fine-tuning value for an encoder from ``deit pretrain``, else
+        none. None (or 1): every layer at one rate, the DeiT recipe's two parameter groups."""
+        decay = self.config.layer_decay
+        if decay is None and starts_from_masked_image_modeling(self.config.model):
+            decay = MASKED_IMAGE_MODELING_LAYER_DECAY
+            self._note(f"layer decay {decay:g}: {self.config.model} was pre-trained by masked-image modeling, and SimMIM "
+                       f"fine-tunes such an encoder with this decay (--layer-decay 1 turns it off)")
+        return None if decay == 1.0 else decay
 
     # A model without a distillation token may not distil unless a subclass says so (the
     # benchmark's ablation: the teacher's targets on a plain ViT's class token).
@@ -184,6 +252,68 @@ class Trainer:
         """Files of the objective's own, written by rank 0 at the end of each epoch."""
 
     # ------------------------------------------------------------------ setup helpers
+    def _claim_output_dir(self) -> None:
+        """Refuse an output folder that holds a run unless this run resumes it or ``overwrite``
+        says to start afresh (then the run's own files are removed, nothing else)."""
+        config = self.config
+        if config.resume:
+            return
+        found = [name for name in self.run_files if (self.output_dir / name).exists()]
+        if found and not config.overwrite:
+            raise RunExistsError(
+                f"{self.output_dir} already holds a training run ({', '.join(found)}); continue it with --resume, "
+                "start afresh with --overwrite (its files are then replaced), or choose another --output"
+            )
+        if config.overwrite:
+            if self.ctx.is_main and found:
+                for name in found:
+                    path = self.output_dir / name
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+                self._note(f"--overwrite: removed the previous run's {', '.join(found)} from {self.output_dir}")
+            barrier()  # every rank, whatever it found: rank 0 may already have removed the files
+
+    def _keeps_ema(self) -> bool:
+        """Whether to keep an EMA of the weights. By default (``model_ema=None``) only when the run is
+        long enough for the average to leave the initial weights; asked for, it is kept with a note."""
+        config = self.config
+        if config.model_ema is False:
+            return False
+        total_steps = config.epochs * self.steps_per_epoch
+        initial_share = config.model_ema_decay ** total_steps
+        if initial_share <= EMA_MAX_INITIAL_SHARE:
+            return True
+        fitting_decay = EMA_MAX_INITIAL_SHARE ** (1 / total_steps)
+        why = (f"an EMA with decay {config.model_ema_decay:g} would still be {100 * initial_share:.0f} % the initial weights "
+               f"after this run's {total_steps} steps")
+        if config.model_ema is None:
+            self._note(f"EMA off: {why}; --model-ema --model-ema-decay {fitting_decay:.4g} keeps one that moves")
+            return False
+        self._note(f"{why}, so ema/ will be close to them; a decay of {fitting_decay:.4g} or lower moves it")
+        return True
+
+    def _log_plan(self) -> None:
+        """What the run will do, before it starts: data, steps, schedule, and the defaults that adapted."""
+        config, data = self.config, self.data
+        world = self.ctx.world_size
+        classes = len(data.id2label)
+        names = ", ".join(list(data.id2label.values())[:5]) + (", ..." if classes > 5 else "")
+        self._log(
+            f"data: {len(data.train_set)} training images, {len(data.val_set)} validation images"
+            + (f", {classes} classes ({names})" if classes else "")
+        )
+        self._log(
+            f"steps: {self.steps_per_epoch} per epoch of {self.global_batch} images "
+            f"({config.batch_size} per step x {world} process(es) x {config.accum_steps} accumulation), "
+            f"{config.epochs} epoch(s) = {self.steps_per_epoch * config.epochs} steps; peak learning rate {self.peak_lr:.3g}"
+        )
+        if config.warmup_epochs is None and config.resolved_warmup_epochs < 5:
+            self._note(f"warm-up {config.resolved_warmup_epochs:g} epoch(s): the recipe's 5 are cut to at most a fifth of a "
+                       f"{config.epochs}-epoch run, or the learning rate would never leave the warm-up (--warmup-epochs sets it)")
+        if config.repeated_aug and config.num_repeats > 1:
+            distinct = math.ceil(len(data.train_set) / config.num_repeats)
+            self._note(f"repeated augmentation x{config.num_repeats} (the recipe's): each epoch trains on {config.num_repeats} views "
+                       f"of about {distinct} of the {len(data.train_set)} images; --no-repeated-aug shows every image once per epoch")
+
     def _use_fast_kernels(self, student: nn.Module) -> bool:
         """Put the student's Linear layers on oneDNN where ``config.fast_kernels`` says so (before
         the optimizer, EMA and DDP see the model: they then hold the same parameters); logged."""
@@ -220,12 +350,31 @@ class Trainer:
         teacher = teacher.to(self.device).eval()
         for parameter in teacher.parameters():
             parameter.requires_grad_(False)
+        self._log(getattr(teacher, "input_description", "") or f"teacher {config.teacher}: fed the student's batch as it is")
+        self._match_teacher_classes(teacher)
         self._check_teacher_classes(teacher, num_classes)
         return teacher
 
+    def _match_teacher_classes(self, teacher: nn.Module) -> None:
+        """A teacher whose checkpoint names its classes must name the data's: in another order its
+        logits are reordered (said so); other names are refused."""
+        teacher_names = getattr(teacher, "class_names", None)
+        names = [self.data.id2label[i] for i in range(len(self.data.id2label))]
+        if teacher_names is None or teacher_names == names:
+            return
+        if sorted(teacher_names) != sorted(names):
+            raise ValueError(
+                f"the teacher {self.config.teacher} predicts the classes {_listing(teacher_names)} but the data has "
+                f"{_listing(names)}: use a teacher trained on these classes, or adapt its head with --teacher-finetune-epochs N"
+            )
+        teacher.reorder_classes(names)
+        self._log(f"teacher {self.config.teacher}: same classes in another order ({_listing(teacher_names)}); "
+                  "its logits are reordered to the data's")
+
     def _check_teacher_classes(self, teacher: nn.Module, num_classes: int) -> None:
         """One forward pass on a validation image: the teacher must predict the student's classes."""
-        image = self.data.val_set[0][0]
+        val_set = self.data.val_set
+        image = next(item[0] for item in (val_set[i] for i in range(len(val_set))) if item is not None)
         with torch.no_grad():
             logits = teacher(image.unsqueeze(0).to(self.device))
         if logits.shape[-1] != num_classes:
@@ -269,22 +418,31 @@ class Trainer:
         barrier()
 
     def resume(self, path: str) -> None:
-        state = checkpointing.load_checkpoint(checkpointing.resolve_resume_path(path, self.output_dir))
+        path = checkpointing.resolve_resume_path(path, self.output_dir)
+        state = checkpointing.load_checkpoint(path)
         changed = sorted(k for k, v in state["config"].items() if k not in RESUMABLE_CHANGES and not _same(getattr(self.config, k, v), v))
         if changed:
-            warnings.warn(f"resuming with settings that differ from the checkpoint's: {', '.join(changed)}; the run will not match an uninterrupted one", stacklevel=2)
+            self._note(f"resuming with settings that differ from the checkpoint's: {', '.join(changed)}; the run will not match an uninterrupted one")
         if state["batches_done"] and state["world_size"] != self.ctx.world_size:
             raise ValueError(
                 f"the checkpoint was written in the middle of an epoch by {state['world_size']} process(es); resume it with "
                 f"{state['world_size']} (this run has {self.ctx.world_size}), or from an end-of-epoch checkpoint"
             )
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise ValueError(
+                f"{path}: the checkpoint's weights do not fit the model these settings build"
+                + (f" (settings changed: {', '.join(changed)})" if changed else "")
+                + f": {str(err).splitlines()[-1].strip()}; resume with the run's own settings (deit train --output FOLDER --resume)"
+            ) from None
+        self._log(f"resumed from {path}: {state['epoch']} epoch(s) and {state['batches_done']} batch(es) done, step {state['global_step']}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             if state["ema"] is None:
-                warnings.warn("the checkpoint has no EMA weights; the EMA starts again from the current weights", stacklevel=2)
+                self._note("the checkpoint has no EMA weights; the EMA starts again from the current weights")
                 self.ema = ModelEma(self.model, self.config.model_ema_decay)
             else:
                 self.ema.load_state_dict(state["ema"])
@@ -296,6 +454,15 @@ class Trainer:
     def _save_hf(self, model: nn.Module, name: str) -> None:
         c = self.config
         checkpointing.save_hf_model(model, self.output_dir / name, mean=c.mean, std=c.std, crop_pct=c.crop_pct)
+        card = model_card_text(c, self.history[-1], which=name, model_name=f"{self.output_dir.name}-{name}",
+                               task=self.model_card_task, settings=self._card_settings())
+        write_model_card(self.output_dir / name, card)
+
+    def _card_settings(self) -> dict[str, Any]:
+        """The settings the model card shows as they were resolved for this run (not "None: adapt")."""
+        c = self.config
+        return {"layer_decay": self.layer_decay, "warmup_epochs": c.resolved_warmup_epochs, "model_ema": self.ema is not None,
+                "image_size": self.image_size, "global_batch_size": self.global_batch, "peak_lr": self.peak_lr}
 
     # ------------------------------------------------------------------ training
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -347,6 +514,7 @@ class Trainer:
         )
         step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         tick, images_seen, lr = time.perf_counter(), 0, math.nan
+        steps_timed = 0
         for images, targets in self.data.train_loader:
             if position.batches_done >= batches_per_epoch:
                 break  # micro-batches that do not fill a last accumulation step
@@ -370,11 +538,15 @@ class Trainer:
             step_loss.zero_()
             position.global_step += 1
             self.step_losses.append(total / count)
+            self.trackers.log_step(position.global_step, total / count, lr)
             running.add(total / count, int(count))
             elapsed = time.perf_counter() - tick
             throughput = images_seen * self.ctx.world_size / max(elapsed, 1e-9)
             bar.set_postfix({"loss": f"{running.mean:.4f}", "lr": f"{lr:.2e}", "img/s": f"{throughput:.0f}"}, refresh=False)
             bar.update(1)
+            steps_timed += 1
+            if self._estimate_pending and (steps_timed == ESTIMATE_AFTER_STEPS or position.batches_done >= batches_per_epoch):
+                self._log_time_estimate(elapsed / steps_timed, steps_timed, bar)
             if position.batches_done >= batches_per_epoch:
                 continue  # the epoch's end writes its own checkpoint
             if config.checkpoint_every_steps and position.global_step % config.checkpoint_every_steps == 0:
@@ -391,6 +563,15 @@ class Trainer:
             "train_images_per_s": images_seen * self.ctx.world_size / max(elapsed, 1e-9),
             "train_time_s": elapsed,
         }
+
+    def _log_time_estimate(self, seconds_per_step: float, steps_timed: int, bar: Any) -> None:
+        """The training time of this call's steps, from the first ones (validation not included)."""
+        self._estimate_pending = False
+        if not self.ctx.is_main:
+            return
+        steps = self.config.epochs * self.steps_per_epoch - self.position.global_step + steps_timed
+        bar.write(f"time: {seconds_per_step:.2g} s per step, about {_duration(seconds_per_step * steps)} "
+                  f"for this run's {steps} steps (plus validation)", file=sys.stderr)
 
     def _should_stop(self) -> bool:
         limit = self.config.stop_after_steps
@@ -412,9 +593,21 @@ class Trainer:
             if hasattr(dataset, "num_corrupt")
         }
 
+    def _report_corrupt_files(self) -> None:
+        """Name the corrupt files this process met that were not named yet (between progress bars)."""
+        for split, dataset in (("training", self.data.train_set), ("validation", self.data.val_set)):
+            if not hasattr(dataset, "corrupt_files"):
+                continue
+            new = [name for name in dataset.corrupt_files() if name not in self._reported_corrupt]
+            self._reported_corrupt.update(new)
+            fate = "left out" if not getattr(dataset, "replace_corrupt", True) else "replaced by the next readable image"
+            if new:
+                self._note(f"skipped {len(new)} unreadable {split} image(s) ({fate}): {', '.join(new)}")
+
     def _end_epoch(self, train_stats: dict[str, float]) -> None:
         position = self.position
         entry = {"epoch": position.epoch, "global_step": position.global_step, **train_stats, **self.evaluate(), **self._corrupt_image_counts()}
+        self._report_corrupt_files()
         self.history.append(entry)
         value = entry.get(self.best_metric, math.nan)
         improved = value > self.best if self.best_is_max else value < self.best
@@ -422,6 +615,8 @@ class Trainer:
             self.best = value
         position.epoch += 1
         position.batches_done = 0
+        self._log(f"epoch {position.epoch}/{self.config.epochs}: {self._epoch_summary(entry)}"
+                  + ("" if improved else f"; best so far {self.best:.4g}") + f" ({entry['train_time_s']:.0f} s)")
         if self.ctx.is_main:
             if improved:
                 self._save_hf(self.model, "best")
@@ -431,27 +626,55 @@ class Trainer:
                 if self.ema is not None:
                     self._save_hf(self.ema.module, "ema")
             write_metrics(self.output_dir / METRICS_NAME, self.history)
+            self.trackers.log_epoch(entry)
             self._write_epoch_files()
             plot_curves({"": self.history}, self.output_dir / CURVES_NAME, title=f"{self.config.model} on {self.config.data}")
         self.save_checkpoint()
 
     def run(self) -> TrainResult:
-        if self.config.resume:
-            self.resume(self.config.resume)
+        config = self.config
+        check_push(config.push_to_hub)  # before hours of training, not after; on every rank, so that all stop alike
+        if config.resume:
+            self.resume(config.resume)
         if self.ctx.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.trackers = Trackers.open(config.log, self.output_dir, config.to_dict(), start_step=self.position.global_step, is_main=self.ctx.is_main)
         completed = True
-        while self.position.epoch < self.config.epochs:
-            stats = self.train_epoch()
-            if stats is None:
-                completed = False
-                break
-            self._end_epoch(stats)
-            if self._should_stop() and self.position.epoch < self.config.epochs:
-                completed = False
-                break
+        try:
+            while self.position.epoch < config.epochs:
+                stats = self.train_epoch()
+                if stats is None:
+                    completed = False
+                    break
+                self._end_epoch(stats)
+                if self._should_stop() and self.position.epoch < config.epochs:
+                    completed = False
+                    break
+        except Exception as err:
+            if config.compile and is_compile_failure(err):
+                raise CompileUnavailableError(compile_failure_message(config.compile, err)) from err
+            raise
+        finally:
+            self.trackers.close()
+        if completed and config.push_to_hub and self.ctx.is_main:
+            url = push_run(self.output_dir / "last", config.push_to_hub, f"{config.model} trained on {config.data}, {config.epochs} epoch(s)")
+            self._log(f"pushed {self.output_dir / 'last'} to the Hub: {url}")
         ema_model = self.ema.module if self.ema is not None else None
         return TrainResult(self.output_dir, self.model, ema_model, self.history, self.step_losses, self.best, completed, self.ctx.is_main)
+
+
+def _listing(names: list[str], limit: int = 6) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names)})" if len(names) > limit else "")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _same(a: Any, b: Any) -> bool:

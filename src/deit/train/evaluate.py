@@ -68,7 +68,8 @@ def _reduce(totals: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Metrics over ``loader`` (batches of ``(pixel_values, class indices)``), in percent.
+    """Metrics over ``loader`` (batches of ``(pixel_values, class indices)``, or None for a batch
+    left empty by corrupt images), in percent.
 
     Keys: ``acc1``, ``acc5`` (top-min(5, classes)), ``loss`` (mean cross-entropy of the
     prediction), ``num_samples``; for a distilled DeiT also ``acc1_cls``, ``acc5_cls``,
@@ -84,7 +85,10 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "c
     _warn_if_padded(loader)
     totals = torch.zeros(_FIRST_COUNT + 2 * len(_HEADS), dtype=torch.float64)
     try:
-        for images, labels in loader:
+        for batch in loader:
+            if batch is None:
+                continue  # every image of the batch was corrupt and left out (data.collate_readable)
+            images, labels = batch
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             if labels.ndim != 1:

@@ -1,7 +1,7 @@
 """Fast CPU training: every ``nn.Linear`` on oneDNN in forward and backward (:func:`use_fast_kernels`).
 
-On the CPU PyTorch's float32 matrix products go through MKL, which on AMD processors runs about
-half as fast as oneDNN (:func:`deit.probes.onednn_fp32_is_fast` measures it). :class:`OneDNNLinear`
+On the CPU PyTorch's float32 matrix products go through MKL, which on some AMD processors runs
+about half as fast as oneDNN, and on others (Zen 3) faster (:func:`training_kernels_win` measures it). :class:`OneDNNLinear`
 is an ``nn.Linear`` (same parameters, same state-dict names) whose forward matmul and both
 backward ones (input and weight gradients) are oneDNN calls, through a small autograd function:
 
@@ -24,15 +24,17 @@ for the student when :func:`fast_kernels_pay` says so (``--fast-kernels auto|on|
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..probes import bf16_kernels_available, bf16_matmul_is_fast, fast_kernels_available, onednn_fp32_is_fast
+from ..probes import best_seconds, bf16_kernels_available, bf16_matmul_is_fast, fast_kernels_available
 
-__all__ = ["OneDNNLinear", "use_fast_kernels", "fast_kernels_pay", "FAST_KERNEL_SETTINGS"]
+__all__ = ["OneDNNLinear", "use_fast_kernels", "fast_kernels_pay", "training_kernels_win", "FAST_KERNEL_SETTINGS"]
 
 # ``--fast-kernels``: "auto" (where they pay, :func:`fast_kernels_pay`), "on", "off".
 FAST_KERNEL_SETTINGS = ("auto", "on", "off")
@@ -82,7 +84,9 @@ class _OneDNNLinearFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         arithmetic = ctx.arithmetic
-        grad_2d = grad_output.reshape(-1, grad_output.shape[-1])
+        # contiguous: the gradient of a sum arrives expanded (stride 0), on which oneDNN falls back to
+        # a reference kernel some 150x slower (60 s for one DeiT-S MLP layer).
+        grad_2d = grad_output.contiguous().view(-1, grad_output.shape[-1])
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_x = _matmul(grad_2d.to(arithmetic), weight.t().to(arithmetic).contiguous()).view(x.shape).to(x.dtype)
@@ -172,13 +176,11 @@ def fast_kernels_pay(setting: str, dtype: torch.dtype, device: torch.device | st
     * ``"on"``: yes; a ValueError where they cannot run (not the CPU, no oneDNN kernels in this
       PyTorch build, float16);
     * ``"off"``: never;
-    * ``"auto"``: on the CPU, where PyTorch has the kernels and they beat PyTorch's own: for bf16
-      autocast where oneDNN's bf16 matmul is missing or slower than float32 arithmetic
-      (:func:`deit.probes.bf16_matmul_is_fast` false: AVX2 and Intel AVX-512 CPUs without
-      AMX, where autocast's bf16 matmuls are slow and these compute in float32 arithmetic;
-      where the bf16 kernel is fast autocast already runs it), for float32 where oneDNN's
-      float32 matmul beats PyTorch's default one by 1.5x or more
-      (:func:`deit.probes.onednn_fp32_is_fast`).
+    * ``"auto"``: on the CPU, where PyTorch has the kernels and they train faster here than
+      PyTorch's own: :func:`training_kernels_win` times a Linear layer's forward and backward
+      both ways, in ``dtype`` (measured once per process). Where oneDNN's bf16 matmul is fast,
+      autocast already runs it, so bf16 autocast turns them on only where that kernel is missing
+      or slow (:func:`deit.probes.bf16_matmul_is_fast` false) and the measurement agrees.
     """
     if setting not in FAST_KERNEL_SETTINGS:
         raise ValueError(f"fast_kernels must be one of {', '.join(FAST_KERNEL_SETTINGS)}, got {setting!r}")
@@ -196,4 +198,40 @@ def fast_kernels_pay(setting: str, dtype: torch.dtype, device: torch.device | st
         return True
     if device.type != "cpu" or not fast_kernels_available() or dtype not in _FAST_DTYPES:
         return False
-    return not bf16_matmul_is_fast() if dtype == torch.bfloat16 else onednn_fp32_is_fast()
+    if dtype == torch.bfloat16 and bf16_matmul_is_fast():
+        return False
+    return training_kernels_win(dtype)
+
+
+# How much faster the fast kernels' Linear step must be for "auto": a training step is more than
+# its Linear layers, so a small edge in them is not worth a different code path.
+_TRAINING_MARGIN = 1.05
+
+
+@functools.cache
+def training_kernels_win(dtype: torch.dtype) -> bool:
+    """Whether a :class:`OneDNNLinear` trains 5 % faster than ``nn.Linear`` here in ``dtype``
+    (float32, or ``torch.bfloat16`` for bf16 autocast): forward and backward of DeiT-S's first
+    MLP Linear on 1024 tokens, each way, best of seven interleaved rounds (about half a second).
+    It replaces a float32 matmul-only probe whose 1.15-1.4x matmul edge on some CPUs came out as
+    a 3 % slower to 8 % faster training step, and as 18 % slower on an AMD Zen 3 (BENCHMARKS.md).
+    Drawn from its own generator: it may run mid-training and must not move the global random state."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1024, 384, generator=generator, requires_grad=True)
+    plain = nn.utils.skip_init(nn.Linear, 384, 1536)  # (its initialisation would draw from the global generator)
+    with torch.no_grad():
+        plain.weight.copy_(torch.randn(1536, 384, generator=generator) * 0.05)
+        plain.bias.zero_()
+    fast = OneDNNLinear.sharing(plain)
+    autocast = torch.autocast("cpu", torch.bfloat16) if dtype == torch.bfloat16 else contextlib.nullcontext()
+
+    def step(layer: nn.Module) -> Any:
+        def run() -> None:
+            with autocast:
+                out = layer(x)
+            out.float().sum().backward()
+
+        return run
+
+    seconds = best_seconds({"fast": step(fast), "plain": step(plain)})
+    return seconds["fast"] * _TRAINING_MARGIN <= seconds["plain"]

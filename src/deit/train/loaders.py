@@ -91,6 +91,13 @@ def build_run_data(train: TrainConfig, ctx: DistributedContext, image_size: int,
             source=getattr(train_set, "source", type(train_set).__name__),
         )
     names = class_names(train_set) if masks is None else []
+    from .data import ImageDataset, collate_readable
+
+    for dataset in (train_set, val_set, *getattr(train_set, "sources", ())):  # sources: of partly labelled data
+        if isinstance(dataset, ImageDataset):
+            dataset.quiet = True  # the engine names corrupt files between progress bars, not inside one
+    if masks is None and isinstance(val_set, ImageDataset):
+        val_set.replace_corrupt = False  # a corrupt validation image is left out, not scored as another one
     order = EpochOrder(build_train_sampler(train, len(train_set), ctx), seed=train.seed, rank=ctx.rank, world_size=ctx.world_size)
     per_step = train.batch_size * train.accum_steps
     if len(order) < per_step:
@@ -100,7 +107,7 @@ def build_run_data(train: TrainConfig, ctx: DistributedContext, image_size: int,
             "lower --batch-size or add data"
         )
     loader_options: dict[str, Any] = dict(
-        num_workers=train.num_workers, pin_memory=ctx.device.type == "cuda", persistent_workers=train.num_workers > 0,
+        num_workers=train.resolved_num_workers, pin_memory=ctx.device.type == "cuda", persistent_workers=train.resolved_num_workers > 0,
     )
     train_samples = SeededSamples(train_set) if masks is None else MaskedTrainingSamples(train_set, masks)
     train_loader = DataLoader(
@@ -114,5 +121,5 @@ def build_run_data(train: TrainConfig, ctx: DistributedContext, image_size: int,
 
     val_sampler = ShardedEvalSampler(len(val_set), num_replicas=ctx.world_size, rank=ctx.rank)
     val_samples = val_set if masks is None else MaskedValidationImages(val_set, masks, train.seed)
-    val_loader = DataLoader(val_samples, batch_size=train.batch_size, sampler=val_sampler, **loader_options)
+    val_loader = DataLoader(val_samples, batch_size=train.batch_size, sampler=val_sampler, collate_fn=collate_readable, **loader_options)
     return RunData(train_set, val_set, train_loader, val_loader, order, dict(enumerate(names)))

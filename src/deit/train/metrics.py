@@ -54,47 +54,57 @@ def write_metrics(path: str | os.PathLike, history: Sequence[dict[str, Any]]) ->
     atomic_write_text(path, "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in history))
 
 
+def curves_figure(runs: Mapping[str, Sequence[dict[str, Any]]], title: str | None = None) -> Any:
+    """The matplotlib Figure of :func:`plot_curves`: one colour per curve for a single run, one
+    colour per run (the line style telling its curves apart) for several; whole epochs on the x axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    has_accuracy = any("val_acc1" in entry for history in runs.values() for entry in history)
+    figure = Figure(figsize=(10, 4) if has_accuracy else (5, 4), dpi=100)
+    loss_axes, acc_axes = figure.subplots(1, 2) if has_accuracy else (figure.subplots(1, 1), None)
+    single = len(runs) == 1
+    for run_index, (run, history) in enumerate(runs.items()):
+        prefix = f"{run}: " if run else ""
+        epochs = [entry["epoch"] + 1 for entry in history]
+
+        def curve(axes: Any, key: str, label: str, style: str, series: int) -> None:
+            if any(key in entry for entry in history):
+                values = [entry.get(key, math.nan) for entry in history]
+                colour = f"C{series if single else run_index}"
+                axes.plot(epochs, values, style, color=colour, marker=".", label=f"{prefix}{label}")
+
+        curve(loss_axes, "train_loss", "training", "-", 0)
+        curve(loss_axes, "val_loss", "validation", "--", 1)
+        if acc_axes is None:
+            continue
+        curve(acc_axes, "val_acc1", "averaged heads" if any("val_acc1_cls" in e for e in history) else "top-1", "-", 0)
+        curve(acc_axes, "val_acc1_cls", "CLS head", "--", 1)
+        curve(acc_axes, "val_acc1_dist", "DIST head", ":", 2)
+        curve(acc_axes, "ema_acc1", "EMA", "-.", 3)
+    for axes in (loss_axes, acc_axes):
+        if axes is not None:
+            axes.set_xlabel("epoch")
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+            axes.legend(fontsize="small")
+    loss_axes.set_ylabel("loss")
+    if acc_axes is not None:
+        acc_axes.set_ylabel("validation top-1 (%)")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
 def plot_curves(runs: Mapping[str, Sequence[dict[str, Any]]], path: str | os.PathLike, title: str | None = None) -> None:
     """Training loss and validation top-1 per epoch, side by side, as a PNG; one or more runs.
 
     ``runs`` maps a run's name (empty for a single run) to its history. Histories without
     accuracies (masked-image pre-training) get the loss panel only.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    has_accuracy = any("val_acc1" in entry for history in runs.values() for entry in history)
-    figure = Figure(figsize=(10, 4) if has_accuracy else (5, 4), dpi=100)
-    loss_axes, acc_axes = figure.subplots(1, 2) if has_accuracy else (figure.subplots(1, 1), None)
-    # One colour per run; the line style tells the curves of a run apart.
-    for colour, (run, history) in enumerate(runs.items()):
-        prefix = f"{run}: " if run else ""
-        epochs = [entry["epoch"] + 1 for entry in history]
-
-        def curve(axes: Any, key: str, label: str, style: str) -> None:
-            if any(key in entry for entry in history):
-                values = [entry.get(key, math.nan) for entry in history]
-                axes.plot(epochs, values, style, color=f"C{colour}", marker=".", label=f"{prefix}{label}")
-
-        curve(loss_axes, "train_loss", "training", "-")
-        curve(loss_axes, "val_loss", "validation", "--")
-        if acc_axes is None:
-            continue
-        curve(acc_axes, "val_acc1", "averaged heads" if any("val_acc1_cls" in e for e in history) else "top-1", "-")
-        curve(acc_axes, "val_acc1_cls", "CLS head", "--")
-        curve(acc_axes, "val_acc1_dist", "DIST head", ":")
-        curve(acc_axes, "ema_acc1", "EMA", "-.")
-    loss_axes.set_xlabel("epoch")
-    loss_axes.set_ylabel("loss")
-    loss_axes.legend(fontsize="small")
-    if acc_axes is not None:
-        acc_axes.set_xlabel("epoch")
-        acc_axes.set_ylabel("validation top-1 (%)")
-        acc_axes.legend(fontsize="small")
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
+    figure = curves_figure(runs, title)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")

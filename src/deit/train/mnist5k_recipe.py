@@ -84,6 +84,7 @@ def student_config(output: str, distillation_type: str, *, epochs: int = STUDENT
         repeated_aug=False, model_ema=True, model_ema_decay=EMA_DECAY, distillation_type=distillation_type,
         teacher="SmallConvNet" if distillation_type != "none" else None,
         output=output, seed=seed, progress=progress, save_hf_every_epoch=False, fast_kernels="off",
+        overwrite=True,  # the demo's and the benchmarks' own folders: each call makes them again
     )
 
 

@@ -1,4 +1,5 @@
-"""AdamW with the DeiT parameter groups, and the warm-up + cosine learning-rate schedule.
+"""AdamW with the DeiT parameter groups, layer-wise learning-rate decay, and the warm-up + cosine
+learning-rate schedule.
 
 The learning rate is a pure function of the optimizer step, so a resumed run follows exactly
 the schedule of an uninterrupted one (the authors' resumed runs are shifted by one epoch).
@@ -7,6 +8,7 @@ the schedule of an uninterrupted one (the authors' resumed runs are shifted by o
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
@@ -30,19 +32,50 @@ def is_decayed(name: str, parameter: torch.Tensor) -> bool:
     return not any(part in NO_DECAY_NAMES for part in name.split("."))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+_BLOCK_INDEX = re.compile(r"(?:^|\.)layer\.(\d+)\.")
+
+
+def layer_depth(name: str, num_layers: int) -> int:
+    """How deep a parameter sits, for layer-wise learning-rate decay: 0 for the embeddings (patch
+    projection, tokens, positions), ``i + 1`` for block ``i``, ``num_layers + 1`` for everything
+    after the blocks (final norm, heads, decoder)."""
+    if "embeddings." in name:
+        return 0
+    block = _BLOCK_INDEX.search(name)
+    return int(block.group(1)) + 1 if block else num_layers + 1
+
+
+def layer_lr_scale(depth: int, num_layers: int, layer_decay: float) -> float:
+    """The factor on the learning rate at ``depth``: ``layer_decay ** (num_layers + 1 - depth)``, so the
+    heads train at the full rate, each block one factor less than the next, the embeddings the least."""
+    return layer_decay ** (num_layers + 1 - depth)
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """AdamW's groups: weight decay or not (:func:`is_decayed`); with ``layer_decay``, also one group per
+    depth, each with its ``lr_scale`` (which :meth:`WarmupCosineSchedule.apply` multiplies in)."""
+    num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0)
+    groups: dict[tuple[int, bool], dict] = {}
     for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            (decay if is_decayed(name, parameter) else no_decay).append(parameter)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        if not parameter.requires_grad:
+            continue
+        decayed = is_decayed(name, parameter)
+        depth = layer_depth(name, num_layers) if layer_decay is not None else 0
+        key = (depth, decayed)
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": weight_decay if decayed else 0.0}
+            if layer_decay is not None:
+                groups[key]["lr_scale"] = layer_lr_scale(depth, num_layers, layer_decay)
+        groups[key]["params"].append(parameter)
+    if layer_decay is None:  # the two groups of the DeiT recipe, always both (an optimizer's state keeps their order)
+        groups.setdefault((0, True), {"params": [], "weight_decay": weight_decay})
+        groups.setdefault((0, False), {"params": [], "weight_decay": 0.0})
+    return [groups[key] for key in sorted(groups, key=lambda k: (k[0], not k[1]))]
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                    layer_decay: float | None = None) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, weight_decay, layer_decay), lr=lr, betas=betas, eps=eps)
 
 
 class WarmupCosineSchedule:
@@ -88,7 +121,8 @@ class WarmupCosineSchedule:
         decay_epochs = self.epochs - self.warmup_epochs
         if not self.per_step:
             decay_epochs -= 1  # the last epoch index is epochs - 1
-        progress = min((t - self.warmup_epochs) / decay_epochs, 1.0) if decay_epochs > 0 else 1.0
+        # A single epoch after the warm-up (per-epoch updates) trains at the peak: there is no decay to spread.
+        progress = min((t - self.warmup_epochs) / decay_epochs, 1.0) if decay_epochs > 0 else 0.0
         return self.min_lr + 0.5 * (self.peak_lr - self.min_lr) * (1.0 + math.cos(math.pi * progress))
 
     def apply(self, step: int) -> float:

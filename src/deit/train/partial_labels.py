@@ -74,10 +74,10 @@ class PartlyLabelled(ConcatDataset):
         self.num_labelled = len(labelled)
         self.num_unlabelled = len(self) - self.num_labelled
         self.targets = [int(t) for t in labelled_targets] + [UNLABELLED] * self.num_unlabelled
-        # The image files behind the items (a data set taken apart into subsets counts once), for
-        # the run's report of corrupt images (deit.train.data.count_corrupt).
+        # The data sets of image files behind the items (one taken apart into subsets counts once),
+        # for the run's report of corrupt images (deit.train.data.count_corrupt, corrupt_files).
         bases = [part.dataset if isinstance(part, Subset) else part for part in self.datasets]
-        self._sources = [base for i, base in enumerate(bases) if hasattr(base, "_corrupt") and all(base is not b for b in bases[:i])]
+        self.sources = [base for i, base in enumerate(bases) if hasattr(base, "_corrupt") and all(base is not b for b in bases[:i])]
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image, label = super().__getitem__(index)
@@ -85,11 +85,14 @@ class PartlyLabelled(ConcatDataset):
 
     @property
     def _corrupt(self) -> torch.Tensor:
-        return torch.cat([source._corrupt for source in self._sources]) if self._sources else torch.zeros(0, dtype=torch.uint8)
+        return torch.cat([source._corrupt for source in self.sources]) if self.sources else torch.zeros(0, dtype=torch.uint8)
 
     @property
     def num_corrupt(self) -> int:
         return int(self._corrupt.sum())
+
+    def corrupt_files(self) -> list[str]:
+        return [name for source in self.sources for name in source.corrupt_files()]
 
 
 def has_unlabelled(dataset: Dataset) -> bool:

@@ -52,7 +52,7 @@ def pretrain_config(output: str, *, epochs: int, seed: int = 0, num_workers: int
     return PretrainConfig(
         **{name: getattr(student, name) for name in _SHARED}, mask_patch_size=MASK_PATCH_SIZE, epochs=epochs,
         batch_size=PRETRAIN_BATCH_SIZE, lr=PRETRAIN_LR, warmup_epochs=min(1.0, epochs / 4), drop_path=0.0, hflip=0.0,
-        output=output, seed=seed, num_workers=num_workers, progress=progress, save_hf_every_epoch=False,
+        output=output, seed=seed, num_workers=num_workers, progress=progress, save_hf_every_epoch=False, overwrite=True,
     )
 
 

@@ -47,6 +47,13 @@ class PretrainTrainer(Trainer):
     config: PretrainConfig
     best_metric = "val_loss"
     best_is_max = False
+    run_files = (*Trainer.run_files, RECONSTRUCTIONS_NAME)
+    model_card_task = "masked-image-modeling"
+
+    def _layer_decay(self) -> float | None:
+        # Layer decay is a fine-tuning rule: pre-training takes it only when asked for.
+        decay = self.config.layer_decay
+        return None if decay == 1.0 else decay
 
     def _build_data(self, train_set: Any, val_set: Any) -> RunData:
         config = self.config
@@ -56,7 +63,7 @@ class PretrainTrainer(Trainer):
     def _build_model(self) -> DeiTPreTrainedModel:
         # The decoder is always new: its stride is the patch size, so that it rebuilds the whole image.
         settings = {"encoder_stride": self.masks.model_patch_size}
-        return build_model(self.config, _masked_image_modeling_class, settings, lambda source, config: False, log=self._log)
+        return build_model(self.config, _masked_image_modeling_class, settings, lambda source, config: False, log=self._model_log)
 
     def _setup_objective(self, teacher: nn.Module | None) -> None:
         if teacher is not None:

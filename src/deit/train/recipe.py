@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,11 +12,25 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 AMP_CHOICES = ("none", "bf16", "fp16")
 FAST_KERNEL_CHOICES = ("auto", "on", "off")  # deit.train.fast_kernels.FAST_KERNEL_SETTINGS
 DISTILLATION_CHOICES = ("none", "soft", "hard")
+DEFAULT_NUM_WORKERS = 4
+DEFAULT_WARMUP_EPOCHS = 5.0
+LOG_CHOICES = ("tensorboard", "wandb")  # deit.train.trackers
+# Layer-wise lr decay when fine-tuning an encoder pre-trained by masked-image modeling (deit
+# pretrain): the SimMIM authors' value for fine-tuning ViT-B. Other starts train every layer at one rate.
+MASKED_IMAGE_MODELING_LAYER_DECAY = 0.65
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @dataclass
 class TrainConfig:
-    # ---- model: a preset name (fresh weights) or a checkpoint to fine-tune from
+    # ---- model: a preset name (an architecture with fresh weights), or a checkpoint to fine-tune
+    # from (a folder, a weights file, or a Hub name with its owner: facebook/deit-...)
     model: str = "deit-tiny-distilled-patch16-224"
     image_size: int | None = None  # new resolution: position embeddings are resampled
     patch_size: int | None = None  # the tiny-model overrides below build a fresh model only
@@ -28,7 +43,7 @@ class TrainConfig:
     # ---- data
     data: str = "mnist5k"  # "mnist5k", an ImageFolder path, or "hf:PATH" (datasets.save_to_disk)
     val_data: str | None = None  # default: the "val" split of `data`
-    num_workers: int = 4
+    num_workers: int | None = None  # None: min(4, CPU cores - 1), see resolved_num_workers
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     crop_pct: float = 0.875  # eval transform: resize the shorter side to size / crop_pct, center crop
@@ -43,7 +58,7 @@ class TrainConfig:
     lr: float = 5e-4  # for a global batch of 512, scaled linearly
     min_lr: float = 1e-5
     warmup_lr: float = 1e-6
-    warmup_epochs: float = 5.0
+    warmup_epochs: float | None = None  # None: the authors' 5, at most a fifth of the run (resolved_warmup_epochs)
     lr_per_step: bool = False  # False: the lr changes at epoch boundaries, as in the authors' runs
     weight_decay: float = 0.05
     clip_grad: float | None = None
@@ -64,7 +79,7 @@ class TrainConfig:
     interpolation: str = "bicubic"
     repeated_aug: bool = True
     num_repeats: int = 3
-    model_ema: bool = True
+    model_ema: bool | None = None  # None: on when the run is long enough for the average to move (engine)
     model_ema_decay: float = 0.99996
 
     # ---- distillation
@@ -84,6 +99,7 @@ class TrainConfig:
 
     # ---- run
     output: str = "runs/train"
+    overwrite: bool = False  # start afresh in an output folder that holds a run (its files are replaced)
     resume: str | None = None  # a checkpoint file or folder; "auto": OUTPUT/checkpoint.pt
     seed: int = 0
     deterministic: bool = False
@@ -94,11 +110,33 @@ class TrainConfig:
     save_hf_every_epoch: bool = True  # `last/` in the Hugging Face layout after every epoch
     progress: bool = True
 
+    # ---- the switches of timm's train.py and the transformers Trainer
+    compile: str | None = None  # a torch.compile backend for the student and an online teacher ("inductor"); None: eager
+    layer_decay: float | None = None  # None: MASKED_IMAGE_MODELING_LAYER_DECAY from a `deit pretrain` checkpoint, else off
+    grad_checkpointing: bool = False  # recompute each block's activations in the backward pass (less memory, more time)
+    log: tuple[str, ...] = ()  # scalar logs of the run beside metrics.jsonl: "tensorboard", "wandb"
+    push_to_hub: str | None = None  # a Hub repository that last/ (with its model card) is uploaded to at the end
+
     @property
     def resolved_distillation_type(self) -> str:
         if self.distillation_type is not None:
             return self.distillation_type
         return "hard" if self.teacher else "none"
+
+    @property
+    def resolved_num_workers(self) -> int:
+        """``num_workers``, or by default up to 4 loader processes, leaving one core to the training process."""
+        if self.num_workers is not None:
+            return self.num_workers
+        return max(0, min(DEFAULT_NUM_WORKERS, usable_cpus() - 1))
+
+    @property
+    def resolved_warmup_epochs(self) -> float:
+        """``warmup_epochs``, or by default the authors' 5 epochs cut to whole epochs of at most a fifth
+        of the run: a warm-up as long as the run would train at warm-up rates throughout."""
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return float(min(DEFAULT_WARMUP_EPOCHS, self.epochs // 5))
 
     @property
     def uses_mixup(self) -> bool:
@@ -135,10 +173,17 @@ class TrainConfig:
                              "the only target of an image without a label, and --distillation-type none ignores them")
         if self.labels_per_class is not None and self.labels_per_class < 1:
             raise ValueError(f"labels_per_class must be at least 1, got {self.labels_per_class}")
-        if self.teacher_finetune_epochs < 0 or self.num_workers < 0 or self.checkpoint_every_steps < 0 or self.weight_decay < 0:
+        if self.warmup_epochs is not None and self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must not be negative, got {self.warmup_epochs}")
+        if self.teacher_finetune_epochs < 0 or self.resolved_num_workers < 0 or self.checkpoint_every_steps < 0 or self.weight_decay < 0:
             raise ValueError("teacher_finetune_epochs, num_workers, checkpoint_every_steps and weight_decay must not be negative")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError(f"clip_grad must be positive, got {self.clip_grad}")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        unknown_logs = [name for name in self.log if name not in LOG_CHOICES]
+        if unknown_logs:
+            raise ValueError(f"log must name some of {LOG_CHOICES}, got {', '.join(map(repr, unknown_logs))}")
         if self.stop_after_steps is not None and self.stop_after_steps < 1:
             raise ValueError(f"stop_after_steps must be at least 1, got {self.stop_after_steps}")
 
@@ -157,8 +202,8 @@ class TrainConfig:
 # Settings that may change between a run and its resumption without breaking exactness
 # of the remaining steps (where files go, how progress is shown, when to stop or checkpoint),
 # or that change only the speed and the floating-point rounding (fast_kernels: the same
-# matmuls on other kernels; the device likewise).
+# matmuls on other kernels; the device, compilation and activation checkpointing likewise).
 RESUMABLE_CHANGES = frozenset({
     "output", "resume", "progress", "num_workers", "stop_after_steps", "checkpoint_every_steps",
-    "save_hf_every_epoch", "device", "fast_kernels",
+    "save_hf_every_epoch", "device", "fast_kernels", "overwrite", "compile", "grad_checkpointing", "log", "push_to_hub",
 })

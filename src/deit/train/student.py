@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,21 @@ def _architecture_overrides(train: TrainConfig) -> dict:
 
 
 def is_preset(name: str) -> bool:
-    return not Path(name).exists() and name.split("/")[-1] in PRESETS
+    """A bare preset name (an architecture, fresh weights). A name with an owner
+    (``facebook/deit-tiny-...``) is a Hub repository: its weights are loaded, never replaced by fresh ones."""
+    return name in PRESETS and not Path(name).exists()
+
+
+def starts_from_masked_image_modeling(name: str) -> bool:
+    """Whether ``name`` is a local checkpoint saved by masked-image-modeling pre-training (``deit pretrain``)."""
+    path = Path(name)
+    config_file = (path if path.is_dir() else path.parent) / "config.json"
+    if is_preset(name) or not path.exists() or not config_file.is_file():
+        return False
+    import json
+
+    architectures = json.loads(config_file.read_text()).get("architectures") or [""]
+    return architectures[0].endswith("ForMaskedImageModeling")
 
 
 def student_image_size(train: TrainConfig) -> int:
@@ -44,7 +59,7 @@ def student_image_size(train: TrainConfig) -> int:
     if train.image_size is not None:
         return train.image_size
     if is_preset(train.model):
-        return PRESETS[train.model.split("/")[-1]]["image_size"]
+        return PRESETS[train.model]["image_size"]
     # A checkpoint's resolution is in its config.json, or (timm / original weights) only in the
     # tensors' shapes: the loader settles both, so ask it rather than a second reader.
     return load_source_model(train.model).config.image_size
@@ -53,7 +68,11 @@ def student_image_size(train: TrainConfig) -> int:
 def load_source_model(name_or_path: str) -> DeiTPreTrainedModel:
     from ..auto import AutoModelForImageClassification
 
-    return AutoModelForImageClassification.from_pretrained(name_or_path, torch_dtype=torch.float32)
+    # Only its body and (maybe) heads are taken; build_model tells which tensors are new, so the
+    # loader's warnings about this intermediate model would repeat or contradict it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return AutoModelForImageClassification.from_pretrained(name_or_path, torch_dtype=torch.float32)
 
 
 def build_student(train: TrainConfig, id2label: dict[int, str], log: Callable[[str], None] | None = None) -> DeiTPreTrainedModel:
@@ -90,6 +109,9 @@ def build_model(
         architecture["image_size"] = train.image_size
     if is_preset(train.model):
         config = DeiTConfig.from_preset(train.model, drop_path_rate=train.drop_path, **{**architecture, **settings})
+        if log is not None:
+            log(f"model: {train.model} is an architecture preset: RANDOM initial weights, training from scratch "
+                f"(to fine-tune released weights: --model facebook/{train.model} or a local checkpoint)")
         return model_class(config)(config)
 
     if set(architecture) - {"image_size"}:
@@ -109,7 +131,10 @@ def build_model(
         grid = config.image_size // config.patch_size
         with torch.no_grad():
             state[prefix + "embeddings.position_embeddings"] = source.backbone.embeddings.interpolated_position_embeddings(grid, grid).clone()
-    report = load_state_dict_into(model, state, source=train.model)
+    with warnings.catch_warnings():
+        if log is not None:  # the line below tells what is new; the loader's warnings would repeat it
+            warnings.simplefilter("ignore")
+        report = load_state_dict_into(model, state, source=train.model)
     if log is not None:
         new = report["missing_keys"] | {key for key, *_ in report["mismatched_keys"]}
         loaded = [k for k in model.state_dict() if k not in new]

@@ -8,6 +8,8 @@
 - ``timm:NAME`` (when timm is installed): ``timm.create_model(NAME, pretrained=False)`` + weights;
 - a TorchScript file (``.pt``, ``.ts``, ...: ``torch.jit.load``) or a ``torch.export`` file
   (``.pt2``: ``torch.export.load``);
+- ``hf:NAME_OR_DIR``: any ``transformers`` ``AutoModelForImageClassification`` checkpoint, fed by
+  its own ``preprocessor_config.json`` (mean, std, size; :mod:`deit.train.hf_teacher`);
 - ``module:callable``: the callable is imported and called without arguments and must return an
   ``nn.Module`` (``weights_path``, if given, is then loaded into it).
 
@@ -18,8 +20,15 @@ A torchvision/timm model is built with the class count found in the weights' cla
 batch (normalised with the student's mean/std, at the student's size) and converts it: undo the
 student's normalisation, apply the teacher's, resize (antialiased) to the teacher's input size
 when that is set and differs. The teacher's mean/std/size come from the arguments, else from the
-source (our ``preprocessor_config.json`` and ``config.json``; torchvision: ImageNet statistics;
-timm: the model's ``pretrained_cfg``; a ``.pt2`` file: its static input size), else the student's.
+source where the source knows what its weights were trained on (our ``preprocessor_config.json``
+and ``config.json``; a ``.pt2`` file: its static input size), else the student's: a torchvision
+or timm architecture with a weights file of the user's gets the student's batch as it is (as
+timm's ``train.py`` feeds its teacher), unless the architecture only takes its own input size.
+``teacher.input_description`` says which, and why.
+
+A teacher without weights (a torchvision/timm name without a weights file) is refused: random
+logits would teach noise. A teacher whose checkpoint names its classes exposes them as
+``teacher.class_names``; :meth:`Teacher.reorder_classes` puts its logits in the student's order.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PREPROCESSOR_CONFIG_NAME
+from .hf_teacher import HF_TEACHER_PREFIX, load_transformers_teacher
 
 __all__ = ["Teacher", "load_teacher", "adapt_teacher_head", "SmallConvNet", "logits_of"]
 
@@ -116,6 +126,9 @@ class Teacher(nn.Module):
         self.interpolation = interpolation
         self.name = name or type(model).__name__
         self.num_classes: int | None = None
+        self.class_names: list[str] | None = None  # in logit order, where the source names them
+        self.input_description = ""
+        self.register_buffer("class_order", None, persistent=False)
         self.training = False
 
     def train(self, mode: bool = True) -> Teacher:
@@ -136,7 +149,16 @@ class Teacher(nn.Module):
 
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Logits with autograd left as the caller has it (used to train an adapted head)."""
-        return logits_of(self.model(self.prepare(pixel_values)))
+        logits = logits_of(self.model(self.prepare(pixel_values)))
+        return logits if self.class_order is None else logits.index_select(-1, self.class_order)
+
+    def reorder_classes(self, names: Sequence[str]) -> None:
+        """Give the logits in the order of ``names`` (the same classes as ``class_names``, reordered)."""
+        if self.class_names is None or sorted(self.class_names) != sorted(names):
+            raise ValueError(f"teacher {self.name}: cannot reorder classes {self.class_names} to {list(names)}")
+        order = [self.class_names.index(name) for name in names]
+        self.class_order = torch.tensor(order, dtype=torch.long, device=self.scale.device)
+        self.class_names = list(names)
 
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -154,6 +176,10 @@ class _Loaded:
     std: Sequence[float] | None = None
     input_size: int | None = None
     probe_batch: int = 1
+    # Whether mean/std/input_size describe the loaded weights (our checkpoint's own files), rather
+    # than the architecture's usual ImageNet weights, which a weights file of the user's may not be.
+    describes_weights: bool = True
+    class_names: list[str] | None = None
 
 
 def output_linears(model: nn.Module, num_outputs: int | None = None) -> list[str]:
@@ -188,11 +214,14 @@ def _short(err: Exception, limit: int = 400) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
-def _no_weights_warning(spec: str) -> None:
-    warnings.warn(f"teacher {spec} has random weights: no weights file was given (--teacher-weights)", stacklevel=3)
+def _refuse_random_weights(spec: str) -> None:
+    raise ValueError(
+        f"teacher {spec} would have random weights (no --teacher-weights FILE): its logits would teach noise; "
+        "pass the weights it was trained with"
+    )
 
 
-def _from_torchvision(name: str, weights_path: str | None, num_classes: int | None) -> _Loaded:
+def _from_torchvision(name: str, weights_path: str | None) -> _Loaded:
     import torchvision
 
     known = torchvision.models.list_models(module=torchvision.models)
@@ -203,31 +232,28 @@ def _from_torchvision(name: str, weights_path: str | None, num_classes: int | No
         return torchvision.models.get_model(name, weights=None, num_classes=n)
 
     if weights_path is None:
-        _no_weights_warning(f"torchvision:{name}")
-        model = build(num_classes or 1000)
-    else:
-        model = _load_weights(build(1000), weights_path, build)
+        _refuse_random_weights(f"torchvision:{name}")
+    model = _load_weights(build(1000), weights_path, build)
     # Models with a fixed input size (vision transformers) say so; convnets take any size.
     size = getattr(model, "image_size", None)
-    return _Loaded(model, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, size if isinstance(size, int) else None)
+    return _Loaded(model, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, size if isinstance(size, int) else None, describes_weights=False)
 
 
-def _from_timm(name: str, weights_path: str | None, num_classes: int | None) -> _Loaded:
+def _from_timm(name: str, weights_path: str | None) -> _Loaded:
     try:
         import timm
     except ImportError:
         raise ValueError(f"timm:{name}: timm is not installed (pip install timm)") from None
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes if weights_path is None else None)  # None: timm's default
+        model = timm.create_model(name, pretrained=False)
     except RuntimeError as err:  # timm's "Unknown model"
         raise ValueError(f"timm:{name}: {err}") from None
     if weights_path is None:
-        _no_weights_warning(f"timm:{name}")
-    else:
-        model = _load_weights(model, weights_path, lambda n: timm.create_model(name, pretrained=False, num_classes=n))
+        _refuse_random_weights(f"timm:{name}")
+    model = _load_weights(model, weights_path, lambda n: timm.create_model(name, pretrained=False, num_classes=n))
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = cfg.get("input_size")
-    return _Loaded(model, cfg.get("mean"), cfg.get("std"), int(size[-1]) if size else None)
+    return _Loaded(model, cfg.get("mean"), cfg.get("std"), int(size[-1]) if size else None, describes_weights=False)
 
 
 def _from_our_checkpoint(path: Path) -> _Loaded:
@@ -240,7 +266,9 @@ def _from_our_checkpoint(path: Path) -> _Loaded:
     if processor_file.is_file():
         settings = json.loads(processor_file.read_text())
         mean, std = settings.get("image_mean"), settings.get("image_std")
-    return _Loaded(model, mean, std, model.config.image_size)
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    generic = all(re.fullmatch(r"LABEL_\d+", name) for name in names)  # no names: the default labels
+    return _Loaded(model, mean, std, model.config.image_size, class_names=None if generic else names)
 
 
 def _from_export(path: Path) -> _Loaded:
@@ -290,11 +318,15 @@ def _from_callable(spec: str, weights_path: str | None) -> _Loaded:
     return _Loaded(model)
 
 
-def _load(spec: str, weights_path: str | None, num_classes: int | None) -> _Loaded:
+def _load(spec: str, weights_path: str | None) -> _Loaded:
+    if spec.startswith(HF_TEACHER_PREFIX):
+        if weights_path is not None:
+            raise ValueError(f"teacher {spec}: --teacher-weights does not apply to an hf: checkpoint (its weights are in it)")
+        return _Loaded(**load_transformers_teacher(spec.removeprefix(HF_TEACHER_PREFIX)))
     if spec.startswith("torchvision:"):
-        return _from_torchvision(spec.partition(":")[2], weights_path, num_classes)
+        return _from_torchvision(spec.partition(":")[2], weights_path)
     if spec.startswith("timm:"):
-        return _from_timm(spec.partition(":")[2], weights_path, num_classes)
+        return _from_timm(spec.partition(":")[2], weights_path)
     path = Path(spec)
     if path.exists():
         if weights_path is not None:
@@ -308,7 +340,7 @@ def _load(spec: str, weights_path: str | None, num_classes: int | None) -> _Load
         raise ValueError(f"teacher {spec}: unknown file type (expected a checkpoint folder, .safetensors/.bin/.pth, .pt TorchScript or .pt2 torch.export)")
     if _MODULE_CALLABLE.match(spec):
         return _from_callable(spec, weights_path)
-    raise FileNotFoundError(f"teacher {spec}: no such file or folder, and not torchvision:NAME, timm:NAME or module:callable")
+    raise FileNotFoundError(f"teacher {spec}: no such file or folder, and not hf:NAME, torchvision:NAME, timm:NAME or module:callable")
 
 
 def load_teacher(
@@ -327,38 +359,66 @@ def load_teacher(
 ) -> Teacher:
     """Load, wrap and check a teacher (see the module docstring for ``spec``).
 
-    A dry forward on a blank batch (at ``input_size``, else ``student_input_size``, else 224)
-    reads the teacher's class count (``teacher.num_classes``); a count other than ``num_classes``
-    raises ValueError. ``num_classes=None`` skips the check, for a teacher whose head
-    :func:`adapt_teacher_head` will replace. ``num_classes`` also sizes the (random) classifier of
-    a torchvision/timm teacher built without weights.
+    The teacher's input: ``input_size``/``mean``/``std`` when given; else what our checkpoint (or a
+    ``.pt2`` file) says its weights were trained on; else the student's batch as it is (a
+    torchvision/timm architecture with the user's weights file, whose training size and statistics
+    are unknown), resized to the architecture's own size only when it refuses the student's.
+    ``teacher.input_description`` says which. A dry forward on a blank batch reads the teacher's
+    class count (``teacher.num_classes``); a count other than ``num_classes`` raises ValueError.
+    ``num_classes=None`` skips the check, for a teacher whose head :func:`adapt_teacher_head` will replace.
     """
-    loaded = _load(spec, weights_path, num_classes)
-    teacher = Teacher(
-        loaded.model,
-        student_mean=student_mean,
-        student_std=student_std,
-        mean=mean if mean is not None else loaded.mean,
-        std=std if std is not None else loaded.std,
-        input_size=input_size if input_size is not None else loaded.input_size,
-        interpolation=interpolation,
-        name=spec,
-    ).to(device)
-    probe_size = teacher.input_size or student_input_size or 224
-    probe = torch.zeros(loaded.probe_batch, 3, probe_size, probe_size, device=device)
-    try:
-        teacher.num_classes = int(teacher(probe).shape[-1])
-    except Exception as err:  # whatever the foreign model raises, say what was tried
-        raise ValueError(
-            f"teacher {spec} failed on a {probe_size}x{probe_size} input ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-            "set the teacher's input size (--teacher-input-size)"
-        ) from None
+    loaded = _load(spec, weights_path)
+    known_stats = loaded.describes_weights and loaded.mean is not None and loaded.std is not None
+    if mean is not None or std is not None:
+        stats_why = "--teacher-mean/--teacher-std"
+    elif known_stats:
+        stats_why = "its checkpoint's preprocessor_config.json"
+    else:
+        stats_why = "the student's" + ("" if loaded.describes_weights else ": the weights file's are unknown")
+    mean = mean if mean is not None else (loaded.mean if known_stats else None)
+    std = std if std is not None else (loaded.std if known_stats else None)
+    # Sizes to try in turn (None: the student's batch as it is), with why each is used.
+    if input_size is not None:
+        sizes = [(input_size, "--teacher-input-size")]
+    elif loaded.describes_weights and loaded.input_size is not None:
+        sizes = [(loaded.input_size, "the size its checkpoint was trained at")]
+    else:
+        sizes = [(None, "the student's batch as it is" + ("" if loaded.describes_weights else
+                 ": the weights file's training size is unknown (timm's train.py feeds its teacher the same)"))]
+        if loaded.input_size is not None:
+            sizes.append((loaded.input_size, f"the only size {spec} takes (it fails on the student's)"))
+    for attempt, (size, size_why) in enumerate(sizes, 1):
+        teacher = Teacher(
+            loaded.model, student_mean=student_mean, student_std=student_std, mean=mean, std=std,
+            input_size=size, interpolation=interpolation, name=spec,
+        ).to(device)
+        probe_size = size or student_input_size or 224
+        probe = torch.zeros(loaded.probe_batch, 3, probe_size, probe_size, device=device)
+        try:
+            teacher.num_classes = int(teacher(probe).shape[-1])
+            break
+        except Exception as err:  # whatever the foreign model raises, say what was tried
+            if attempt == len(sizes):
+                raise ValueError(
+                    f"teacher {spec} failed on a {probe_size}x{probe_size} input ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                    "set the teacher's input size (--teacher-input-size)"
+                ) from None
+    shown = f"{probe_size}x{probe_size} px"
+    t_mean, t_std = (mean, std) if mean is not None and std is not None else (student_mean, student_std)
+    teacher.input_description = (
+        f"teacher {spec}: input {shown} ({size_why}); normalisation mean {_fmt(t_mean)} std {_fmt(t_std)} ({stats_why})"
+    )
+    teacher.class_names = loaded.class_names
     if num_classes is not None and teacher.num_classes != num_classes:
         raise ValueError(
             f"teacher {spec} predicts {teacher.num_classes} classes but the data set has {num_classes}; "
             "use a teacher trained on these classes, or adapt its head first with --teacher-finetune-epochs N"
         )
     return teacher
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{float(v):.3g}" for v in values) + ")"
 
 
 # ----------------------------------------------------------------------- head adaptation
@@ -405,6 +465,7 @@ def adapt_teacher_head(
             f"teacher {teacher.name}: no nn.Linear layer with {teacher.num_classes} outputs to replace "
             "(torch.export and TorchScript teachers cannot be adapted; export one with the right class count)"
         )
+    teacher.class_order = None  # the new heads predict the data's classes in the data's order
     heads = []
     for name in names:
         old = teacher.model.get_submodule(name)
@@ -434,6 +495,7 @@ def adapt_teacher_head(
     for p in params:
         p.requires_grad_(False)
     teacher.num_classes = num_classes
+    teacher.class_names = None  # a new head: its classes are the data's, in the data's order
     return teacher
 
 

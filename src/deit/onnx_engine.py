@@ -1,0 +1,203 @@
+"""ONNX Runtime as the engine behind :func:`deit.optimize`, in float32 and in int8.
+
+The graph ONNX Runtime runs is the inference model's own computation
+(:class:`deit.optimize.InferenceModel` on PyTorch's default kernels), exported once, so it keeps
+the savings that a graph exported from the model itself lacks: query, key and value are one
+matmul with the softmax scale folded into the query rows, and the last block computes its
+attention output, residual and MLP only for the rows of the tokens the heads read ([CLS] and
+[DIST]), not for all 198. ONNX Runtime then fuses and schedules that graph with its own CPU
+kernels (MLAS), which on some CPUs beat PyTorch's (BENCHMARKS.md).
+
+``int8``: ONNX Runtime's dynamic quantization of that graph. The weights of the matmuls are
+int8, one scale per output channel (symmetric; 7 bits on CPUs without VNNI, see
+:func:`_has_vnni`); each call quantizes the matmuls' inputs to uint8 with one scale and zero
+point per tensor, from the tensor's own range (no calibration data).
+Kept in float32, by choice:
+
+* the patch embedding (a convolution on the normalised pixels): the first layer, whose rounding
+  error every later layer carries, and about 1 % of the work;
+* the heads ([CLS] and [DIST] classifiers): their error lands in the logits unfiltered, and on
+  one or two rows they cost nothing;
+* attention's own two products (queries x keys, probabilities x values): both operands are
+  activations, with no weight to quantize ahead of time;
+* LayerNorm, softmax, GELU and the residual additions: element-wise work in float32, as
+  quantized transformers keep it.
+
+The session is built once, when :func:`deit.optimize` is called, and lives in the returned model
+(in memory); ``cache_dir`` also keeps the ONNX file(s) there and reuses them on the next call with
+the same weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .io import atomic_path
+from .modeling import DeiTForImageClassification, DeiTForImageClassificationWithTeacher, DeiTPreTrainedModel, check_pixel_values
+from .optimize import InferenceModel
+
+__all__ = ["onnxruntime_available", "onnxruntime_session", "quantize_int8", "OnnxRuntimeModel", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "int8")
+
+
+def onnxruntime_available() -> bool:
+    """Whether ONNX Runtime and the ONNX exporter's needs are installed (``pip install deit[onnx]``)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _TokensGraph(nn.Module):
+    """The inference model's body with a tensor-only signature: pixel values in, the final
+    LayerNorm's output for the tokens the heads read out (batch, heads, hidden). The heads run
+    after the session, in PyTorch (float32 in every precision, and one or two rows: nothing to gain)."""
+
+    def __init__(self, inference: InferenceModel) -> None:
+        super().__init__()
+        self.inference = inference
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.inference.encode(pixel_values, last_tokens=len(self.inference.heads))[0]
+
+
+def _export(inference: InferenceModel, path: Path) -> None:
+    """The inference model (PyTorch's default kernels) as an ONNX file with a dynamic batch axis.
+    TorchScript tracing: a few seconds for DeiT-B, where the dynamo exporter takes tens."""
+    config = inference.config
+    example = torch.randn(1, config.num_channels, config.image_size, config.image_size)
+    graph = _TokensGraph(inference).eval()
+    # Tracing warns of every Python value it records (the token counts: constants here), and that
+    # the TorchScript exporter is the older one: the newer one cannot see through the registered
+    # attention op, and takes several times longer.
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(graph, (example,), str(path), input_names=["pixel_values"], output_names=["tokens"],
+                          dynamic_axes={"pixel_values": {0: "batch"}, "tokens": {0: "batch"}}, opset_version=17, dynamo=False)
+
+
+def quantize_int8(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """``source`` with its weight matmuls in int8 (see the module docstring), written to ``target``.
+    Also for the file ``deit export --onnx`` writes: there the heads are Gemm nodes, which stay
+    float32 as the patch embedding's Conv does (only MatMul nodes are quantized)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(source)).graph
+    weights = {init.name for init in graph.initializer}
+    # Only matmuls by a weight: attention's products of two activations stay float32 (the
+    # patch embedding is a Conv, the heads are not in the graph).
+    activation_products = [node.name for node in graph.node if node.op_type == "MatMul" and not weights.intersection(node.input)]
+    quantize_dynamic(str(source), str(target), per_channel=True, weight_type=QuantType.QInt8, reduce_range=not _has_vnni(),
+                     op_types_to_quantize=["MatMul"], nodes_to_exclude=activation_products)
+
+
+def _has_vnni() -> bool:
+    """Whether the CPU has a VNNI dot product (AVX-512 VNNI or AVX-VNNI), which accumulates
+    uint8 x int8 products in int32. Without it ONNX Runtime's uint8 x int8 kernel adds pairs of
+    products in int16 with saturation (VPMADDUBSW), which on DeiT-S's activations clipped enough to
+    move the largest logit error from 0.03 to 0.14: there the weights use 7 bits (``reduce_range``),
+    which cannot saturate, at the same speed."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def _weights_digest(inference: InferenceModel) -> str:
+    """A digest of the weights and the graph's settings: the name of its cached ONNX file."""
+    digest = hashlib.sha256(f"{inference.source_class.__name__}|{inference.config.to_json_string()}".encode())
+    for name, tensor in inference.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _graph_file(inference: InferenceModel, precision: str, folder: Path) -> Path:
+    """The ONNX file of ``inference`` in ``precision`` inside ``folder``, written there unless it is already."""
+    stem = f"deit-{_weights_digest(inference)}"
+    fp32, int8 = folder / f"{stem}.onnx", folder / f"{stem}-int8.onnx"
+    if not fp32.exists():
+        with atomic_path(fp32) as tmp:
+            _export(inference, tmp)
+    if precision == "int8" and not int8.exists():
+        with atomic_path(int8) as tmp:
+            quantize_int8(fp32, tmp)
+    return int8 if precision == "int8" else fp32
+
+
+def onnxruntime_session(path: str | os.PathLike, threads: int | None = None) -> Any:
+    """A CPU session of the ONNX file at ``path`` on ``threads`` threads (default: PyTorch's),
+    with every graph optimization of ONNX Runtime."""
+    import onnxruntime
+
+    path, threads = Path(path), threads or torch.get_num_threads()
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return onnxruntime.InferenceSession(path.read_bytes(), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxRuntimeModel(InferenceModel):
+    """:class:`~deit.optimize.InferenceModel` whose plain calls (``pixel_values``, ``return_dict``)
+    run in an ONNX Runtime session of its graph, in ``precision`` ``"fp32"`` or ``"int8"``.
+
+    In float32 the arguments the graph does not take (``output_hidden_states``,
+    ``interpolate_pos_encoding``, ``last_layer_tokens``) run on PyTorch's kernels, with the same
+    weights; in int8 they raise an error (they would silently change precision). Classifiers
+    only: a bare ``DeiTModel`` returns every token, which leaves ONNX Runtime nothing to save.
+    """
+
+    def __init__(self, model: DeiTPreTrainedModel, precision: str = "fp32", threads: int | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"the ONNX Runtime engine runs one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if not isinstance(model, (DeiTForImageClassification, DeiTForImageClassificationWithTeacher)):
+            raise TypeError(f"the ONNX Runtime engine serves the classification models, not {type(model).__name__}: "
+                            "use deit.optimize(model, backend='torch')")
+        if not onnxruntime_available():
+            raise ImportError("the ONNX Runtime engine needs onnx and onnxruntime: pip install 'deit[onnx]'")
+        super().__init__(model.float() if model.dtype != torch.float32 else model, torch.float32, linear_kernel="default")
+        self.precision = precision
+        self.threads = threads or torch.get_num_threads()
+        if cache_dir is not None:
+            folder = Path(cache_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            self.session = onnxruntime_session(_graph_file(self, precision, folder), self.threads)
+        else:
+            with tempfile.TemporaryDirectory() as folder:
+                self.session = onnxruntime_session(_graph_file(self, precision, Path(folder)), self.threads)
+
+    def forward(self, pixel_values: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        arguments = self._arguments(pixel_values, args, kwargs) if args or kwargs else {}
+        unserved = [name for name in ("output_hidden_states", "interpolate_pos_encoding", "last_layer_tokens") if arguments.get(name)]
+        if unserved or self.config.output_hidden_states:
+            if self.precision == "int8":
+                raise ValueError(f"the int8 model deit.optimize returns does not take {', '.join(unserved) or 'output_hidden_states'}=...: "
+                                 "use the float32 model (deit.optimize(model)) or the original model")
+            return super().forward(pixel_values, *args, **kwargs)
+        check_pixel_values(self.config, pixel_values, False)
+        if torch.is_grad_enabled() and pixel_values.requires_grad:
+            raise RuntimeError("the model deit.optimize returns computes no gradients; use the original model for them")
+        if pixel_values.device.type != "cpu":
+            raise RuntimeError(f"the model deit.optimize returns runs on the CPU, got pixel_values on {pixel_values.device}")
+        feed = {"pixel_values": pixel_values.detach().float().contiguous().numpy()}
+        tokens = torch.from_numpy(self.session.run(["tokens"], feed)[0])
+        return_dict = arguments.get("return_dict")
+        return self.classify(tokens, None, self.config.return_dict if return_dict is None else return_dict)
