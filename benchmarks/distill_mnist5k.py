@@ -57,7 +57,7 @@ from deit.bench.timing import cpu_name
 from deit.io import atomic_path, atomic_write_text
 from deit.train.engine import Trainer, fit, run_trainer
 from deit.train.recipe import TrainConfig
-from deit.train.mnist5k_recipe import (
+from deit.demo.recipe import (
     SEMI_EPOCHS, SEMI_TEACHER_EPOCHS, STUDENT_EPOCHS, TEACHER_EPOCHS, ClassBalancedSubset, describe_recipe, head_accuracies, labels_only_data,
     load_data, student_config, train_teacher,
 )
@@ -128,7 +128,7 @@ def result_file(out: str, budget: int | str, method: str | None = None, seed: in
 def load_teacher(out: str, budget: int | str) -> torch.nn.Module:
     from safetensors.torch import load_file
 
-    from deit.train.teacher import SmallConvNet
+    from deit.demo.teacher import SmallConvNet
 
     teacher = SmallConvNet(num_classes=10, in_channels=3)
     teacher.load_state_dict(load_file(str(teacher_file(out, budget))))
@@ -438,7 +438,7 @@ def main() -> int:
             f"Command: `{command}`\n\nMachine: {machine}; wall time {elapsed / 60:.1f} min (the runs themselves: "
             f"{run_minutes:.0f} min, summed over runs{', some of them saved by earlier invocations' if args.reuse else ''}). "
             f"Accuracy vs labels: `{plot}`.\n\n"
-            f"Recipe ({Path('src/deit/train/mnist5k_recipe.py')}): {describe_recipe()}. Every student: {args.epochs} epochs of "
+            f"Recipe ({Path('src/deit/demo/recipe.py')}): {describe_recipe()}. Every student: {args.epochs} epochs of "
             f"{IMAGES_PER_EPOCH} images (the labelled images repeated where a method uses no others); teacher "
             f"{args.teacher_epochs} epochs on 40 labelled images per class, scaled to as many images seen at the other budgets. "
             "Distillation alpha 0.5, tau 1.\n\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deit.train.data import Mnist5k
-from deit.train.mnist5k_recipe import ClassBalancedSubset
+from deit.demo.recipe import ClassBalancedSubset
 
 
 def test_subset_takes_the_first_images_of_every_class_in_order():

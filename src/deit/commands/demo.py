@@ -30,7 +30,7 @@ QUICK_EPOCHS = 1
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="few labels, many images without: a teacher and a DeiT student with and without distillation on mnist5k")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    # The defaults live with the recipe (train/mnist5k_recipe.py); importing it here would load torch for every --help.
+    # The defaults live with the recipe (deit/demo/recipe.py); importing it here would load torch for every --help.
     p.add_argument("--epochs", type=int, help=f"student epochs per run (default: the recipe's; {QUICK_EPOCHS} with --quick)")
     p.add_argument("--teacher-epochs", type=int, help=f"teacher epochs (default: the recipe's; {QUICK_EPOCHS} with --quick)")
     p.add_argument("--labels-per-class", type=int,
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.checkpointing import save_hf_model
     from ..train.engine import fit
     from ..train.metrics import plot_curves
-    from ..train.mnist5k_recipe import (
+    from ..demo.recipe import (
         SEMI_EPOCHS, SEMI_LABELS_PER_CLASS, SEMI_TEACHER_EPOCHS, ClassBalancedSubset, head_accuracies, load_data, student_config,
         train_student_quietly, train_teacher,
     )

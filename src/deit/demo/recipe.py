@@ -35,7 +35,7 @@ where it differs from the ImageNet recipe of Touvron et al. (2021), and why:
 - **PyTorch's own kernels** (``fast_kernels="off"``, where ``auto`` could put the Linear layers
   on oneDNN): at 96 wide and 18 tokens the matmuls are too small for the oneDNN
   autograd path to pay; it was slower (120 steps: 7.4 s against 5.9 s, alternated 3 times).
-- **teacher**: :class:`~deit.train.teacher.SmallConvNet`, trained on the same images and
+- **teacher**: :class:`~deit.demo.teacher.SmallConvNet`, trained on the same images and
   augmentation for ``TEACHER_EPOCHS`` (AdamW, one-cycle cosine): 98.5 %, 3 epochs gave 97.8 %.
 """
 
@@ -52,11 +52,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
-from .engine import fit
-from .epoch_order import seed_everything
-from .loaders import build_datasets
-from .optim import scaled_lr
-from .recipe import TrainConfig
+from ..train.engine import fit
+from ..train.epoch_order import seed_everything
+from ..train.loaders import build_datasets
+from ..train.optim import scaled_lr
+from ..train.recipe import TrainConfig
 
 MNIST_MEAN = (0.1307, 0.1307, 0.1307)
 MNIST_STD = (0.3081, 0.3081, 0.3081)
@@ -114,7 +114,7 @@ class ClassBalancedSubset(Subset):
     """
 
     def __init__(self, dataset: Dataset, per_class: int) -> None:
-        from .partial_labels import first_per_class
+        from ..train.partial_labels import first_per_class
 
         targets: list[int] = list(dataset.targets)
         self.classes = list(dataset.classes)
