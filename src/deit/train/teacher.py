@@ -479,6 +479,10 @@ def adapt_teacher_head(
         total_loss, correct, seen = 0.0, 0, 0
         for images, targets in train_loader:
             images, targets = images.to(device), targets.to(device)
+            if targets.ndim == 1:  # images without a label (partly labelled data, label -1) do not train the head
+                images, targets = images[targets >= 0], targets[targets >= 0]
+                if not len(targets):
+                    continue
             with torch.enable_grad():
                 logits = teacher.logits(images)
                 loss = F.cross_entropy(logits, targets)
