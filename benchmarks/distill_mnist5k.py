@@ -438,9 +438,9 @@ def main() -> int:
             f"Command: `{command}`\n\nMachine: {machine}; wall time {elapsed / 60:.1f} min (the runs themselves: "
             f"{run_minutes:.0f} min, summed over runs{', some of them saved by earlier invocations' if args.reuse else ''}). "
             f"Accuracy vs labels: `{plot}`.\n\n"
-            f"Recipe ({Path('src/deit/demo/recipe.py')}): {describe_recipe()}. Every student: {args.epochs} epochs of "
+            f"Recipe ({Path('src/deit/demo/recipe.py')}): {describe_recipe(teacher_epochs=args.teacher_epochs)} (at 40 labels per class). Every student: {args.epochs} epochs of "
             f"{IMAGES_PER_EPOCH} images (the labelled images repeated where a method uses no others); teacher "
-            f"{args.teacher_epochs} epochs on 40 labelled images per class, scaled to as many images seen at the other budgets. "
+            f"{args.teacher_epochs} epochs at 40 labelled images per class, scaled to as many images seen at the other budgets. "
             "Distillation alpha 0.5, tau 1.\n\n"
             f"{report}\n"
         )
