@@ -94,7 +94,7 @@ class TrainConfig:
     teacher_finetune_epochs: int = 0
     teacher_finetune_lr: float = 1e-3
     # On unlabelled images the DIST head learns the teacher's target; this also trains the CLS head
-    # on the teacher's hard label there. Off by default: see deit.train.partial_labels for the measurement.
+    # on the teacher's hard label there. Off by default: deit.train.partial_labels says why (measured).
     unlabeled_cls_teacher: bool = False
 
     # ---- run
