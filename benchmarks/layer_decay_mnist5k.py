@@ -21,8 +21,8 @@ import torch
 from deit.commands.pretrain_demo import DEFAULT_FINETUNE_EPOCHS, DEFAULT_PRETRAIN_EPOCHS
 from deit.train.engine import fit
 from deit.train.loaders import build_datasets
-from deit.train.mnist5k_recipe import ClassBalancedSubset, load_data
-from deit.train.pretrain_mnist5k import LABELLED_PER_CLASS, finetune_config, pretrain_config
+from deit.demo.recipe import ClassBalancedSubset, load_data
+from deit.demo.pretrain import LABELLED_PER_CLASS, finetune_config, pretrain_config
 from deit.train.pretraining import pretrain
 
 

@@ -2,7 +2,7 @@
 
 Per seed: pre-train the demo's DeiT student on the 4,000 training digits without labels, fine-tune
 it on 40 labelled digits per class, and train the same student from scratch on the same digits
-with the same recipe and epochs (``deit.train.pretrain_mnist5k.compare``). Prints a markdown
+with the same recipe and epochs (``deit.demo.pretrain.compare``). Prints a markdown
 table and, with ``--markdown``, writes it with the command.
 
     .venv/bin/python benchmarks/pretrain_mnist5k.py --markdown benchmarks/pretrain_mnist5k.md
@@ -19,7 +19,7 @@ import torch
 from seed_report import add_run_arguments, mean_std, write_report
 
 from deit.commands.pretrain_demo import DEFAULT_FINETUNE_EPOCHS, DEFAULT_PRETRAIN_EPOCHS
-from deit.train.pretrain_mnist5k import LABELLED_PER_CLASS, MASK_PATCH_SIZE, PATCH_SIZE, compare
+from deit.demo.pretrain import LABELLED_PER_CLASS, MASK_PATCH_SIZE, PATCH_SIZE, compare
 
 
 def main() -> int:

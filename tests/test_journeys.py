@@ -25,6 +25,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import deit
+from deit.bench.photos import photo_variants
 from deit.probes import fast_kernels_available
 from deit.train import checkpointing
 
@@ -36,6 +37,10 @@ TRAIN_IMAGES, VAL_IMAGES = 4 * len(CLASSES), 2 * len(CLASSES)
 FAST_KERNELS = "on" if fast_kernels_available() else "off"
 QUICK_TRAIN = ("--epochs", "1", "--batch-size", "1", "--num-workers", "0", "--no-progress", "--device", "cpu",
                "--checkpoint-every-steps", "1", "--deterministic", "--fast-kernels", FAST_KERNELS)
+
+# A preset is 224 px: a tiny width, depth, head count and patch size, and a small input.
+PRESET_STUDENT = ("--model", "deit-tiny-distilled-patch16-224", "--hidden-size", "32", "--depth", "1", "--heads", "2",
+                  "--patch-size", "8", "--image-size", str(IMAGE_SIZE))
 
 needs_script = pytest.mark.skipif(console_script() is None, reason="no deit console script next to this Python; pip install -e . installs it")
 
@@ -209,9 +214,7 @@ def train_sources(workspace, hf_checkpoint) -> dict[str, tuple[list[str], dict]]
     pth_file = save_original_pth(workspace / "original-vit.pth", tiny_timm(distilled=False))
     timm_body = {"hidden_size": 192, "num_hidden_layers": 1, "model_type": "deit"}
     return {
-        # A preset is 224 px: a tiny width, depth, head count and patch size, and a small input.
-        "preset": (["--model", "deit-tiny-distilled-patch16-224", "--hidden-size", "32", "--depth", "1", "--heads", "2",
-                    "--patch-size", "8", "--image-size", str(IMAGE_SIZE)], {"hidden_size": 32, "num_hidden_layers": 1, "model_type": "deit"}),
+        "preset": (list(PRESET_STUDENT), {"hidden_size": 32, "num_hidden_layers": 1, "model_type": "deit"}),
         # The checkpoints are trained at their own resolution: no --image-size (issue 12, item 1.2).
         "hf-folder": (["--model", str(hf_checkpoint)], {"hidden_size": 32, "num_hidden_layers": 2, "model_type": "deit"}),
         "timm-safetensors": (["--model", str(timm_file)], timm_body),
@@ -302,6 +305,51 @@ def test_train_resumed_after_sigkill_ends_with_the_uninterrupted_weights(workspa
     assert all(torch.equal(final_whole[k], final_resumed[k]) for k in final_whole)
     metrics = [[json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] for out in (whole_output, output)]
     assert [m["val_acc1"] for m in metrics[0]] == [m["val_acc1"] for m in metrics[1]]
+
+
+@pytest.fixture(scope="module")
+def unlabelled_folder(workspace) -> Path:
+    """Photo variants without labels, in nested folders (searched recursively)."""
+    folder = workspace / "unlabelled"
+    for index, image in enumerate(photo_variants(5, seed=99, long_side=(40, 64))):
+        path = folder / f"batch{index % 2}" / "inner" / f"photo{index}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, quality=90)
+    return folder
+
+
+@needs_script
+def test_train_with_few_labels_and_unlabelled_images(workspace, image_folder, hf_checkpoint, unlabelled_folder):
+    """``--labels-per-class 2`` keeps 2 labels per class and moves the other training images into
+    the unlabelled pool, ``--unlabeled`` adds a folder of images; all of them train the student,
+    the ones without labels through the teacher (here a checkpoint of our own)."""
+    output = workspace / "train-unlabelled"
+    proc = run_deit("train", *PRESET_STUDENT, "--data", image_folder, "--output", output, *QUICK_TRAIN,
+                    "--teacher", hf_checkpoint, "--labels-per-class", "2", "--unlabeled", unlabelled_folder)
+    assert proc.returncode == 0, proc.stderr
+    labelled = 2 * len(CLASSES)
+    assert f"training images: {labelled} with labels, {TRAIN_IMAGES - labelled + 5} without (learned from the teacher)" in proc.stdout
+    history = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert history[0]["global_step"] == TRAIN_IMAGES + 5 and math.isfinite(history[0]["train_loss"])
+    assert checkpointing.load_checkpoint(output)["config"]["unlabeled"] == str(unlabelled_folder)
+    trained = deit.AutoModelForImageClassification.from_pretrained(output / "last")
+    assert [trained.config.id2label[i] for i in range(trained.config.num_labels)] == list(CLASSES)
+
+
+@needs_script
+@pytest.mark.parametrize("case", ["no teacher", "empty folder"])  # the other errors: tests/train/test_partial_labels.py
+def test_train_with_unlabelled_images_refuses_bad_settings(workspace, image_folder, hf_checkpoint, unlabelled_folder, case):
+    empty = workspace / "empty-unlabelled"
+    (empty / "sub").mkdir(parents=True, exist_ok=True)
+    teacher = ["--teacher", str(hf_checkpoint)]
+    args, message = {
+        "no teacher": (["--unlabeled", str(unlabelled_folder)], f"--unlabeled {unlabelled_folder} needs a teacher (--teacher)"),
+        "empty folder": ([*teacher, "--unlabeled", str(empty)], f"{empty}: no images"),
+    }[case]
+    output = workspace / f"train-refused-{case.replace(' ', '-')}"
+    proc = run_deit("train", *PRESET_STUDENT, "--data", image_folder, "--output", output, *QUICK_TRAIN, *args)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert not (output / checkpointing.CHECKPOINT_NAME).exists()
 
 
 # ------------------------------------------------------------------ convert
@@ -427,10 +475,13 @@ def test_demo_quick(workspace):
     out = workspace / "demo"
     proc = run_deit("demo", "--quick", "--out", out, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "| student, hard distillation |" in proc.stdout and "| student, no distillation |" in proc.stdout
+    # 30 training images per class, 3 of them labelled: the teacher and the labels-only student see 30 labels.
+    assert "| teacher (SmallConvNet, 30 labelled images) |" in proc.stdout
+    assert "| student, no distillation, 30 labelled images |" in proc.stdout
+    assert "| student, hard distillation, 30 labelled + 270 unlabelled images |" in proc.stdout
     results = json.loads((out / "results.json").read_text())
-    assert 0 <= results["teacher_acc1"] <= 100
-    assert set(results["students"]) == {"no distillation", "hard distillation"}
+    assert 0 <= results["teacher_acc1"] <= 100 and (results["train_images"], results["labelled_images"]) == (300, 30)
+    assert set(results["students"]) == {"no distillation, 30 labelled images", "hard distillation, 30 labelled + 270 unlabelled images"}
     for heads in results["students"].values():
         assert set(heads) == {"cls", "dist", "avg"} and all(0 <= v <= 100 for v in heads.values())
     assert (out / "curves.png").stat().st_size > 0

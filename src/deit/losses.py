@@ -101,17 +101,23 @@ class StudentCriterion(nn.Module):
     Logits are promoted to float32 first, so mixed-precision runs compute the loss in full precision.
     """
 
-    def __init__(self, base_criterion: nn.Module, distillation: DistillationLoss | None = None) -> None:
+    def __init__(self, base_criterion: nn.Module, distillation: DistillationLoss | None = None, *, distil_class_token: bool = False) -> None:
         super().__init__()
         self.base_criterion = base_criterion
         self.distillation = distillation
+        # A model with one head learns both the labels and the teacher on it (the paper's
+        # "no distillation token" ablation) instead of being refused.
+        self.distil_class_token = distil_class_token
 
     def forward(self, outputs: object, target: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
         distillation_logits = getattr(outputs, "distillation_logits", None)
         if distillation_logits is None:
-            if self.distillation is not None:
+            if self.distillation is None:
+                return self.base_criterion(outputs.logits.float(), target)
+            if not self.distil_class_token:
                 raise ValueError("distillation needs a student with a distillation token (a DeiT '-distilled' model)")
-            return self.base_criterion(outputs.logits.float(), target)
+            logits = outputs.logits.float()
+            return self.distillation(logits, logits, target, None if teacher_logits is None else teacher_logits.float())
         cls_logits, distillation_logits = outputs.cls_logits.float(), distillation_logits.float()
         if self.distillation is None:
             return (self.base_criterion(cls_logits, target) + self.base_criterion(distillation_logits, target)) / 2

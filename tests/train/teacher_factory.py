@@ -1,6 +1,6 @@
 """Factories for the ``module:callable`` teacher spec in test_teacher.py."""
 
-from deit.train.teacher import SmallConvNet
+from deit.demo.teacher import SmallConvNet
 
 
 def make_teacher():

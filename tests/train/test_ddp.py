@@ -60,6 +60,8 @@ WORKER = textwrap.dedent(
 OBJECTIVES = {
     "classification": ("fit_helpers", "tiny_config", "deit.train.engine", "fit", ("val_acc1", "val_acc1_cls", "val_acc1_dist", "ema_acc1"), 0.0),
     "pretraining": ("pretrain_helpers", "tiny_pretrain_config", "deit.train.pretraining", "pretrain", ("val_loss", "ema_loss"), 1e-6),
+    "partly labelled": ("fit_helpers", "tiny_partly_labelled_config", "fit_helpers", "fit_with_colour_teacher",
+                        ("val_acc1", "val_acc1_cls", "val_acc1_dist", "ema_acc1"), 0.0),
 }
 
 
@@ -68,7 +70,7 @@ OBJECTIVES = {
 CASES = [pytest.param(objective, sampler, fast_kernels, marks=[needs_fast_kernels] if fast_kernels == "on" else [])
          for objective, sampler, fast_kernels in [("classification", "plain", "on"), ("classification", "plain", "off"),
                                                   ("classification", "ra", "on"), ("pretraining", "plain", "on"),
-                                                  ("pretraining", "plain", "off")]]
+                                                  ("pretraining", "plain", "off"), ("partly labelled", "plain", "off")]]
 
 
 @pytest.mark.parametrize(("objective", "sampler", "fast_kernels"), CASES)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deit.train.data import Mnist5k
-from deit.train.mnist5k_recipe import ClassBalancedSubset
+from deit.demo.recipe import ClassBalancedSubset
 
 
 def test_subset_takes_the_first_images_of_every_class_in_order():
@@ -22,5 +22,5 @@ def test_subset_takes_the_first_images_of_every_class_in_order():
 
 
 def test_subset_larger_than_a_class_is_an_error():
-    with pytest.raises(ValueError, match="fewer than 101 images in class"):
+    with pytest.raises(ValueError, match=r"class '0' has only 100 labelled image\(s\), fewer than the 101 per class"):
         ClassBalancedSubset(Mnist5k("val"), 101)

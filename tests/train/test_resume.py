@@ -68,6 +68,8 @@ OBJECTIVES = {
     "classification": ("fit_helpers", "tiny_config", "deit.train.engine", "fit", dict(RANDOM_RECIPE, epochs=1)),
     "pretraining": ("pretrain_helpers", "tiny_pretrain_config", "deit.train.pretraining", "pretrain",
                     dict(RANDOM_RECIPE, epochs=1, mixup=0.0, cutmix=0.0)),
+    # A few labelled images, the rest without labels and learned from a teacher (mixup mixes both).
+    "partly labelled": ("fit_helpers", "tiny_partly_labelled_config", "fit_helpers", "fit_with_colour_teacher", dict(RANDOM_RECIPE, epochs=1)),
 }
 
 WORKER = textwrap.dedent(

@@ -14,7 +14,8 @@ from torch import nn
 
 from deit import DeiTConfig, DeiTForImageClassificationWithTeacher
 from deit.processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from deit.train.teacher import SmallConvNet, Teacher, adapt_teacher_head, load_teacher
+from deit.demo.teacher import SmallConvNet
+from deit.train.teacher import Teacher, adapt_teacher_head, load_teacher
 
 HERE = Path(__file__).parent
 STUDENT_MEAN, STUDENT_STD = (0.1307, 0.2, 0.3), (0.3081, 0.25, 0.5)

@@ -1,9 +1,12 @@
-"""``deit demo``: distillation through attention, end to end, on the built-in mnist5k data.
+"""``deit demo``: distillation through attention where it pays, end to end, on the built-in mnist5k data.
 
-Trains a small convnet teacher, then the same small DeiT student twice with the same budget
-(without a teacher, and with hard distillation; the two side by side, one process each), prints a table of validation accuracy per head,
-saves the distilled student in the Hugging Face layout, and classifies a few held-out digits
-with ``deit predict``. Two CPU cores are enough.
+Few labels, many images without: of the 4,000 training digits only the first 40 of each class
+keep their labels. A small convnet teacher learns those 400; then the same small DeiT student is
+trained twice with the same budget, side by side (one process each): on the 400 labelled images
+alone, and with hard distillation on all 4,000 (``deit train --labels-per-class 40``: the
+DIST head learns the teacher on every image, the CLS head the labels where there are labels).
+Prints a table of validation accuracy per head, saves the distilled student in the Hugging Face
+layout, and classifies a few held-out digits with ``deit predict``. Two CPU cores are enough.
 """
 
 from __future__ import annotations
@@ -17,18 +20,21 @@ from pathlib import Path
 
 SAMPLE_COUNT = 6
 # --quick: the same steps on a class-balanced slice of the data (300 training, 200 validation
-# images) for one epoch each, so that the whole pipeline can be checked in seconds.
+# images, 3 labels per class) for one epoch each, so that the whole pipeline can be checked in seconds.
 QUICK_TRAIN_PER_CLASS = 30
 QUICK_VAL_PER_CLASS = 20
+QUICK_LABELS_PER_CLASS = 3
 QUICK_EPOCHS = 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="train a teacher and a DeiT student with and without distillation on mnist5k")
+    p = subparsers.add_parser("demo", help="few labels, many images without: a teacher and a DeiT student with and without distillation on mnist5k")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    # The defaults live with the recipe (train/mnist5k_recipe.py); importing it here would load torch for every --help.
+    # The defaults live with the recipe (deit/demo/recipe.py); importing it here would load torch for every --help.
     p.add_argument("--epochs", type=int, help=f"student epochs per run (default: the recipe's; {QUICK_EPOCHS} with --quick)")
     p.add_argument("--teacher-epochs", type=int, help=f"teacher epochs (default: the recipe's; {QUICK_EPOCHS} with --quick)")
+    p.add_argument("--labels-per-class", type=int,
+                   help=f"training images per class that keep their label (default: the recipe's; {QUICK_LABELS_PER_CLASS} with --quick)")
     p.add_argument("--quick", action="store_true",
                    help=f"a smoke run: {QUICK_TRAIN_PER_CLASS * 10} training and {QUICK_VAL_PER_CLASS * 10} validation images, "
                         f"{QUICK_EPOCHS} epoch(s) per model (accuracies are not meaningful)")
@@ -48,11 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def format_table(teacher_acc1: float, students: dict[str, dict[str, float]]) -> str:
+def format_table(teacher_acc1: float, students: dict[str, dict[str, float]], teacher_name: str = "teacher (SmallConvNet)") -> str:
     rows = [
         "| model | CLS head | DIST head | averaged heads |",
         "|---|---:|---:|---:|",
-        f"| teacher (SmallConvNet) | | | {teacher_acc1:.2f} |",
+        f"| {teacher_name} | | | {teacher_acc1:.2f} |",
     ]
     for name, acc in students.items():
         rows.append(f"| student, {name} | {acc['cls']:.2f} | {acc['dist']:.2f} | {acc['avg']:.2f} |")
@@ -80,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         from .pretrain_demo import run as run_pretrain_demo
 
         return run_pretrain_demo(args, quick_subset=(QUICK_TRAIN_PER_CLASS, QUICK_VAL_PER_CLASS))
+    import dataclasses
+
     import torch
 
     from ..cli import main as deit_main
@@ -87,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
     from ..train.checkpointing import save_hf_model
     from ..train.engine import fit
     from ..train.metrics import plot_curves
-    from ..train.mnist5k_recipe import (
-        STUDENT_EPOCHS, TEACHER_EPOCHS, ClassBalancedSubset, head_accuracies, load_data, student_config, train_student_quietly,
-        train_teacher,
+    from ..demo.recipe import (
+        SEMI_EPOCHS, SEMI_LABELS_PER_CLASS, SEMI_TEACHER_EPOCHS, ClassBalancedSubset, head_accuracies, load_data, student_config,
+        train_student_quietly, train_teacher,
     )
 
     start = time.perf_counter()
@@ -97,31 +105,39 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     quick_epochs = QUICK_EPOCHS if args.quick else None
-    epochs = args.epochs or quick_epochs or STUDENT_EPOCHS
-    teacher_epochs = args.teacher_epochs or quick_epochs or TEACHER_EPOCHS
+    epochs = args.epochs or quick_epochs or SEMI_EPOCHS
+    teacher_epochs = args.teacher_epochs or quick_epochs or SEMI_TEACHER_EPOCHS
+    per_class = args.labels_per_class or (QUICK_LABELS_PER_CLASS if args.quick else SEMI_LABELS_PER_CLASS)
 
-    labels = {"none": "no distillation", "hard": "hard distillation"}
-    configs = {
-        kind: student_config(str(out / f"student-{kind}"), kind, epochs=epochs, seed=args.seed, num_workers=args.num_workers,
-                             progress=True)
-        for kind in labels
-    }
-    train_set, val_set = load_data(configs["none"])  # the same data and transforms for both runs
+    train_set, val_set = load_data(student_config("unused", "none"))  # the same data and transforms for every run
     if args.quick:
         train_set, val_set = ClassBalancedSubset(train_set, QUICK_TRAIN_PER_CLASS), ClassBalancedSubset(val_set, QUICK_VAL_PER_CLASS)
-    print(f"mnist5k: {len(train_set)} training and {len(val_set)} validation images, {len(train_set.classes)} classes")
+    labelled = ClassBalancedSubset(train_set, per_class)
+    unlabelled_count = len(train_set) - len(labelled)
+    print(f"mnist5k: {len(train_set)} training images, of which {len(labelled)} keep their labels ({per_class} per class) "
+          f"and {unlabelled_count} are used without; {len(val_set)} validation images")
 
-    teacher = train_teacher(train_set, val_set, num_classes=len(train_set.classes), epochs=teacher_epochs, seed=args.seed)
-    print(f"teacher (SmallConvNet): {teacher.acc1:.2f}% top-1 after {teacher_epochs} epochs ({teacher.seconds:.0f} s)")
+    teacher = train_teacher(labelled, val_set, num_classes=len(train_set.classes), epochs=teacher_epochs, seed=args.seed)
+    teacher_name = f"teacher (SmallConvNet, {len(labelled)} labelled images)"
+    print(f"{teacher_name}: {teacher.acc1:.2f}% top-1 after {teacher_epochs} epochs ({teacher.seconds:.0f} s)")
 
-    # The two students at once, one process each (the no-teacher one in a worker process, quietly;
+    labels = {"none": f"no distillation, {len(labelled)} labelled images",
+              "hard": f"hard distillation, {len(labelled)} labelled + {unlabelled_count} unlabelled images"}
+    configs = {
+        kind: student_config(str(out / f"student-{kind}"), kind, epochs=epochs, seed=args.seed, num_workers=args.num_workers, progress=True)
+        for kind in labels
+    }
+    configs["hard"] = dataclasses.replace(configs["hard"], labels_per_class=per_class)
+    # The two students at once, one process each (the labels-only one in a worker process, quietly;
     # the distilled one here, with its progress bar): on two cores nearly twice as fast as one
-    # after the other, and the same results (one compute thread each, the same seeds).
+    # after the other. Both take the same steps: an epoch of the labels-only student repeats its
+    # labelled images as often as the distilled one sees all the images.
     quick_subset = (QUICK_TRAIN_PER_CLASS, QUICK_VAL_PER_CLASS) if args.quick else None
-    print(f"training the two students side by side, {epochs} epochs each (the one without a teacher in a worker process)")
+    print(f"training the two students side by side, {epochs} epochs of {len(train_set)} images each "
+          "(the one without a teacher in a worker process)")
     run_start = time.perf_counter()
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        undistilled = pool.submit(train_student_quietly, configs["none"], quick_subset, args.threads)
+        undistilled = pool.submit(train_student_quietly, configs["none"], quick_subset, per_class, args.threads)
         distilled = fit(configs["hard"], teacher=teacher.model, train_dataset=train_set, val_dataset=val_set)
         print(f"student, {labels['hard']}: {head_accuracies(distilled.final_metrics)['avg']:.2f}% top-1 (averaged heads) "
               f"after {epochs} epochs ({time.perf_counter() - run_start:.0f} s)")
@@ -134,10 +150,12 @@ def run(args: argparse.Namespace) -> int:
     runs = {labels["none"]: none["accuracies"], labels["hard"]: head_accuracies(distilled.final_metrics)}
     histories = {labels["none"]: none["history"], labels["hard"]: distilled.history}
 
-    table = format_table(teacher.acc1, runs)
-    plot_curves(histories, out / "curves.png", title="DeiT student on mnist5k: no distillation vs hard distillation")
-    print("\nvalidation top-1 (%) on mnist5k, same student and budget with and without the teacher")
-    print("(without a teacher both heads learn the labels; with one, the DIST head learns the teacher's predictions):\n")
+    table = format_table(teacher.acc1, runs, teacher_name)
+    plot_curves(histories, out / "curves.png", title="DeiT student on mnist5k with few labels: without and with the teacher and the unlabelled images")
+    print(f"\nvalidation top-1 (%) on mnist5k, the same student and steps with {len(labelled)} labelled images alone and "
+          f"with the teacher on all {len(train_set)}")
+    print("(without a teacher both heads learn the labels; with one, the DIST head learns the teacher's predictions on every image"
+          " and the CLS head the labels where there are labels):\n")
     print(table)
     print(f"\ndistilled student saved to {out / 'student'}; curves in {out / 'curves.png'}")
 
@@ -149,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
 
     elapsed = time.perf_counter() - start
     results = {"teacher_acc1": teacher.acc1, "students": runs, "epochs": epochs, "teacher_epochs": teacher_epochs, "seed": args.seed,
-               "quick": args.quick, "train_images": len(train_set), "val_images": len(val_set), "seconds": elapsed}
+               "quick": args.quick, "train_images": len(train_set), "labelled_images": len(labelled), "val_images": len(val_set),
+               "seconds": elapsed}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "results.md", table + "\n")
     print(f"\ndemo finished in {elapsed / 60:.1f} min")

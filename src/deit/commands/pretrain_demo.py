@@ -26,7 +26,7 @@ def run(args: argparse.Namespace, quick_subset: tuple[int, int]) -> int:
 
     from ..io import atomic_write_text
     from ..train.metrics import plot_curves
-    from ..train.pretrain_mnist5k import LABELLED_PER_CLASS, compare
+    from ..demo.pretrain import LABELLED_PER_CLASS, compare
     from ..train.pretraining import RECONSTRUCTIONS_NAME
 
     start = time.perf_counter()

@@ -34,6 +34,15 @@ TRAIN_OPTIONS: dict[str, list[tuple[str, str, dict]]] = {
         ("std", "normalisation std per channel", {"type": float, "nargs": 3, "metavar": ("R", "G", "B")}),
         ("crop_pct", "eval transform: resize the shorter side to size/crop_pct, then center crop", {"type": float}),
     ],
+    # Few labels, many images without: the DIST head learns the teacher on all of them (deit.train.partial_labels).
+    "partly labelled data": [
+        ("unlabeled", "images without labels, learned from the teacher: a folder (searched recursively) or hf:PATH; "
+         "needs --teacher", {"metavar": "SRC"}),
+        ("labels_per_class", "keep the labels of the first N training images of each class of --data; with a teacher "
+         "the rest are used without their labels, without one they are left out", {"type": int, "metavar": "N"}),
+        ("unlabeled_cls_teacher", "on images without labels, also train the CLS head on the teacher's hard label "
+         "(the DIST head always learns the teacher there)", {"action": argparse.BooleanOptionalAction}),
+    ],
     "optimisation": [
         ("epochs", "training epochs", {"type": int}),
         ("batch_size", "images per process per step", {"type": int}),

@@ -40,8 +40,10 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val")
-# Evaluation may also read every image of a source ("all"): a folder of class folders is then a test set.
-EVAL_SPLITS = (*SPLITS, "all")
+# Every image of a source, without a held-out split: evaluation of a folder of class folders as a
+# test set, and the unlabelled images of a partly labelled run.
+ALL_IMAGES = "all"
+EVAL_SPLITS = (*SPLITS, ALL_IMAGES)
 MNIST5K_SPEC = "mnist5k"
 # Share of each class held out for validation when a source has no split of its own.
 VAL_FRACTION = 0.1
@@ -337,11 +339,13 @@ def _is_split_folder(root: Path, val_dir: Path) -> bool:
 
 
 class UnlabelledImageFolder(ImageDataset):
-    """Every image file under a folder, without labels (masked-image pre-training).
+    """Every image file under a folder, without labels (masked-image pre-training; the unlabelled
+    images of a partly labelled run, ``split="all"``).
 
     ``root/train/...`` and ``root/val/...`` (or ``validation``) are the split when both exist;
     otherwise a fixed 10 % of the files (sorted by path, shuffled with a fixed seed) are held out
-    for validation. Sub-folders, class folders or not, are only searched for images.
+    for validation. ``split="all"`` takes every image under ``root``. Sub-folders, class folders
+    or not, are only searched for images.
     """
 
     def __init__(self, root: str | os.PathLike, split: str, transform: Callable | None = None) -> None:
@@ -357,7 +361,8 @@ class UnlabelledImageFolder(ImageDataset):
         else:
             self.files = _holdout(_images_under(root), "unlabelled")[0 if split == "train" else 1]
         if not self.files:
-            raise ValueError(f"{root}: no {split} images ({', '.join(IMAGE_SUFFIXES)}) found under it")
+            which = "" if split == ALL_IMAGES else f"{split} "
+            raise ValueError(f"{root}: no {which}images ({', '.join(IMAGE_SUFFIXES)}) found under it")
         super().__init__(UNLABELLED_CLASSES, [0] * len(self.files), transform, str(root))
 
     def load_image(self, index: int) -> Image.Image:
@@ -393,6 +398,8 @@ class HFDiskDataset(ImageDataset):
     ``image`` (or ``img``), labels from ``label`` (or ``labels``); class names are the
     ``ClassLabel`` names, else the label values (integers 0..max, or sorted strings).
     ``labelled=False`` (pre-training) also reads a data set without a label column.
+    ``split="all"`` reads every row of a ``Dataset``; of a ``DatasetDict`` read without labels (the
+    unlabelled images of a partly labelled run), its ``train`` split.
     """
 
     def __init__(self, path: str | os.PathLike, split: str, transform: Callable | None = None, *, labelled: bool = True) -> None:
@@ -410,9 +417,9 @@ class HFDiskDataset(ImageDataset):
             raise ValueError(f"{path}: not a data set saved with datasets' save_to_disk ({err})") from None
 
         if isinstance(loaded, datasets.DatasetDict):
-            if split == "all":
+            if split == "all" and labelled:
                 raise ValueError(f"{path}: a data set with the splits {', '.join(loaded)}: choose the train or the val split")
-            names = ("train",) if split == "train" else HF_VAL_SPLITS
+            names = ("train",) if split in ("train", "all") else HF_VAL_SPLITS  # unlabelled images: the train split
             chosen = next((n for n in names if n in loaded), None)
             if chosen is None:
                 raise ValueError(f"{path}: no {' / '.join(names)} split (the data set has {', '.join(loaded)})")

@@ -196,27 +196,50 @@ class Trainer:
                        "student it cost about 7 points (BENCHMARKS.md)")
         return None if decay == 1.0 else decay
 
+    # A model without a distillation token may not distil unless a subclass says so (the
+    # benchmark's ablation: the teacher's targets on a plain ViT's class token).
+    distil_class_token = False
+
     def _setup_objective(self, teacher: nn.Module | None) -> None:
+        from .partial_labels import has_unlabelled
+
         config = self.config
         self.distillation_type = config.resolved_distillation_type
-        if self.distillation_type != "none" and self.model.num_prefix_tokens != 2:
+        if self.distillation_type != "none" and self.model.num_prefix_tokens != 2 and not self.distil_class_token:
             raise ValueError(f"{config.model} has no distillation token: distillation needs a DeiT '-distilled' model")
+        # Images without a label (deit.train.partial_labels) are learned from the teacher alone.
+        self.unlabelled = has_unlabelled(self.data.train_set)
+        if self.unlabelled and self.distillation_type == "none":
+            raise ValueError("the training data has images without labels (label -1): they need a teacher (--teacher) "
+                             "and hard or soft distillation")
+        if self.unlabelled:
+            without = sum(1 for t in self.data.train_set.targets if int(t) < 0)
+            self._log(f"training images: {len(self.data.train_set) - without} with labels, {without} without (learned from the teacher)")
         self.teacher = self._prepare_teacher(teacher) if self.distillation_type != "none" else None
         distillation = None
         if self.distillation_type != "none":
             distillation = DistillationLoss(self.distillation_type, alpha=config.distillation_alpha, tau=config.distillation_tau)
-        self.criterion = StudentCriterion(LabelSmoothingCrossEntropy(config.smoothing), distillation)
+        self.criterion = StudentCriterion(LabelSmoothingCrossEntropy(config.smoothing), distillation, distil_class_token=self.distil_class_token)
         self.mixup = self._build_mixup() if config.uses_mixup else None
 
     def _loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The training loss of one micro-batch (on the device), under the run's autocast."""
         if self.mixup is not None:
             images, targets = self.mixup(images, targets)
+        elif self.unlabelled:
+            from .transforms import smoothed_one_hot
+
+            # Soft targets, a row of zeros for an image without a label: its CLS term drops out.
+            targets = smoothed_one_hot(targets, len(self.data.id2label), self.config.smoothing)
         with self._autocast():
             teacher_logits = None
             if self.teacher is not None:
                 with torch.no_grad():
                     teacher_logits = self.teacher(images)
+                if self.unlabelled and self.config.unlabeled_cls_teacher:
+                    from .partial_labels import with_teacher_labels
+
+                    targets = with_teacher_labels(targets, teacher_logits.float(), self.config.smoothing)
             outputs = self.train_model(images)
             return self.criterion(outputs, targets, teacher_logits)
 
@@ -683,8 +706,10 @@ def fit(config: TrainConfig | None = None, *, teacher: nn.Module | None = None, 
     ``fit(TrainConfig(data="mnist5k", epochs=10))`` or ``fit(data="mnist5k", epochs=10)``.
     ``teacher`` (an ``nn.Module`` mapping the student's normalised batch to logits) replaces
     ``config.teacher``; ``train_dataset``/``val_dataset`` (``(tensor, label)`` items, with a
-    ``.classes`` list, transforms applied) replace ``config.data``. Under ``torchrun`` every
-    process calls ``fit`` and rank 0 writes the files.
+    ``.classes`` list, transforms applied) replace ``config.data``; items labelled -1 (listed in
+    the data set's ``.targets``) are images without a label, learned from the teacher only
+    (``deit.train.partial_labels``). Under ``torchrun`` every process calls ``fit`` and rank 0
+    writes the files.
     """
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     if teacher is not None and config.teacher is None:

@@ -43,15 +43,10 @@ def build_datasets(train: TrainConfig, image_size: int, *, labelled: bool = True
     not compare the class lists of the two splits.
     """
     from .data import build_dataset
-    from .transforms import build_eval_transform, build_train_transform
+    from .transforms import build_eval_transform
 
-    rand_augment = None if train.aa in (None, "", "none") else train.aa
-    train_transform = build_train_transform(
-        image_size, mean=train.mean, std=train.std, scale=train.scale, hflip=train.hflip, rand_augment=rand_augment,
-        interpolation=train.interpolation, re_prob=train.reprob, re_mode=train.remode, color_jitter=train.color_jitter,
-    )
     eval_transform = build_eval_transform(image_size, mean=train.mean, std=train.std, crop_pct=train.crop_pct)
-    train_set = build_dataset(train.data, "train", train_transform, image_size=image_size, labelled=labelled)
+    train_set = build_dataset(train.data, "train", recipe_train_transform(train, image_size), image_size=image_size, labelled=labelled)
     val_set = build_dataset(train.val_data or train.data, "val", eval_transform, image_size=image_size, labelled=labelled)
     if labelled and class_names(train_set) != class_names(val_set):
         raise ValueError(
@@ -59,6 +54,17 @@ def build_datasets(train: TrainConfig, image_size: int, *, labelled: bool = True
             f"{class_names(val_set)[:5]}...: both must list the same classes in the same order"
         )
     return train_set, val_set
+
+
+def recipe_train_transform(train: TrainConfig, image_size: int) -> Any:
+    """The training augmentation of ``train`` (the same for labelled and unlabelled images)."""
+    from .transforms import build_train_transform
+
+    rand_augment = None if train.aa in (None, "", "none") else train.aa
+    return build_train_transform(
+        image_size, mean=train.mean, std=train.std, scale=train.scale, hflip=train.hflip, rand_augment=rand_augment,
+        interpolation=train.interpolation, re_prob=train.reprob, re_mode=train.remode, color_jitter=train.color_jitter,
+    )
 
 
 def build_train_sampler(train: TrainConfig, dataset_len: int, ctx: DistributedContext) -> Any:
@@ -76,10 +82,18 @@ def build_run_data(train: TrainConfig, ctx: DistributedContext, image_size: int,
     """Loaders of ``(image, label)`` batches; with ``masks`` (masked-image modeling), of ``(image, mask)``."""
     if train_set is None or val_set is None:
         train_set, val_set = build_datasets(train, image_size, labelled=masks is None)
+    if masks is None and (train.labels_per_class is not None or train.unlabeled):
+        from .partial_labels import partly_labelled
+
+        train_set = partly_labelled(
+            train_set, labels_per_class=train.labels_per_class, unlabeled=train.unlabeled,
+            use_rest=train.resolved_distillation_type != "none", transform=recipe_train_transform(train, image_size),
+            source=getattr(train_set, "source", type(train_set).__name__),
+        )
     names = class_names(train_set) if masks is None else []
     from .data import ImageDataset, collate_readable
 
-    for dataset in (train_set, val_set):
+    for dataset in (train_set, val_set, *getattr(train_set, "sources", ())):  # sources: of partly labelled data
         if isinstance(dataset, ImageDataset):
             dataset.quiet = True  # the engine names corrupt files between progress bars, not inside one
     if masks is None and isinstance(val_set, ImageDataset):

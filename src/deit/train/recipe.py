@@ -48,6 +48,9 @@ class TrainConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     crop_pct: float = 0.875  # eval transform: resize the shorter side to size / crop_pct, center crop
+    # Partly labelled training (deit.train.partial_labels): images without labels, learned from the teacher.
+    unlabeled: str | None = None  # a folder (searched recursively) or hf:PATH; needs a teacher
+    labels_per_class: int | None = None  # keep the first N labelled images of each class; the rest join the unlabelled ones
 
     # ---- optimisation
     epochs: int = 300
@@ -91,6 +94,9 @@ class TrainConfig:
     distillation_tau: float = 1.0
     teacher_finetune_epochs: int = 0
     teacher_finetune_lr: float = 1e-3
+    # On unlabelled images the DIST head learns the teacher's target; this also trains the CLS head
+    # on the teacher's hard label there. Off by default: deit.train.partial_labels says why (measured).
+    unlabeled_cls_teacher: bool = False
 
     # ---- run
     output: str = "runs/train"
@@ -161,6 +167,13 @@ class TrainConfig:
             raise ValueError(f"distillation_type must be one of {DISTILLATION_CHOICES}, got {kind!r}")
         if kind != "none" and not self.teacher:
             raise ValueError(f"{kind} distillation needs a teacher (--teacher)")
+        if self.unlabeled and not self.teacher:
+            raise ValueError(f"--unlabeled {self.unlabeled} needs a teacher (--teacher): the images without labels are learned from its predictions")
+        if self.unlabeled and kind == "none":
+            raise ValueError(f"--unlabeled {self.unlabeled} needs hard or soft distillation: the teacher's predictions are "
+                             "the only target of an image without a label, and --distillation-type none ignores them")
+        if self.labels_per_class is not None and self.labels_per_class < 1:
+            raise ValueError(f"labels_per_class must be at least 1, got {self.labels_per_class}")
         if self.warmup_epochs is not None and self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must not be negative, got {self.warmup_epochs}")
         if self.teacher_finetune_epochs < 0 or self.resolved_num_workers < 0 or self.checkpoint_every_steps < 0 or self.weight_decay < 0:

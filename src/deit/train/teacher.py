@@ -50,7 +50,7 @@ from torch import nn
 from ..processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PREPROCESSOR_CONFIG_NAME
 from .hf_teacher import HF_TEACHER_PREFIX, load_transformers_teacher
 
-__all__ = ["Teacher", "load_teacher", "adapt_teacher_head", "SmallConvNet", "logits_of"]
+__all__ = ["Teacher", "load_teacher", "adapt_teacher_head", "logits_of"]
 
 logger = logging.getLogger("deit")
 
@@ -479,6 +479,10 @@ def adapt_teacher_head(
         total_loss, correct, seen = 0.0, 0, 0
         for images, targets in train_loader:
             images, targets = images.to(device), targets.to(device)
+            if targets.ndim == 1:  # images without a label (partly labelled data, label -1) do not train the head
+                images, targets = images[targets >= 0], targets[targets >= 0]
+                if not len(targets):
+                    continue
             with torch.enable_grad():
                 logits = teacher.logits(images)
                 loss = F.cross_entropy(logits, targets)
@@ -497,33 +501,3 @@ def adapt_teacher_head(
     teacher.num_classes = num_classes
     teacher.class_names = None  # a new head: its classes are the data's, in the data's order
     return teacher
-
-
-# ---------------------------------------------------------------------------- demo teacher
-def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
-class SmallConvNet(nn.Module):
-    """A small convnet (five conv-BN-ReLU blocks, two of them stride 2, global average pooling,
-    a linear classifier): about 0.3 M parameters, made for 28-56 px digits. The demo's teacher."""
-
-    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            _conv_bn_relu(in_channels, 32, 1),
-            _conv_bn_relu(32, 64, 2),
-            _conv_bn_relu(64, 64, 1),
-            _conv_bn_relu(64, 128, 2),
-            _conv_bn_relu(128, 128, 1),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        self.classifier = nn.Linear(128, num_classes)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(pixel_values))

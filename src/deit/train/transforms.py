@@ -159,10 +159,16 @@ def build_eval_transform(
 
 
 def smoothed_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
-    """One-hot rows with ``smoothing`` spread evenly: off = s/C, on = 1 - s + s/C (rows sum to 1)."""
+    """One-hot rows with ``smoothing`` spread evenly: off = s/C, on = 1 - s + s/C (rows sum to 1).
+
+    A negative label (an unlabelled image, ``deit.train.partial_labels.UNLABELLED``) gives a row of
+    zeros: mixed into another image's row by mixup/cutmix, it leaves a target that sums to the
+    labelled share of the mix, which is the weight the cross-entropy then gives it.
+    """
     off = smoothing / num_classes
     targets = torch.full((labels.shape[0], num_classes), off, device=labels.device)
-    return targets.scatter_(1, labels.long().view(-1, 1), 1.0 - smoothing + off)
+    targets.scatter_(1, labels.long().clamp(min=0).view(-1, 1), 1.0 - smoothing + off)
+    return targets * (labels >= 0).unsqueeze(1)
 
 
 class MixupCutmix:

@@ -1,7 +1,7 @@
 """Pre-training without labels, then fine-tuning on few: the comparison of ``deit demo --pretrain`` and
 ``benchmarks/pretrain_mnist5k.py``.
 
-1. SimMIM pre-training of the demo's student (``mnist5k_recipe.student_config``, on 7 px patches)
+1. SimMIM pre-training of the demo's student (``deit.demo.recipe.student_config``, on 7 px patches)
    on all mnist5k training images, labels unused;
 2. fine-tuning it on 10 % of the training labels (the first 40 images of each class);
 3. the same student trained from scratch on the same labelled images, with the same recipe and
@@ -24,12 +24,12 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from .engine import fit
-from .loaders import build_datasets
-from .mnist5k_recipe import ClassBalancedSubset, load_data, student_config
-from .pretrain_recipe import PretrainConfig
-from .pretraining import pretrain
-from .recipe import TrainConfig
+from ..train.engine import fit
+from ..train.loaders import build_datasets
+from ..train.pretrain_recipe import PretrainConfig
+from ..train.pretraining import pretrain
+from ..train.recipe import TrainConfig
+from .recipe import ClassBalancedSubset, load_data, student_config
 
 LABELLED_PER_CLASS = 40  # of about 400 training images per class: 10 % of the labels
 PATCH_SIZE = 7
