@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DISTILLATION_TYPES = ("none", "soft", "hard")
+from .model_rules import DISTILLATION_TYPES, check_distillation_settings
+
+__all__ = ["DISTILLATION_TYPES", "DistillationLoss", "LabelSmoothingCrossEntropy", "StudentCriterion", "soft_target_cross_entropy"]
 
 
 def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -44,12 +46,7 @@ class DistillationLoss(nn.Module):
 
     def __init__(self, distillation_type: str = "hard", alpha: float = 0.5, tau: float = 1.0, base_criterion: nn.Module | None = None) -> None:
         super().__init__()
-        if distillation_type not in DISTILLATION_TYPES:
-            raise ValueError(f"distillation_type must be one of {DISTILLATION_TYPES}, got {distillation_type!r}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        if tau <= 0:
-            raise ValueError(f"tau must be positive, got {tau}")
+        check_distillation_settings(distillation_type, alpha, tau)
         self.distillation_type = distillation_type
         self.alpha = alpha
         self.tau = tau

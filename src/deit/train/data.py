@@ -506,3 +506,11 @@ def build_dataset(spec: str, split: str, transform: Callable | None = None, *, i
     if _is_hf_folder(path):
         return HFDiskDataset(path, split, transform, labelled=labelled)
     return ImageFolderDataset(path, split, transform) if labelled else UnlabelledImageFolder(path, split, transform)
+
+
+def class_names(dataset: Dataset) -> list[str]:
+    """The label names of a labelled data set (its ``.classes``), as strings."""
+    classes = getattr(dataset, "classes", None)
+    if classes is None:
+        raise ValueError(f"{type(dataset).__name__} has no .classes: the run needs the label names")
+    return [str(name) for name in classes]

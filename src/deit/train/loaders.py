@@ -29,20 +29,13 @@ class RunData:
         return len(self.order.sampler) // self.train_loader.batch_sampler.batch_size
 
 
-def class_names(dataset: Dataset) -> list[str]:
-    classes = getattr(dataset, "classes", None)
-    if classes is None:
-        raise ValueError(f"{type(dataset).__name__} has no .classes: the run needs the label names")
-    return [str(name) for name in classes]
-
-
 def build_datasets(train: TrainConfig, image_size: int, *, labelled: bool = True) -> tuple[Dataset, Dataset]:
     """The training data with the recipe's augmentation, the validation data with the eval transform.
 
     ``labelled=False`` (pre-training) reads folders and ``hf:`` data sets without labels and does
     not compare the class lists of the two splits.
     """
-    from .data import build_dataset
+    from .data import build_dataset, class_names
     from .transforms import build_eval_transform
 
     eval_transform = build_eval_transform(image_size, mean=train.mean, std=train.std, crop_pct=train.crop_pct)
@@ -90,8 +83,9 @@ def build_run_data(train: TrainConfig, ctx: DistributedContext, image_size: int,
             use_rest=train.resolved_distillation_type != "none", transform=recipe_train_transform(train, image_size),
             source=getattr(train_set, "source", type(train_set).__name__),
         )
+    from .data import ImageDataset, class_names, collate_readable
+
     names = class_names(train_set) if masks is None else []
-    from .data import ImageDataset, collate_readable
 
     for dataset in (train_set, val_set, *getattr(train_set, "sources", ())):  # sources: of partly labelled data
         if isinstance(dataset, ImageDataset):

@@ -131,7 +131,7 @@ def partly_labelled(train_set: Dataset, *, labels_per_class: int | None, unlabel
     ``use_rest``: the images beyond ``labels_per_class`` join the unlabelled pool (a run with a
     teacher); otherwise they are left out and the run trains on the labelled images alone.
     """
-    from .loaders import class_names
+    from .data import class_names
 
     classes = class_names(train_set)
     targets = [int(t) for t in getattr(train_set, "targets")]
