@@ -7,11 +7,12 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# Defined once each: the processor's normalisation, the distillation loss's types, fast_kernels' settings.
+from ..model_rules import DISTILLATION_TYPES as DISTILLATION_CHOICES
+from ..processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from .fast_kernels import FAST_KERNEL_SETTINGS as FAST_KERNEL_CHOICES
+
 AMP_CHOICES = ("none", "bf16", "fp16")
-FAST_KERNEL_CHOICES = ("auto", "on", "off")  # deit.train.fast_kernels.FAST_KERNEL_SETTINGS
-DISTILLATION_CHOICES = ("none", "soft", "hard")
 DEFAULT_NUM_WORKERS = 4
 DEFAULT_WARMUP_EPOCHS = 5.0
 LOG_CHOICES = ("tensorboard", "wandb")  # deit.train.trackers
@@ -45,8 +46,8 @@ class TrainConfig:
     data: str = "mnist5k"  # "mnist5k", an ImageFolder path, or "hf:PATH" (datasets.save_to_disk)
     val_data: str | None = None  # default: the "val" split of `data`
     num_workers: int | None = None  # None: min(4, CPU cores - 1), see resolved_num_workers
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, ...] = IMAGENET_DEFAULT_STD
     crop_pct: float = 0.875  # eval transform: resize the shorter side to size / crop_pct, center crop
     # Partly labelled training (deit.train.partial_labels): images without labels, learned from the teacher.
     unlabeled: str | None = None  # a folder (searched recursively) or hf:PATH; needs a teacher
