@@ -23,6 +23,12 @@ from small_models import build
 pytestmark = pytest.mark.skipif(not probes.fast_kernels_available(), reason="PyTorch build without the oneDNN kernels")
 
 
+@pytest.fixture(autouse=True)
+def engine_choices_in_a_temporary_folder(monkeypatch, tmp_path):
+    """deit.optimize keeps its engine choices in this test's folder, not the user's cache."""
+    monkeypatch.setenv("DEIT_CACHE_DIR", str(tmp_path / "choices"))
+
+
 @pytest.fixture
 def pixels() -> torch.Tensor:
     return torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -205,7 +211,7 @@ def test_torch_export_sees_the_registered_ops_and_matches(pixels, tmp_path):
 
 def test_torch_compile_of_the_inference_model_matches(pixels):
     fast = optimize(build(), backend="torch")
-    compiled = optimize(build(), compile=True)
+    compiled = torch.compile(optimize(build(), backend="torch"))
     with torch.inference_mode():
         assert (compiled(pixels).logits - fast(pixels).logits).abs().max() < 1e-5
 

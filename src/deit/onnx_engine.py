@@ -41,8 +41,9 @@ import torch
 from torch import nn
 
 from .io import atomic_path
-from .modeling import DeiTForImageClassification, DeiTForImageClassificationWithTeacher, DeiTPreTrainedModel, check_pixel_values
 from .inference_model import InferenceModel
+from .model_rules import model_kind
+from .modeling import DeiTPreTrainedModel, check_pixel_values
 
 __all__ = ["onnxruntime_available", "onnxruntime_session", "quantize_int8", "OnnxRuntimeModel", "PRECISIONS"]
 
@@ -172,7 +173,7 @@ class OnnxRuntimeModel(InferenceModel):
                  cache_dir: str | os.PathLike | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"the ONNX Runtime engine runs one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if not isinstance(model, (DeiTForImageClassification, DeiTForImageClassificationWithTeacher)):
+        if not model_kind(model).heads:
             raise TypeError(f"the ONNX Runtime engine serves the classification models, not {type(model).__name__}: "
                             "use deit.optimize(model, backend='torch')")
         if not onnxruntime_available():
