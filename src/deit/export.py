@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .io import atomic_path
-from .model_rules import exported_names as head_names  # the name deit.commands.export imports
+from .model_rules import exported_names
 
 if TYPE_CHECKING:
     from .modeling import DeiTPreTrainedModel
@@ -58,7 +58,7 @@ class GraphModule(nn.Module):
     def __init__(self, model: "DeiTPreTrainedModel") -> None:
         super().__init__()
         self.model = model
-        self.names = head_names(model)
+        self.names = exported_names(model)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.model(pixel_values, return_dict=True)
@@ -99,7 +99,7 @@ def onnx_metadata(model: "DeiTPreTrainedModel", processor: "DeiTImageProcessor",
         steps.append(f"rescale by {factor}")
     if processor.do_normalize:
         steps.append("normalize (x - image_mean) / image_std per channel")
-    names = head_names(model)
+    names = exported_names(model)
     metadata = {
         "deit_model_class": type(model).__name__,
         "image_size": str(config.image_size),

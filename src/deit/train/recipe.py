@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 # Defined once each: the processor's normalisation, the distillation loss's types, fast_kernels' settings.
-from ..model_rules import DISTILLATION_TYPES as DISTILLATION_CHOICES
+from ..model_rules import DISTILLATION_TYPES
 from ..processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from .fast_kernels import FAST_KERNEL_SETTINGS as FAST_KERNEL_CHOICES
+from .fast_kernels import FAST_KERNEL_SETTINGS
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 DEFAULT_NUM_WORKERS = 4
@@ -161,11 +161,11 @@ class TrainConfig:
             raise ValueError(f"distillation_alpha must be in [0, 1], got {self.distillation_alpha}")
         if self.amp not in AMP_CHOICES:
             raise ValueError(f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
-        if self.fast_kernels not in FAST_KERNEL_CHOICES:
-            raise ValueError(f"fast_kernels must be one of {FAST_KERNEL_CHOICES}, got {self.fast_kernels!r}")
+        if self.fast_kernels not in FAST_KERNEL_SETTINGS:
+            raise ValueError(f"fast_kernels must be one of {FAST_KERNEL_SETTINGS}, got {self.fast_kernels!r}")
         kind = self.resolved_distillation_type
-        if kind not in DISTILLATION_CHOICES:
-            raise ValueError(f"distillation_type must be one of {DISTILLATION_CHOICES}, got {kind!r}")
+        if kind not in DISTILLATION_TYPES:
+            raise ValueError(f"distillation_type must be one of {DISTILLATION_TYPES}, got {kind!r}")
         if kind != "none" and not self.teacher:
             raise ValueError(f"{kind} distillation needs a teacher (--teacher)")
         if self.unlabeled and not self.teacher:
