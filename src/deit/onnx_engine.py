@@ -11,15 +11,18 @@ kernels (MLAS), which on some CPUs beat PyTorch's (BENCHMARKS.md).
 ``int8``: ONNX Runtime's dynamic quantization of that graph. The weights of the matmuls are
 int8, one scale per output channel (symmetric; 7 bits on CPUs without VNNI, see
 :func:`_has_vnni`); each call quantizes the matmuls' inputs to uint8 with one scale and zero
-point per tensor, from the tensor's own range (no calibration data).
+point per tensor, from the tensor's own range (no calibration data). One scale per tensor
+instead was no faster and less accurate (benchmarks/int8_recipe.py; BENCHMARKS.md).
 Kept in float32, by choice:
 
 * the patch embedding (a convolution on the normalised pixels): the first layer, whose rounding
-  error every later layer carries, and about 1 % of the work;
+  error every later layer carries, and about 1 % of the work (ONNX Runtime's ConvInteger was
+  slower than its float convolution at batch 1);
 * the heads ([CLS] and [DIST] classifiers): their error lands in the logits unfiltered, and on
   one or two rows they cost nothing;
 * attention's own two products (queries x keys, probabilities x values): both operands are
-  activations, with no weight to quantize ahead of time;
+  activations, with no weight to quantize ahead of time; quantizing both per call (uint8 x
+  uint8) gained nothing at DeiT's 198 tokens, and ONNX Runtime's own default leaves them float;
 * LayerNorm, softmax, GELU and the residual additions: element-wise work in float32, as
   quantized transformers keep it.
 
