@@ -18,20 +18,10 @@ import deit
 from deit import kernels, probes
 from deit.optimize import InferenceModel, optimize
 
+from optimize_fixtures import engine_choices_in_a_temporary_folder, pixels  # noqa: F401  (fixtures)
 from small_models import build
 
 pytestmark = pytest.mark.skipif(not probes.fast_kernels_available(), reason="PyTorch build without the oneDNN kernels")
-
-
-@pytest.fixture(autouse=True)
-def engine_choices_in_a_temporary_folder(monkeypatch, tmp_path):
-    """deit.optimize keeps its engine choices in this test's folder, not the user's cache."""
-    monkeypatch.setenv("DEIT_CACHE_DIR", str(tmp_path / "choices"))
-
-
-@pytest.fixture
-def pixels() -> torch.Tensor:
-    return torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
 def outputs_match(expected, got, tolerance: float) -> None:
