@@ -65,8 +65,8 @@ def _choose_engine(model: DeiTPreTrainedModel, builders: dict[str, Callable[[], 
     and kept in ``folder`` (:data:`CHOICES_FILE`): a later process builds only the chosen one."""
     key = _choice_key(tuple(builders), model.config)
     path = folder / CHOICES_FILE
-    if key not in _ENGINE_CHOICES and _read_choices(path).get(key) in builders:
-        _ENGINE_CHOICES[key] = _read_choices(path)[key]
+    if key not in _ENGINE_CHOICES and (kept := _read_choices(path).get(key)) in builders:
+        _ENGINE_CHOICES[key] = kept
     if key in _ENGINE_CHOICES:
         return builders[_ENGINE_CHOICES[key]]()
     engines = {name: build() for name, build in builders.items()}
