@@ -170,8 +170,11 @@ def onnxruntime_peer(name: str, model: torch.nn.Module, folder: str) -> Callable
     if name == "onnxruntime-int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        from ..onnx_engine import without_preprocessing_advice
+
         quantized = path.with_name("model-int8.onnx")
-        quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
+        with without_preprocessing_advice():
+            quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
         path = quantized
     session = onnxruntime_session(path)
     first_output = session.get_outputs()[0].name  # logits
@@ -229,11 +232,18 @@ class Candidates:
         self.rows[key] = (name, setting, compile_s)
 
 
+def fresh_optimize(model: torch.nn.Module, **options: object) -> torch.nn.Module:
+    """``deit.optimize(model, **options)`` with its engine choice measured in this run, not one an
+    earlier run kept in the cache folder (a temporary ``cache_dir``)."""
+    with tempfile.TemporaryDirectory() as cache_dir:
+        return optimize(model, cache_dir=cache_dir, **options)
+
+
 def _add_ours(found: Candidates, cell: Cell, reference: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype,
               device: torch.device, compile_ours: bool) -> str:
     """Our candidates: each engine of deit.optimize, the plain model, the other bf16 matmul choice,
     compiled (``compile_ours``), int8. Returns the row deit.optimize's own choice is."""
-    ours = optimize(reference, dtype=dtype)
+    ours = fresh_optimize(reference, dtype=dtype)
     engine = "onnxruntime" if isinstance(ours, OnnxRuntimeModel) else "torch"
     for name, backend in (("ours, PyTorch engine", "torch"), ("ours, ONNX Runtime engine", "onnxruntime")):
         if backend != "onnxruntime" or (dtype == torch.float32 and device.type == "cpu" and onnxruntime_available()):
@@ -401,11 +411,11 @@ def benchmark_ablation(cell: Cell, device: torch.device, rounds: int = 5, compil
     candidates: dict[str, Callable[[], object]] = {
         "plain model, last layer for all tokens": _caller(full_last_layer, x, autocast=False),
         "+ last layer only for the tokens the heads read": _caller(reference, x, autocast=False),
-        "+ deit.optimize (fused q/k/v and attention, oneDNN matmuls with epilogues)": _caller(optimize(reference), x, autocast=False),
+        "+ deit.optimize (fused q/k/v and attention, oneDNN matmuls with epilogues)": _caller(fresh_optimize(reference), x, autocast=False),
     }
     compile_seconds = None
     if compile_step:
-        candidates["+ torch.compile"], compile_seconds = _compiled(optimize(reference), lambda m: _caller(m, x, autocast=False))
+        candidates["+ torch.compile"], compile_seconds = _compiled(fresh_optimize(reference), lambda m: _caller(m, x, autocast=False))
     log(f"ablation {cell.size} batch {cell.batch_size} {cell.dtype}: {len(candidates)} steps x {rounds} rounds")
     timings = interleaved(candidates, rounds=rounds, device=device, min_seconds=TURN_SECONDS)
     return [Row(cell, name, cell.dtype, cell.batch_size / t.best, compile_seconds if name == "+ torch.compile" else None,

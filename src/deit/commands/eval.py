@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from ..auto import AutoModelForImageClassification
-    from ..optimize import optimize
+    from ..optimize import default_cache_dir, optimize
     from ..train.data import build_dataset, collate_readable, default_eval_split
     from ..train.evaluate import evaluate, format_metrics
     from ..train.samplers import ShardedEvalSampler
@@ -69,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
     plain = AutoModelForImageClassification.from_pretrained(args.model, device=args.device)
     # deit.optimize's inference copy where it applies (the CPU, float32, bfloat16 or int8);
     # elsewhere optimize returns the model itself, which then runs under autocast.
-    model = optimize(plain, dtype=args.dtype if is_int8(args) else dtype, backend=args.backend) if dtype != torch.float16 else plain
+    # The engine choice and the ONNX Runtime engine's graph files are kept per machine and weights.
+    model = (optimize(plain, dtype=args.dtype if is_int8(args) else dtype, backend=args.backend, cache_dir=default_cache_dir())
+             if dtype != torch.float16 else plain)
     processor = DeiTImageProcessor.for_model(args.model, model.config.image_size)
     if args.transform == "processor":
         transform: Any = ProcessorTransform(processor)

@@ -19,7 +19,9 @@ def add_precision_options(parser: argparse.ArgumentParser, dtype_help: str) -> N
                         help=f"{dtype_help}; int8: int8 weights and dynamically quantized activations on ONNX Runtime "
                              "(CPU, pip install 'deit[onnx]')")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
-                        help="CPU engine of a float32 or int8 model: auto (the faster here, measured once per run), torch or onnxruntime")
+                        help="CPU engine of a float32 or int8 model: auto (the faster here: measured the first time for this "
+                             "machine and model shape, then kept in $DEIT_CACHE_DIR or ~/.cache/deit with the ONNX Runtime "
+                             "engine's graph files), torch or onnxruntime")
 
 
 def is_int8(args: argparse.Namespace) -> bool:

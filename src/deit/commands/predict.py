@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..auto import AutoModelForImageClassification
     from ..labels import class_names
     from ..loading import expand_inputs, load_batches, output_names, to_model_input
-    from ..optimize import optimize
+    from ..optimize import default_cache_dir, optimize
     from ..processing import DeiTImageProcessor
 
     if args.top_k < 1:
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be at least 1 and --workers at least 0, got {args.threads} and {args.workers}")
     dtype = model_dtype(args)
     model = optimize(AutoModelForImageClassification.from_pretrained(args.model, torch_dtype=dtype, device=args.device),
-                     dtype=args.dtype if is_int8(args) else None, backend=args.backend)
+                     dtype=args.dtype if is_int8(args) else None, backend=args.backend, cache_dir=default_cache_dir())
     processor = DeiTImageProcessor.for_model(args.model, model.config.image_size)
     id2label = class_names(model.config)
     k = min(args.top_k, model.config.num_labels)
