@@ -117,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"mnist5k: {len(train_set)} training images, of which {len(labelled)} keep their labels ({per_class} per class) "
           f"and {unlabelled_count} are used without; {len(val_set)} validation images")
 
-    teacher = train_teacher(labelled, val_set, num_classes=len(train_set.classes), epochs=teacher_epochs, seed=args.seed)
+    teacher = train_teacher(labelled, val_set, num_classes=len(train_set.classes), output=str(out / "teacher"), epochs=teacher_epochs,
+                            seed=args.seed, progress=True)
     teacher_name = f"teacher (SmallConvNet, {len(labelled)} labelled images)"
     print(f"{teacher_name}: {teacher.acc1:.2f}% top-1 after {teacher_epochs} epochs ({teacher.seconds:.0f} s)")
 
