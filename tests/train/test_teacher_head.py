@@ -5,21 +5,19 @@ the one a single process trains; the demo's convnet teacher learns through the e
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from fit_helpers import LABELS_PER_CLASS, datasets, one_thread, tiny_config, tiny_partly_labelled_config  # noqa: F401 (one_thread: autouse)
+from fit_helpers import (  # noqa: F401 (one_thread: autouse fixture)
+    LABELS_PER_CLASS, datasets, finish, one_thread, start_two_gloo_processes, tiny_config, tiny_partly_labelled_config,
+)
 from safetensors.torch import load_file, save_file
-from torch import nn
 from teacher_factory import make_recording_teacher
 from test_teacher import tiny_deit
+from torch import nn
 from torch.utils.data import DataLoader
 
 from deit.demo.teacher import SmallConvNet
@@ -141,17 +139,9 @@ def test_two_ddp_processes_end_with_the_head_of_one_process(tmp_path):
     settings = dict(teacher="teacher_factory:make_teacher", teacher_weights=str(weights), teacher_finetune_epochs=2, teacher_finetune_lr=0.05)
     script = tmp_path / "worker.py"
     script.write_text(DDP_WORKER.format(helpers=str(HERE), src=str(SRC), settings=settings))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "ddp"), str(tmp_path)]
-    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+    process = start_two_gloo_processes(script, tmp_path / "ddp", tmp_path)
     alone = student_trainer(tiny_config(str(tmp_path / "alone"), batch_size=8, **settings)).teacher.model.classifier.state_dict()
-    try:
-        _, err = process.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise
-    assert process.returncode == 0, err[-3000:]
+    finish(process)
     heads = [torch.load(tmp_path / f"head{rank}.pt", weights_only=True) for rank in (0, 1)]
     for key in alone:
         assert torch.equal(heads[0][key], heads[1][key]), key  # every rank ends with the same head
