@@ -56,7 +56,7 @@ class ClassifierObjective:
     def __init__(self, config: TrainConfig, ctx: DistributedContext, *, model: nn.Module, teacher: nn.Module | None = None,
                  train_set: Any = None, val_set: Any = None) -> None:
         self.classifier = model
-        super().__init__(config, ctx, teacher=teacher, train_set=train_set, val_set=val_set)  # type: ignore[call-arg]
+        super().__init__(config, ctx, teacher=teacher, train_set=train_set, val_set=val_set)  # the engine's Trainer, next in the MRO
 
     def _build_model(self) -> nn.Module:
         return self.classifier

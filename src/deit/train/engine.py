@@ -1,6 +1,7 @@
 """The training loop: ``fit(TrainConfig(...))`` runs the DeiT recipe, with or without a teacher.
 
-The same loop pre-trains by masked-image modeling (``deit.train.pretraining``): the objective (data,
+The same loop pre-trains by masked-image modeling (``deit.train.pretraining``), and trains a plain
+classifier or a teacher's new head (``deit.train.classifier_training``): the objective (data,
 model, loss, evaluation, files of its own) is a set of methods a subclass of :class:`Trainer`
 overrides; the loop, checkpoints, resume, DDP, AMP, EMA and metrics are shared.
 
