@@ -146,7 +146,9 @@ def test_two_ddp_processes_end_with_the_head_of_one_process(tmp_path):
     for key in alone:
         assert torch.equal(heads[0][key], heads[1][key]), key  # every rank ends with the same head
         torch.testing.assert_close(heads[0][key], alone[key], rtol=0, atol=1e-5)  # DDP averaged the gradients of the global batch
-    assert not torch.equal(heads[0]["weight"], torch.zeros_like(heads[0]["weight"]))
+    torch.manual_seed(0)  # the new head's initial weights (the engine seeds with config.seed)
+    initial = nn.Linear(128, 3)
+    assert (heads[0]["weight"] - initial.weight).abs().max() > 1e-2  # it trained: equal ranks are not equal initial weights
 
 
 def test_a_plain_classifier_learns_in_the_engine(tmp_path):
