@@ -142,8 +142,6 @@ class _InferenceBlock(_Frozen):
         # One oneDNN could fuse runs in the matmul's arithmetic, as in the epilogue; any other in
         # the model's dtype, as the model's module computes it.
         self.act_dtype = self.arithmetic if function in kernels.ACTIVATIONS else dtype
-        # The attention op; an exporter may swap in one that computes the same but exports as a fused op.
-        self.attend = kernels.attention
 
     def _residual_add(self, residual: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
         if self.dtype == torch.float32:  # the addition in the epilogue is the same float32 addition
@@ -154,7 +152,7 @@ class _InferenceBlock(_Frozen):
         width = self.width
         normed = F.layer_norm(x, (width,), self.norm1_weight, self.norm1_bias, self.eps)
         qkv = self.linear(normed.to(self.arithmetic), "qkv")
-        context = self.attend(qkv, self.num_heads, query_tokens)
+        context = kernels.attention(qkv, self.num_heads, query_tokens)
         if query_tokens:
             x = x[:, :query_tokens]
         x = self._residual_add(x, context, "proj")
@@ -286,10 +284,7 @@ class InferenceModel(_Frozen):
     def classify(self, sequence: torch.Tensor, hidden: tuple[torch.Tensor, ...] | None, return_dict: bool) -> Any:
         """The classifier's output from the final LayerNorm's output: head i reads token i ([CLS]
         for the classifier, [CLS] and [DIST] for the two of a distilled model)."""
-        return self.output([self._head(name, sequence[:, i]) for i, name in enumerate(self.heads)], hidden, return_dict)
-
-    def output(self, logits: list[torch.Tensor], hidden: tuple[torch.Tensor, ...] | None, return_dict: bool) -> Any:
-        """The classifier's output from each head's logits, in :attr:`heads`' order."""
+        logits = [self._head(name, sequence[:, i]) for i, name in enumerate(self.heads)]
         if len(logits) == 1:
             output: Any = ImageClassifierOutput(None, logits[0], hidden, None)
         else:

@@ -39,15 +39,13 @@ import logging
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import kernels
 from .io import atomic_path
 from .inference_model import InferenceModel
 from .model_rules import model_kind
@@ -68,102 +66,33 @@ def onnxruntime_available() -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class GraphChoices:
-    """How the engine's graph and session are built (benchmarks/onnx_graph_choices.py times each)."""
+class _TokensGraph(nn.Module):
+    """The inference model's body with a tensor-only signature: pixel values in, the final
+    LayerNorm's output for the tokens the heads read out (batch, heads, hidden). The heads run
+    after the session, in PyTorch (float32 in every precision, and one or two rows: nothing to gain)."""
 
-    fused_attention: bool = False  # attention as ONNX Runtime's com.microsoft.MultiHeadAttention
-    transformer_fusions: bool = False  # onnxruntime.transformers' fusions (SkipLayerNormalization...)
-    heads_in_graph: bool = False  # the heads in the session, not in PyTorch after it
-    spinning: bool = True  # the session's threads spin between its operators
-
-    def suffix(self) -> str:
-        """What the choices add to the graph file's name (the session options change no file)."""
-        return "".join(tag for tag, on in (("-mha", self.fused_attention), ("-fused", self.transformer_fusions),
-                                           ("-heads", self.heads_in_graph)) if on)
-
-
-GRAPH_VARIANTS = {
-    "engine now": GraphChoices(),
-    "fused attention": GraphChoices(fused_attention=True),
-    "transformer fusions": GraphChoices(transformer_fusions=True),
-    "heads in graph": GraphChoices(heads_in_graph=True),
-    "no spinning": GraphChoices(spinning=False),
-    "fused attention and fusions": GraphChoices(True, True),
-    "all": GraphChoices(True, True, True),
-    "all, no spinning": GraphChoices(True, True, True, False),
-}
-
-
-class _FusedAttention(torch.autograd.Function):
-    """:func:`deit.kernels.attention` (pre-scaled q/k/v in one tensor), exported as ONNX Runtime's
-    ``com.microsoft.MultiHeadAttention`` on the three thirds of q/k/v, scale 1."""
-
-    @staticmethod
-    def forward(ctx: Any, qkv: torch.Tensor, num_heads: int, query_tokens: int) -> torch.Tensor:
-        return kernels.attention(qkv, num_heads, query_tokens)
-
-    @staticmethod
-    def symbolic(g: Any, qkv: Any, num_heads: int, query_tokens: int) -> Any:
-        query, key, value = g.op("Split", qkv, axis_i=-1, outputs=3)
-        if query_tokens > 0:
-            constant = lambda v: g.op("Constant", value_t=torch.tensor([v]))  # noqa: E731
-            query = g.op("Slice", query, constant(0), constant(query_tokens), constant(1))
-        return g.op("com.microsoft::MultiHeadAttention", query, key, value, num_heads_i=num_heads, scale_f=1.0)
-
-
-class _Graph(nn.Module):
-    """The inference model's body with a tensor-only signature: pixel values in; out the final
-    LayerNorm's output for the tokens the heads read (batch, heads, hidden), or with ``heads``
-    each head's logits (batch, heads, labels)."""
-
-    def __init__(self, inference: InferenceModel, heads: bool) -> None:
+    def __init__(self, inference: InferenceModel) -> None:
         super().__init__()
-        self.inference, self.heads = inference, heads
+        self.inference = inference
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        inference = self.inference
-        tokens = inference.encode(pixel_values, last_tokens=len(inference.heads))[0]
-        if not self.heads:
-            return tokens
-        return torch.stack([inference._head(name, tokens[:, i]) for i, name in enumerate(inference.heads)], 1)
+        return self.inference.encode(pixel_values, last_tokens=len(self.inference.heads))[0]
 
 
-def _export(inference: InferenceModel, path: Path, choices: GraphChoices = GraphChoices()) -> None:
+def _export(inference: InferenceModel, path: Path) -> None:
     """The inference model (PyTorch's default kernels) as an ONNX file with a dynamic batch axis.
     TorchScript tracing: a few seconds for DeiT-B, where the dynamo exporter takes tens."""
     config = inference.config
     example = torch.randn(1, config.num_channels, config.image_size, config.image_size)
-    graph = _Graph(inference, choices.heads_in_graph).eval()
-    output = "logits" if choices.heads_in_graph else "tokens"
-    attends = [layer.attend for layer in inference.layers]
-    if choices.fused_attention:
-        for layer in inference.layers:
-            layer.attend = _FusedAttention.apply
+    graph = _TokensGraph(inference).eval()
     # Tracing warns of every Python value it records (the token counts: constants here), and that
     # the TorchScript exporter is the older one: the newer one cannot see through the registered
     # attention op, and takes several times longer.
-    try:
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            torch.onnx.export(graph, (example,), str(path), input_names=["pixel_values"], output_names=[output],
-                              dynamic_axes={"pixel_values": {0: "batch"}, output: {0: "batch"}}, opset_version=17, dynamo=False,
-                              custom_opsets={"com.microsoft": 1})
-    finally:
-        for layer, attend in zip(inference.layers, attends):
-            layer.attend = attend
-    if choices.transformer_fusions:
-        _fuse_transformer(path, config)
-
-
-def _fuse_transformer(path: Path, config: Any) -> None:
-    """ONNX Runtime's transformer fusions on the file at ``path`` (rewritten)."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    fused = optimize_model(str(path), model_type="vit", num_heads=config.num_attention_heads, hidden_size=config.hidden_size, opt_level=0)
-    fused.save_model_to_file(str(path))
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(graph, (example,), str(path), input_names=["pixel_values"], output_names=["tokens"],
+                          dynamic_axes={"pixel_values": {0: "batch"}, "tokens": {0: "batch"}}, opset_version=17, dynamo=False)
 
 
 def quantize_int8(source: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -230,13 +159,13 @@ def _weights_digest(inference: InferenceModel) -> str:
     return digest.hexdigest()[:16]
 
 
-def _graph_file(inference: InferenceModel, precision: str, folder: Path, choices: GraphChoices = GraphChoices()) -> Path:
+def _graph_file(inference: InferenceModel, precision: str, folder: Path) -> Path:
     """The ONNX file of ``inference`` in ``precision`` inside ``folder``, written there unless it is already."""
-    stem = f"deit-{_weights_digest(inference)}{choices.suffix()}"
+    stem = f"deit-{_weights_digest(inference)}"
     fp32, int8 = folder / f"{stem}.onnx", folder / f"{stem}-int8.onnx"
     if not fp32.exists():
         with atomic_path(fp32) as tmp:
-            _export(inference, tmp, choices)
+            _export(inference, tmp)
     if precision == "int8" and not int8.exists():
         with atomic_path(int8) as tmp:
             quantize_int8(fp32, tmp)
@@ -245,7 +174,8 @@ def _graph_file(inference: InferenceModel, precision: str, folder: Path, choices
 
 def onnxruntime_session(path: str | os.PathLike, threads: int | None = None, spinning: bool = True) -> Any:
     """A CPU session of the ONNX file at ``path`` on ``threads`` threads (default: PyTorch's),
-    with every graph optimization of ONNX Runtime."""
+    with every graph optimization of ONNX Runtime. ``spinning``: whether its threads spin
+    between operators (ONNX Runtime's default, kept by the engine: see benchmarks/onnx_graph_choices.py)."""
     import onnxruntime
 
     path, threads = Path(path), threads or torch.get_num_threads()
@@ -270,7 +200,7 @@ class OnnxRuntimeModel(InferenceModel):
     """
 
     def __init__(self, model: DeiTPreTrainedModel, precision: str = "fp32", threads: int | None = None,
-                 cache_dir: str | os.PathLike | None = None, choices: GraphChoices = GraphChoices()) -> None:
+                 cache_dir: str | os.PathLike | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"the ONNX Runtime engine runs one of {', '.join(PRECISIONS)}, got {precision!r}")
         if not model_kind(model).heads:
@@ -281,14 +211,13 @@ class OnnxRuntimeModel(InferenceModel):
         super().__init__(model.float() if model.dtype != torch.float32 else model, torch.float32, linear_kernel="default")
         self.precision = precision
         self.threads = threads or torch.get_num_threads()
-        self.choices = choices
         if cache_dir is not None:
             folder = Path(cache_dir)
             folder.mkdir(parents=True, exist_ok=True)
-            self.session = onnxruntime_session(_graph_file(self, precision, folder, choices), self.threads, choices.spinning)
+            self.session = onnxruntime_session(_graph_file(self, precision, folder), self.threads)
         else:
             with tempfile.TemporaryDirectory() as folder:
-                self.session = onnxruntime_session(_graph_file(self, precision, Path(folder), choices), self.threads, choices.spinning)
+                self.session = onnxruntime_session(_graph_file(self, precision, Path(folder)), self.threads)
 
     def forward(self, pixel_values: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         arguments = self._arguments(pixel_values, args, kwargs) if args or kwargs else {}
@@ -304,10 +233,6 @@ class OnnxRuntimeModel(InferenceModel):
         if pixel_values.device.type != "cpu":
             raise RuntimeError(f"the model deit.optimize returns runs on the CPU, got pixel_values on {pixel_values.device}")
         feed = {"pixel_values": pixel_values.detach().float().contiguous().numpy()}
-        return_dict = arguments.get("return_dict")
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        if self.choices.heads_in_graph:
-            logits = torch.from_numpy(self.session.run(["logits"], feed)[0])
-            return self.output(list(logits.unbind(1)), None, return_dict)
         tokens = torch.from_numpy(self.session.run(["tokens"], feed)[0])
-        return self.classify(tokens, None, return_dict)
+        return_dict = arguments.get("return_dict")
+        return self.classify(tokens, None, self.config.return_dict if return_dict is None else return_dict)
