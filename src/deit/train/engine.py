@@ -37,6 +37,7 @@ from ..modeling import DeiTPreTrainedModel
 from . import checkpointing
 from .classifier_training import ClassifierObjective, TeacherHeadObjective
 from .compiling import CompileUnavailableError, check_compile, compile_failure_message, compile_module, is_compile_failure
+from ..errors import DeitError
 from .distributed import DistributedContext, barrier, init_distributed, shutdown_distributed
 from .ema import ModelEma
 from .epoch_order import seed_everything, step_seed
@@ -51,11 +52,11 @@ from .trackers import TRACKER_FOLDERS, Trackers
 
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(DeitError, RuntimeError):
     """The loss became NaN or infinite; the run stopped and its last good checkpoint was kept."""
 
 
-class RunExistsError(FileExistsError):
+class RunExistsError(DeitError, FileExistsError):
     """The output folder holds a run and neither ``resume`` nor ``overwrite`` says what to do with it."""
 
 
