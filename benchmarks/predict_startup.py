@@ -1,10 +1,12 @@
 """What ``deit predict`` on one image costs, end to end, with each ``--backend``: the whole process
 (start, model load, :func:`deit.optimize`, one forward pass), timed from outside, rounds interleaved.
 
-``auto`` is timed twice: with an empty engine-choice cache (it builds both engines, exports the
-ONNX graph and times them) and with the choice its previous run kept (it builds only the chosen
-engine). A random-weight DeiT of the given size, saved as a checkpoint folder, and the shipped
-photograph; ``DEIT_CACHE_DIR`` points at a fresh folder per run, so nothing of the user's is read.
+``onnxruntime`` and ``auto`` are timed twice: with an empty cache folder (``onnxruntime`` exports
+the ONNX graph; ``auto`` also builds the PyTorch engine and times both), what every process paid
+before deit predict kept its cache, and with what an earlier run kept there (the engine choice
+and the graph file: ``auto`` builds only the chosen engine, from the kept file). A random-weight
+DeiT of the given size, saved as a checkpoint folder, and the shipped photograph;
+``DEIT_CACHE_DIR`` points at folders of this run, so nothing of the user's is read.
 
     .venv/bin/python benchmarks/predict_startup.py --size small --rounds 3 --threads 2
 """
@@ -57,23 +59,24 @@ def main() -> None:
         DeiTForImageClassificationWithTeacher(preset_config(args.size)).save_pretrained(folder / "model")
         photo = folder / "photo.jpg"
         shutil.copyfile(photo_sources()[0], photo)
-        seconds: dict[str, list[float]] = {"import deit": [], "torch": [], "onnxruntime": [], "auto, first run": [], "auto, choice kept": []}
+        # name -> (backend, whether the cache folder keeps what an earlier run put there)
+        runs = {"torch": ("torch", True), "onnxruntime, empty cache": ("onnxruntime", False),
+                "onnxruntime, graph kept": ("onnxruntime", True), "auto, empty cache": ("auto", False),
+                "auto, choice and graph kept": ("auto", True)}
+        seconds: dict[str, list[float]] = {"import deit": [], **{name: [] for name in runs}}
         for r in range(args.rounds):
-            cache = folder / f"cache{r}"
             for name in list(seconds)[r % len(seconds):] + list(seconds)[: r % len(seconds)]:
                 if name == "import deit":
                     start = time.perf_counter()
                     subprocess.run([sys.executable, "-c", "import deit, deit.optimize"], check=True)
                     seconds[name].append(time.perf_counter() - start)
-                elif name == "auto, choice kept":
-                    if not (cache / "engine-choices.json").exists():
-                        timed_predict(folder / "model", photo, "auto", cache, args.threads)  # (untimed: makes the choice)
-                    seconds[name].append(timed_predict(folder / "model", photo, "auto", cache, args.threads))
-                elif name == "auto, first run":
-                    shutil.rmtree(folder / "fresh", ignore_errors=True)
-                    seconds[name].append(timed_predict(folder / "model", photo, "auto", folder / "fresh", args.threads))
-                else:
-                    seconds[name].append(timed_predict(folder / "model", photo, name, cache, args.threads))
+                    continue
+                backend, kept = runs[name]
+                cache = folder / f"kept-{backend}" if kept else folder / "empty"
+                shutil.rmtree(folder / "empty", ignore_errors=True)
+                if kept and not cache.exists():
+                    timed_predict(folder / "model", photo, backend, cache, args.threads)  # (untimed: fills the cache)
+                seconds[name].append(timed_predict(folder / "model", photo, backend, cache, args.threads))
     print(f"{machine_summary()}; DeiT-{args.size}, one photograph, {args.rounds} interleaved rounds\n")
     print("| deit predict --backend | best (s) | median (s) |\n|---|---:|---:|")
     for name, values in seconds.items():
