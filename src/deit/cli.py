@@ -9,7 +9,7 @@ import sys
 
 from .allocator import retain_freed_memory
 
-SUBCOMMANDS = ("predict", "attention", "convert", "export", "train", "pretrain", "eval", "demo", "bench")
+SUBCOMMANDS = ("predict", "attention", "convert", "export", "train", "teacher_cache", "pretrain", "eval", "demo", "bench")
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
