@@ -150,8 +150,8 @@ from deit.train.teacher_cache_builder import build_teacher_cache
 
 out = sys.argv[1]
 dist.init_process_group("gloo")  # one group for the three runs (each run would otherwise make and end its own)
-train_set, val_set = datasets()
-settings = dict(batch_size=4, mixup=0.8, cutmix=1.0, deterministic=True, teacher="<module>", distillation_type="hard", fast_kernels="off")
+train_set, val_set = datasets(32, 8)
+settings = dict(epochs=1, batch_size=4, mixup=0.8, cutmix=1.0, deterministic=True, teacher="<module>", distillation_type="hard", fast_kernels="off")
 build_teacher_cache(tiny_config(out + "/cache", **settings), teacher=ColourTeacher(), train_dataset=train_set, val_dataset=val_set)
 online = fit(tiny_config(out + "/online", **settings), teacher=ColourTeacher(), train_dataset=train_set, val_dataset=val_set)
 cached = fit(tiny_config(out + "/cached", teacher_cache=out + "/cache", **settings), train_dataset=train_set, val_dataset=val_set)
@@ -186,9 +186,9 @@ def test_two_processes_build_and_read_their_own_rows_and_one_process_is_refused(
     assert process.returncode == 0, err[-3000:]
     for rank in (0, 1):
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert len(report["online"]) == 2 * 64 // 8 and report["cached"] == report["online"] and all(report["same"])
-    train_set, val_set = datasets()
-    alone = tiny_config(str(tmp_path / "alone"), batch_size=4, mixup=0.8, cutmix=1.0, deterministic=True, teacher="<module>",
+        assert len(report["online"]) == 32 // 8 and report["cached"] == report["online"] and all(report["same"])
+    train_set, val_set = datasets(32, 8)
+    alone = tiny_config(str(tmp_path / "alone"), epochs=1, batch_size=4, mixup=0.8, cutmix=1.0, deterministic=True, teacher="<module>",
                         distillation_type="hard", fast_kernels="off", teacher_cache=str(tmp_path / "cache"))
     with pytest.raises(TeacherCacheError, match=r"the number of processes .*: 2 in the cache, 1 in this run"):
         fit(alone, train_dataset=train_set, val_dataset=val_set)

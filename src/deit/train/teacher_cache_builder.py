@@ -72,7 +72,9 @@ class TeacherCacheBuilder(Trainer):
         (an existing cache of other views is refused unless --overwrite)."""
         folder, config = self.output_dir, self.config
         manifest = new_manifest(fingerprint, layout, teacher_identity)
-        if (folder / MANIFEST_NAME).is_file() and not config.overwrite:
+        continuing = (folder / MANIFEST_NAME).is_file() and not config.overwrite
+        barrier()  # every rank has looked before rank 0 writes: all take the same branch
+        if continuing:
             found = read_manifest(folder)
             difference = fingerprint_difference(found["fingerprint"], fingerprint) or fingerprint_difference(
                 {"store layout": found["layout"], "teacher": found["teacher"]}, {"store layout": manifest["layout"], "teacher": teacher_identity})
@@ -84,9 +86,9 @@ class TeacherCacheBuilder(Trainer):
             self._log(f"teacher cache: continuing {folder}: {written} of {layout.epochs * layout.batches * layout.ranks} batches written")
             check_free_space(folder, layout.total_bytes * (1 - written / (layout.epochs * layout.batches * layout.ranks)))
             return store, found
+        folder.mkdir(parents=True, exist_ok=True)
+        check_free_space(folder, layout.total_bytes)  # on every rank (one disk, one answer), so that all stop alike
         if self.ctx.is_main:
-            folder.mkdir(parents=True, exist_ok=True)
-            check_free_space(folder, layout.total_bytes)
             for name in self.run_files:
                 (folder / name).unlink(missing_ok=True)
             LogitStore.create(folder, layout)
