@@ -9,13 +9,14 @@ repeated augmentation, mixup/cutmix): two epochs of three steps, about a second 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from fit_helpers import CLASSES, ColourTeacher, one_thread, tiny_config  # noqa: F401 (one_thread: autouse fixture)
+from fit_helpers import CLASSES, ColourTeacher, datasets, one_thread, run_two_gloo_processes, tiny_config  # noqa: F401 (one_thread: autouse fixture)
 from PIL import Image
 
 from deit.train import teacher_cache
@@ -163,27 +164,10 @@ dist.destroy_process_group()
 
 
 def test_two_processes_build_and_read_their_own_rows_and_one_process_is_refused(tmp_path):
-    import json
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from fit_helpers import datasets
-
     here = Path(__file__).parent
     script = tmp_path / "worker.py"
     script.write_text(DDP_WORKER.format(helpers=str(here), src=str(here.parents[1] / "src")))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
-    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
-    try:
-        _, err = process.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise
-    assert process.returncode == 0, err[-3000:]
+    run_two_gloo_processes(script, tmp_path)
     for rank in (0, 1):
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert len(report["online"]) == 32 // 8 and report["cached"] == report["online"] and all(report["same"])
