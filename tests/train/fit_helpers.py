@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -113,17 +109,3 @@ def fit_with_colour_teacher(config: TrainConfig, **datasets):
     from deit.train.engine import fit
 
     return fit(config, teacher=ColourTeacher(), **datasets)
-
-
-def run_two_gloo_processes(script, *args) -> None:
-    """``torchrun --standalone --nproc_per_node 2 SCRIPT ARGS...`` to the end (2 minutes at most); asserts it succeeded."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *map(str, args)]
-    # A session of its own, so that a hung run can be stopped with all its worker processes.
-    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, err = process.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise
-    assert process.returncode == 0, err[-3000:]

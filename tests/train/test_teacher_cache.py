@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fit_helpers import CLASSES, ColourTeacher, datasets, one_thread, run_two_gloo_processes, tiny_config  # noqa: F401 (one_thread: autouse fixture)
+from fit_helpers import CLASSES, ColourTeacher, datasets, finish, one_thread, start_two_gloo_processes, tiny_config  # noqa: F401 (one_thread: autouse fixture)
 from PIL import Image
 
 from deit.train import teacher_cache
@@ -117,6 +117,15 @@ def test_an_interrupted_build_continues_to_the_bytes_of_an_uninterrupted_one(ima
     assert build(dataclasses.replace(parts, seed=3, overwrite=True)).complete
 
 
+def test_soft_distillation_from_the_top_k_trains_at_the_caches_temperature_and_refuses_another(image_folder, tmp_path):
+    soft = dict(distillation_type="soft", distillation_tau=1.0)
+    assert build(run_config(image_folder, tmp_path / "cache", **soft), top_k=2).layout.top_k == 2
+    with pytest.raises(TeacherCacheError, match=r"keeps 2 of 3 classes and the rest of the softmax at --distillation-tau 1, this run has 2"):
+        fit(run_config(image_folder, tmp_path / "run", teacher_cache=str(tmp_path / "cache"), **{**soft, "distillation_tau": 2.0}))
+    trained = fit(run_config(image_folder, tmp_path / "run", teacher_cache=str(tmp_path / "cache"), **soft))
+    assert len(trained.step_losses) == 6 and all(np.isfinite(trained.step_losses))
+
+
 def test_a_build_the_disk_cannot_hold_is_refused_before_it_starts(image_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(teacher_cache.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 100, 100))
     with pytest.raises(TeacherCacheError, match=r"the teacher cache needs 576 bytes more but the disk has 100 bytes free"):
@@ -167,7 +176,7 @@ def test_two_processes_build_and_read_their_own_rows_and_one_process_is_refused(
     here = Path(__file__).parent
     script = tmp_path / "worker.py"
     script.write_text(DDP_WORKER.format(helpers=str(here), src=str(here.parents[1] / "src")))
-    run_two_gloo_processes(script, tmp_path)
+    finish(start_two_gloo_processes(script, tmp_path))
     for rank in (0, 1):
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert len(report["online"]) == 32 // 8 and report["cached"] == report["online"] and all(report["same"])
