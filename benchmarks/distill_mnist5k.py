@@ -164,7 +164,7 @@ def teacher_job(budget: int | str, settings: dict[str, Any]) -> dict[str, Any]:
     labelled = train_set if budget == "full" else ClassBalancedSubset(train_set, budget)
     # The same images seen (and steps) at every budget: the epochs of the 40-per-class teacher, scaled.
     epochs = settings["full_teacher_epochs"] if budget == "full" else round(settings["teacher_epochs"] * 40 / budget)
-    teacher = train_teacher(labelled, val_set, num_classes=10, epochs=epochs, seed=0)
+    teacher = train_teacher(labelled, val_set, num_classes=10, output=f"{settings['out']}/teacher-{budget}", epochs=epochs, seed=0)
     with atomic_path(teacher_file(settings["out"], budget)) as tmp:
         save_file(teacher.model.state_dict(), str(tmp))
     _, _, rest = labelled_data(budget)

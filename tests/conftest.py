@@ -18,6 +18,20 @@ TINY = dict(
 )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def deit_cache_in_a_temporary_folder(tmp_path_factory):
+    """deit's cache (deit.optimize's engine choices, the ONNX Runtime engine's graph files) in a
+    temporary folder for the whole run, in this process and the deit commands it starts: never
+    the user's ~/.cache/deit."""
+    previous = os.environ.get("DEIT_CACHE_DIR")
+    os.environ["DEIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("deit-cache"))
+    yield
+    if previous is None:
+        del os.environ["DEIT_CACHE_DIR"]
+    else:
+        os.environ["DEIT_CACHE_DIR"] = previous
+
+
 @pytest.fixture
 def tiny_kwargs() -> dict:
     return dict(TINY)

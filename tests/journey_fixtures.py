@@ -17,8 +17,12 @@ Every size is the smallest that still goes through the real code: 32 px inputs, 
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -54,10 +58,20 @@ def console_script() -> Path | None:
 
 def deit_env(**extra: str) -> dict[str, str]:
     """The environment of a ``deit`` subprocess: the sources this process imports first on the
-    path (so a worktree's code is what runs), one compute thread, no network."""
+    path (so a worktree's code is what runs), one compute thread, no network, deit's cache in a
+    temporary folder (the test run's, else one of this process), never the user's."""
     src = str(Path(deit.__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **extra}
+    cache = os.environ.get("DEIT_CACHE_DIR") or _scratch_cache()
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DEIT_CACHE_DIR": cache, **extra}
+
+
+@functools.cache
+def _scratch_cache() -> str:
+    """A temporary cache folder for the deit commands of a process that set none, removed at its exit."""
+    folder = tempfile.mkdtemp(prefix="deit-cache-")
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 def deit_command(*args: str | os.PathLike) -> list[str]:

@@ -82,3 +82,19 @@ def test_export_int8_writes_a_quantized_file_with_the_metadata(workspace, checkp
     assert {"id2label", "image_size", "preprocessor_config"} <= set(metadata)
     refused = run_deit("export", checkpoint, "--pt2", workspace / "x.pt2", "--int8")
     assert refused.returncode != 0 and "--int8 quantizes the ONNX file: give --onnx OUT.onnx" in refused.stderr
+
+
+def test_predict_keeps_the_engine_graph_in_the_cache_and_quantizes_without_advice(workspace, checkpoint, monkeypatch):
+    """deit predict keeps the ONNX Runtime engine's graph files in $DEIT_CACHE_DIR (a second
+    process reuses them, not exporting again), and the int8 build prints no ONNX Runtime advice."""
+    cache = workspace / "predict-cache"
+    monkeypatch.setenv("DEIT_CACHE_DIR", str(cache))
+    photo = write_predict_inputs(workspace / "one-photo")["jpeg"]
+    first = run_deit("predict", photo, "--model", checkpoint, "--dtype", "int8", "--json")
+    assert first.returncode == 0, first.stderr
+    assert "pre-processing" not in first.stderr, first.stderr
+    files = {path.name: path.stat().st_mtime_ns for path in cache.glob("deit-*.onnx")}
+    assert len(files) == 2 and sum(name.endswith("-int8.onnx") for name in files) == 1
+    again = run_deit("predict", photo, "--model", checkpoint, "--dtype", "int8", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout) == json.loads(first.stdout)
+    assert {path.name: path.stat().st_mtime_ns for path in cache.glob("deit-*.onnx")} == files

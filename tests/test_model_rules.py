@@ -15,7 +15,7 @@ from torch import nn
 
 import deit
 from deit import model_rules, modeling
-from deit.model_rules import ACTIVATION_FUNCTIONS, class_name_for_config, class_name_for_task, model_kind, output_names
+from deit.model_rules import ACTIVATION_FUNCTIONS, class_name_for_config, class_name_for_task, exported_names, model_kind, output_names
 
 transformers = pytest.importorskip("transformers")
 
@@ -50,6 +50,21 @@ def test_model_kinds_describe_the_classes(cls):
         assert type(model).tokens_read == len(kind.heads)  # the heads read the first tokens, one each
     outputs = model(torch.randn(1, 3, 32, 32))
     assert [name for name in output_names(model)] == [name for name in outputs.keys() if name in kind.outputs]
+
+
+@pytest.mark.parametrize("cls", list(modeling.MODEL_CLASSES.values()))
+def test_exported_names_are_outputs_of_the_forward(cls):
+    """What an export returns (ONNX, torch.export, the Keras SavedModel): the main outputs, then the
+    distilled classifier's two heads, whose mean is its ``logits``."""
+    model = cls(deit.DeiTConfig(**SMALL, encoder_stride=SMALL["patch_size"])).eval()
+    outputs = model(torch.randn(1, 3, 32, 32))
+    names = exported_names(model)
+    assert names[: len(output_names(model))] == output_names(model) and set(names) <= set(outputs.keys())
+    if "cls_logits" in names:
+        assert names == ["logits", "cls_logits", "distillation_logits"]
+        torch.testing.assert_close(outputs.logits, (outputs.cls_logits + outputs.distillation_logits) / 2)
+    else:
+        assert names == output_names(model)
 
 
 def test_a_subclass_is_its_base_kind():

@@ -8,6 +8,7 @@ through the model's few layers). The tests skip where the ``onnx`` extra is abse
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -17,15 +18,11 @@ import deit
 from deit import onnx_engine
 from deit.optimize import InferenceModel, optimize
 
+from optimize_fixtures import engine_choices_in_a_temporary_folder, pixels  # noqa: F401  (fixtures)
 from small_models import build
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
-
-
-@pytest.fixture
-def pixels() -> torch.Tensor:
-    return torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
 @pytest.mark.parametrize("cls", [deit.DeiTForImageClassificationWithTeacher, deit.DeiTForImageClassification])
@@ -70,7 +67,10 @@ def test_int8_refuses_what_it_would_compute_in_another_precision(pixels):
         optimize(build(deit.DeiTModel), dtype="int8")
 
 
-def test_auto_measures_once_and_returns_the_faster_engine(monkeypatch):
+@pytest.fixture
+def measured(monkeypatch):
+    """The engine choices of optimize(backend="auto") start empty (in memory and in a fresh cache
+    folder); every measurement is recorded and picks ONNX Runtime."""
     calls = []
 
     def pick(candidates):
@@ -80,13 +80,39 @@ def test_auto_measures_once_and_returns_the_faster_engine(monkeypatch):
     optimize_module = sys.modules["deit.optimize"]  # (deit.optimize is also the function's name)
     monkeypatch.setattr(optimize_module, "fastest", pick)
     monkeypatch.setattr(optimize_module, "_ENGINE_CHOICES", {})
+    return calls
+
+
+def test_auto_measures_once_and_returns_the_faster_engine(measured):
     assert isinstance(optimize(build()), onnx_engine.OnnxRuntimeModel)
     assert isinstance(optimize(build()), onnx_engine.OnnxRuntimeModel)
-    assert calls == [["onnxruntime", "torch"]]  # measured once for this shape and thread count
-    # bfloat16, a bare body and compile=True stay on PyTorch, unmeasured.
+    assert measured == [["onnxruntime", "torch"]]  # measured once for this shape and thread count
+    # bfloat16 and a bare body stay on PyTorch, unmeasured.
     assert isinstance(optimize(build(), dtype="bf16"), InferenceModel)
     assert type(optimize(build(deit.DeiTModel))) is InferenceModel
-    assert len(calls) == 1
+    assert len(measured) == 1
+
+
+def test_auto_keeps_its_choice_for_later_processes_and_builds_only_that_engine(measured, monkeypatch, tmp_path):
+    optimize(build())
+    choices = tmp_path / "choices" / "engine-choices.json"
+    assert choices.exists() and list(json.loads(choices.read_text()).values()) == ["onnxruntime"]
+    monkeypatch.setattr(sys.modules["deit.optimize"], "_ENGINE_CHOICES", {})  # a new process
+    built = []
+    monkeypatch.setattr(sys.modules["deit.optimize"], "InferenceModel", lambda *args: built.append(args))
+    assert isinstance(optimize(build()), onnx_engine.OnnxRuntimeModel)
+    assert len(measured) == 1 and not built  # read back: neither measured again nor the PyTorch engine built
+    # Another thread count (or CPU, versions, model shape) is measured on its own.
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)
+    optimize(build())
+    assert len(measured) == 2 and len(json.loads(choices.read_text())) == 2
+    # cache_dir= keeps the choices there; an unreadable file is measured again and rewritten.
+    monkeypatch.setattr(sys.modules["deit.optimize"], "_ENGINE_CHOICES", {})  # a new process
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "engine-choices.json").write_text("{not json")
+    optimize(build(), cache_dir=tmp_path / "mine")
+    assert len(measured) == 3 and len(json.loads((tmp_path / "mine" / "engine-choices.json").read_text())) == 1
 
 
 def test_cache_dir_reuses_the_onnx_file(tmp_path, monkeypatch, pixels):

@@ -18,14 +18,10 @@ import deit
 from deit import kernels, probes
 from deit.optimize import InferenceModel, optimize
 
+from optimize_fixtures import engine_choices_in_a_temporary_folder, pixels  # noqa: F401  (fixtures)
 from small_models import build
 
 pytestmark = pytest.mark.skipif(not probes.fast_kernels_available(), reason="PyTorch build without the oneDNN kernels")
-
-
-@pytest.fixture
-def pixels() -> torch.Tensor:
-    return torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
 def outputs_match(expected, got, tolerance: float) -> None:
@@ -205,7 +201,7 @@ def test_torch_export_sees_the_registered_ops_and_matches(pixels, tmp_path):
 
 def test_torch_compile_of_the_inference_model_matches(pixels):
     fast = optimize(build(), backend="torch")
-    compiled = optimize(build(), compile=True)
+    compiled = torch.compile(optimize(build(), backend="torch"))
     with torch.inference_mode():
         assert (compiled(pixels).logits - fast(pixels).logits).abs().max() < 1e-5
 

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import dis
 import importlib
 import sys
+from types import TracebackType
 
 from .allocator import retain_freed_memory
+from .errors import DeitError
 
 SUBCOMMANDS = ("predict", "attention", "convert", "export", "train", "teacher_cache", "pretrain", "eval", "demo", "bench")
 
@@ -46,6 +49,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the package raises on bad input, a missing or unreadable file, or a run that cannot go on.
+_MESSAGE_KINDS = (ValueError, OSError, RuntimeError)
+_RAISE = dis.opmap["RAISE_VARARGS"]
+
+
+def _raised_by_deit_statement(tb: TracebackType | None) -> bool:
+    """Whether the innermost frame of ``tb`` is in the deit package and stopped at a ``raise``
+    statement: the package's own message. A bug raises from elsewhere: inside a library (torch,
+    numpy, PIL, ...), or in our code by an operation rather than a ``raise`` (a shape error
+    from a torch op called here, a failed tuple unpacking)."""
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    code = tb.tb_frame.f_code.co_code
+    return (module == "deit" or module.startswith("deit.")) and 0 <= tb.tb_lasti < len(code) and code[tb.tb_lasti] == _RAISE
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether the command line shows ``err`` as one line (exit status 2) rather than a traceback:
+
+    - any :class:`~deit.errors.DeitError` (the package's error types, wherever raised);
+    - a ValueError, OSError or RuntimeError raised by a ``raise`` statement of the package (its
+      messages about bad input, missing files, a run that cannot go on; the one rule for every
+      module, without a project type at each of its raise sites);
+    - an OSError the operating system reported (``errno`` set: no such file, permission denied,
+      disk full), which is about the machine's files, not the code, whoever made the call.
+
+    Anything else (a RuntimeError from inside torch, a ValueError from a library, a TypeError)
+    is a bug to see: it keeps its traceback."""
+    if isinstance(err, DeitError):
+        return True
+    if isinstance(err, OSError) and err.errno is not None:
+        return True
+    return isinstance(err, _MESSAGE_KINDS) and _raised_by_deit_statement(err.__traceback__)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("deit: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
-        # Expected failures (bad input, missing files) get one line, not a traceback.
+    except Exception as err:
+        if not is_user_error(err):
+            raise  # a bug: Python prints the traceback and exits with status 1
         print(f"deit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .io import atomic_path
+from .model_rules import exported_names
 
 if TYPE_CHECKING:
     from .modeling import DeiTPreTrainedModel
@@ -38,25 +39,6 @@ if TYPE_CHECKING:
 MAX_BATCH = 4096
 # The name of the dynamic first axis of the input and of every output.
 BATCH_AXIS = "batch"
-
-
-def output_names(model: "DeiTPreTrainedModel") -> list[str]:
-    """The model's main output tensors: ``logits`` for any classifier (the Keras SavedModel
-    export serves these); the ONNX graph returns :func:`head_names`."""
-    name = type(model).__name__
-    if name.endswith("ForMaskedImageModeling"):
-        return ["reconstruction"]
-    if "ForImageClassification" in name:
-        return ["logits"]
-    return ["last_hidden_state", "pooler_output"] if getattr(model, "pooler", None) is not None else ["last_hidden_state"]
-
-
-def head_names(model: "DeiTPreTrainedModel") -> list[str]:
-    """Every output tensor of the exported graph, in order: :func:`output_names`, and for the
-    distilled classifier its two heads after ``logits`` (their mean)."""
-    if type(model).__name__.endswith("ForImageClassificationWithTeacher"):
-        return ["logits", "cls_logits", "distillation_logits"]
-    return output_names(model)
 
 
 # What each output holds, for the metadata (a runtime user reads which head is which).
@@ -76,7 +58,7 @@ class GraphModule(nn.Module):
     def __init__(self, model: "DeiTPreTrainedModel") -> None:
         super().__init__()
         self.model = model
-        self.names = head_names(model)
+        self.names = exported_names(model)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.model(pixel_values, return_dict=True)
@@ -117,7 +99,7 @@ def onnx_metadata(model: "DeiTPreTrainedModel", processor: "DeiTImageProcessor",
         steps.append(f"rescale by {factor}")
     if processor.do_normalize:
         steps.append("normalize (x - image_mean) / image_std per channel")
-    names = head_names(model)
+    names = exported_names(model)
     metadata = {
         "deit_model_class": type(model).__name__,
         "image_size": str(config.image_size),

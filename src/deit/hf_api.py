@@ -20,9 +20,10 @@ from torch import nn
 
 from . import checkpoint
 from .config import DeiTConfig
+from .errors import DeitError
 
 
-class HubUploadError(RuntimeError):
+class HubUploadError(DeitError, RuntimeError):
     """An upload to the Hugging Face Hub could not be made (offline, no token, refused); nothing was uploaded."""
 
 

@@ -11,6 +11,8 @@ import re
 import sys
 from pathlib import Path
 
+from .errors import DeitError
+
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 # Weight files in the order we prefer them: safetensors first, pickle last.
@@ -21,7 +23,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".json")
 RUN_MODEL_FOLDERS = ("best", "last", "ema")
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(DeitError, FileNotFoundError):
     """A name that is neither a local path nor a Hub repository we can reach or find cached."""
 
 

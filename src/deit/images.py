@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Union
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from .errors import DeitError
+
 if TYPE_CHECKING:  # torch is only needed for tensor inputs, and then already imported
     import torch
 
@@ -63,7 +65,7 @@ DraftSize = Callable[[int, int], tuple[int, int]]
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
-class ImageReadError(ValueError):
+class ImageReadError(DeitError, ValueError):
     """A file (or bytes) that is not a readable image; ``reason`` is the short why."""
 
     def __init__(self, message: str, reason: str) -> None:

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
-from .modeling import (DeiTForImageClassification, DeiTForImageClassificationWithTeacher, DeiTForMaskedImageModeling,
-                       DeiTLayer, DeiTModel, DeiTPreTrainedModel, activation, check_pixel_values, interpolate_position_embeddings)
+from .model_rules import activation_function, model_kind, output_names
+from .modeling import DeiTLayer, DeiTPreTrainedModel, activation, check_pixel_values, interpolate_position_embeddings
 from .outputs import BaseModelOutputWithPooling, DeiTForImageClassificationWithTeacherOutput, ImageClassifierOutput
 from .probes import BF16_MATMUL_MODES, bf16_kernels_available, bf16_matmul_is_fast, fast_kernels_available, onednn_fp32_wins
 
@@ -46,11 +46,13 @@ __all__ = ["InferenceModel"]
 
 # Rows the packed weights are laid out for: DeiT's 198 tokens of one image.
 _PACKED_ROWS = 198
-# Arguments of the models' forward that the inference model serves, and those it refuses.
 # How the matmuls run: "onednn" (weights prepacked for oneDNN's GEMM, the bias, GELU and residual
 # addition in its epilogue), "default" (PyTorch's F.linear on the plain weights: MKL in float32;
 # activation and addition after it), or "auto" (see _linear_kernel).
 LINEAR_KERNELS = ("auto", "onednn", "default")
+# The tasks (deit.model_rules.ModelKind.task) of the models the inference model serves.
+SERVED_TASKS = ("base", "image-classification")
+# Arguments of the models' forward that the inference model serves; any other raises an error.
 _SERVED = frozenset({"pixel_values", "interpolate_pos_encoding", "output_hidden_states", "return_dict", "last_layer_tokens",
                      "distillation_type", "distillation_alpha", "distillation_tau"})  # (the last three: loss settings only)
 
@@ -131,14 +133,15 @@ class _InferenceBlock(_Frozen):
         self.keep_matmul("proj", layer.attention.output.dense.weight, layer.attention.output.dense.bias)
         self.keep_matmul("fc1", layer.intermediate.dense.weight, layer.intermediate.dense.bias)
         self.keep_matmul("fc2", layer.output.dense.weight, layer.output.dense.bias)
-        # oneDNN applies the activations it knows in the matmul's epilogue; any other activation,
+        # oneDNN applies the activation functions it knows in the matmul's epilogue; any other,
         # and every one on PyTorch's default kernel, runs after the matmul as the model's module.
-        fused = kernel == "onednn" and hidden_act in kernels.ACTIVATIONS
-        self.fused_act = hidden_act if fused else "none"
+        function = activation_function(hidden_act)
+        fused = kernel == "onednn" and function in kernels.ACTIVATIONS
+        self.fused_act = function if fused else "none"
         self.separate_act = None if fused else activation(hidden_act)
         # One oneDNN could fuse runs in the matmul's arithmetic, as in the epilogue; any other in
         # the model's dtype, as the model's module computes it.
-        self.act_dtype = self.arithmetic if hidden_act in kernels.ACTIVATIONS else dtype
+        self.act_dtype = self.arithmetic if function in kernels.ACTIVATIONS else dtype
 
     def _residual_add(self, residual: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
         if self.dtype == torch.float32:  # the addition in the epilogue is the same float32 addition
@@ -168,12 +171,14 @@ class InferenceModel(_Frozen):
     """
 
     def __init__(self, model: DeiTPreTrainedModel, dtype: torch.dtype, bf16_matmul: str = "auto", linear_kernel: str = "auto") -> None:
-        if isinstance(model, DeiTForMaskedImageModeling):
+        try:
+            kind = model_kind(model)
+        except ValueError:
+            raise TypeError(f"deit.optimize takes a deit model (DeiTModel, DeiTForImageClassification[WithTeacher], or their "
+                            f"ViT twins), got {type(model).__name__}") from None
+        if kind.task not in SERVED_TASKS:
             raise TypeError(f"deit.optimize serves DeiTModel and the classification models, not {type(model).__name__}: "
                             "run masked image modeling with the model itself")
-        if not isinstance(model, (DeiTModel, DeiTForImageClassification, DeiTForImageClassificationWithTeacher)):
-            raise TypeError(f"deit.optimize takes a deit model (DeiTModel, DeiTForImageClassification[WithTeacher], or their "
-                            f"ViT twins), got {type(model).__name__}")
         if bf16_matmul not in BF16_MATMUL_MODES:
             raise ValueError(f"bf16_matmul must be one of {', '.join(BF16_MATMUL_MODES)}, got {bf16_matmul!r}")
         arithmetic = _arithmetic_dtype(dtype, bf16_matmul)
@@ -196,12 +201,11 @@ class InferenceModel(_Frozen):
         # Heads (plain linear maps on one or two tokens: too small for the packed kernel to pay).
         self.tokens_read = getattr(type(model), "tokens_read", None)
         self.pooler_activation = None
-        if isinstance(model, DeiTModel) and model.pooler is not None:
+        if "pooler_output" in output_names(model):
             self.keep("pooler_weight", model.pooler.dense.weight)
             self.keep("pooler_bias", model.pooler.dense.bias)
             self.pooler_activation = activation(model.config.pooler_act)
-        heads = {DeiTForImageClassification: ("classifier",), DeiTForImageClassificationWithTeacher: ("cls_classifier", "distillation_classifier")}
-        self.heads = next((names for cls, names in heads.items() if isinstance(model, cls)), ())
+        self.heads = kind.heads  # in the order of the tokens they read
         for name in self.heads:
             head = getattr(model, name)
             self.keep(f"{name}_weight", getattr(head, "weight", None))  # None: num_labels = 0, an identity head

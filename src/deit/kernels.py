@@ -23,9 +23,10 @@ import torch.nn.functional as F
 
 __all__ = ["ACTIVATIONS", "pack_weight", "linear", "attention"]
 
-# config.hidden_act -> oneDNN post-op (name, algorithm) fused after a matmul; others run separately.
-ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "gelu_pytorch_tanh": ("gelu", "tanh"),
-               "gelu_fast": ("gelu", "tanh"), "relu": ("relu", ""), "silu": ("swish", ""), "swish": ("swish", ""),
+# Activation function (a value of deit.model_rules.ACTIVATION_FUNCTIONS, which maps a config's
+# hidden_act to it) -> oneDNN post-op (name, algorithm) fused after a matmul; "none": no
+# activation. The other functions run separately, after the matmul.
+ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_pytorch_tanh": ("gelu", "tanh"), "relu": ("relu", ""), "silu": ("swish", ""),
                "none": ("none", "")}
 # Samples per attention chunk: the best measured for DeiT-Ti/S/B at 198 tokens on a 2-core
 # AVX-512 CPU (one sample leaves the batched matmuls too small, four spill the L2 cache).
@@ -82,7 +83,7 @@ def _(qkv: torch.Tensor, num_heads: int, query_tokens: int) -> torch.Tensor:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str = "none",
            residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``activation(x @ weight.T + bias)`` (``activation``: a key of :data:`ACTIVATIONS`), or with
+    """``activation(x @ weight.T + bias)`` (``activation``: a function named in :data:`ACTIVATIONS`), or with
     ``residual`` ``x @ weight.T + bias + residual``; ``weight`` from :func:`pack_weight`."""
     op = _linear_op if torch.compiler.is_compiling() else _linear_op._init_fn
     return op(x, weight, bias, activation, residual)

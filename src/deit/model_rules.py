@@ -136,14 +136,16 @@ class ModelKind:
 
     task: str  # the task the auto classes load it for
     heads: tuple[str, ...]  # its linear classifiers, in the order of the tokens they read ([CLS], [DIST])
-    outputs: tuple[str, ...]  # its main output tensors (what an export serves)
+    outputs: tuple[str, ...]  # its main output tensors
+    head_outputs: tuple[str, ...] = ()  # each head's own output where ``outputs`` combines them
 
 
 # Model classes by name after the model type ("DeiT" / "ViT") and the framework ("TF") prefixes.
 MODEL_KINDS: dict[str, ModelKind] = {
     "Model": ModelKind("base", (), ("last_hidden_state", "pooler_output")),
     "ForImageClassification": ModelKind("image-classification", ("classifier",), ("logits",)),
-    "ForImageClassificationWithTeacher": ModelKind("image-classification", ("cls_classifier", "distillation_classifier"), ("logits",)),
+    "ForImageClassificationWithTeacher": ModelKind("image-classification", ("cls_classifier", "distillation_classifier"), ("logits",),
+                                                   ("cls_logits", "distillation_logits")),
     "ForMaskedImageModeling": ModelKind("masked-image-modeling", (), ("reconstruction",)),
 }
 # The class each task loads for a distilled ("deit") and a plain ("vit") checkpoint.
@@ -194,6 +196,13 @@ def output_names(model: Any) -> list[str]:
     pooler has no ``pooler_output``."""
     outputs = model_kind(model).outputs
     return [name for name in outputs if name != "pooler_output" or getattr(model, "pooler", None) is not None]
+
+
+def exported_names(model: Any) -> list[str]:
+    """Every tensor an exported graph (ONNX, ``torch.export``, a Keras SavedModel) returns, in
+    order: :func:`output_names`, then each head's own output (the distilled classifier's
+    ``cls_logits`` and ``distillation_logits`` after ``logits``, their mean)."""
+    return output_names(model) + list(model_kind(model).head_outputs)
 
 
 def class_name_for_config(class_name: str, model_type: str) -> str:

@@ -11,15 +11,18 @@ kernels (MLAS), which on some CPUs beat PyTorch's (BENCHMARKS.md).
 ``int8``: ONNX Runtime's dynamic quantization of that graph. The weights of the matmuls are
 int8, one scale per output channel (symmetric; 7 bits on CPUs without VNNI, see
 :func:`_has_vnni`); each call quantizes the matmuls' inputs to uint8 with one scale and zero
-point per tensor, from the tensor's own range (no calibration data).
+point per tensor, from the tensor's own range (no calibration data). One scale per tensor
+instead was no faster and less accurate (benchmarks/int8_recipe.py; BENCHMARKS.md).
 Kept in float32, by choice:
 
 * the patch embedding (a convolution on the normalised pixels): the first layer, whose rounding
-  error every later layer carries, and about 1 % of the work;
+  error every later layer carries, and about 1 % of the work (ONNX Runtime's ConvInteger was
+  slower than its float convolution at batch 1);
 * the heads ([CLS] and [DIST] classifiers): their error lands in the logits unfiltered, and on
   one or two rows they cost nothing;
 * attention's own two products (queries x keys, probabilities x values): both operands are
-  activations, with no weight to quantize ahead of time;
+  activations, with no weight to quantize ahead of time; quantizing both per call (uint8 x
+  uint8) gained nothing at DeiT's 198 tokens, and ONNX Runtime's own default leaves them float;
 * LayerNorm, softmax, GELU and the residual additions: element-wise work in float32, as
   quantized transformers keep it.
 
@@ -30,10 +33,13 @@ the same weights.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +47,9 @@ import torch
 from torch import nn
 
 from .io import atomic_path
-from .modeling import DeiTForImageClassification, DeiTForImageClassificationWithTeacher, DeiTPreTrainedModel, check_pixel_values
 from .inference_model import InferenceModel
+from .model_rules import model_kind
+from .modeling import DeiTPreTrainedModel, check_pixel_values
 
 __all__ = ["onnxruntime_available", "onnxruntime_session", "quantize_int8", "OnnxRuntimeModel", "PRECISIONS"]
 
@@ -104,8 +111,29 @@ def quantize_int8(source: str | os.PathLike, target: str | os.PathLike) -> None:
     # (ONNX Runtime's quantizer first rewrites a Gemm as a MatMul named NAME_MatMul.)
     heads = [name for node in graph.node if node.op_type in ("MatMul", "Gemm") and any("classifier" in i for i in node.input)
              for name in (node.name, f"{node.name}_MatMul")]
-    quantize_dynamic(str(source), str(target), per_channel=True, weight_type=QuantType.QInt8, reduce_range=not _has_vnni(),
-                     op_types_to_quantize=["MatMul"], nodes_to_exclude=activation_products + heads)
+    with without_preprocessing_advice():
+        quantize_dynamic(str(source), str(target), per_channel=True, weight_type=QuantType.QInt8, reduce_range=not _has_vnni(),
+                         op_types_to_quantize=["MatMul"], nodes_to_exclude=activation_products + heads)
+
+
+# The start of the warning ONNX Runtime's quantizer logs on every call for a file without its
+# "pre-processing" (shape inference and graph cleanup it applies itself before quantizing): advice
+# for static quantization with calibration, which dynamic quantization does not need.
+_PREPROCESSING_ADVICE = "Please consider to run pre-processing before quantization"
+
+
+@contextlib.contextmanager
+def without_preprocessing_advice() -> Iterator[None]:
+    """Leaves out the quantizer's pre-processing advice (:data:`_PREPROCESSING_ADVICE`), and nothing else, while it runs."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_PREPROCESSING_ADVICE)
+
+    root = logging.getLogger()  # the quantizer logs through logging.warning, the root logger
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def _has_vnni() -> bool:
@@ -144,9 +172,10 @@ def _graph_file(inference: InferenceModel, precision: str, folder: Path) -> Path
     return int8 if precision == "int8" else fp32
 
 
-def onnxruntime_session(path: str | os.PathLike, threads: int | None = None) -> Any:
+def onnxruntime_session(path: str | os.PathLike, threads: int | None = None, spinning: bool = True) -> Any:
     """A CPU session of the ONNX file at ``path`` on ``threads`` threads (default: PyTorch's),
-    with every graph optimization of ONNX Runtime."""
+    with every graph optimization of ONNX Runtime. ``spinning``: whether its threads spin
+    between operators (ONNX Runtime's default, kept by the engine: see benchmarks/onnx_graph_choices.py)."""
     import onnxruntime
 
     path, threads = Path(path), threads or torch.get_num_threads()
@@ -155,6 +184,8 @@ def onnxruntime_session(path: str | os.PathLike, threads: int | None = None) -> 
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(path.read_bytes(), options, providers=["CPUExecutionProvider"])
 
 
@@ -172,7 +203,7 @@ class OnnxRuntimeModel(InferenceModel):
                  cache_dir: str | os.PathLike | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"the ONNX Runtime engine runs one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if not isinstance(model, (DeiTForImageClassification, DeiTForImageClassificationWithTeacher)):
+        if not model_kind(model).heads:
             raise TypeError(f"the ONNX Runtime engine serves the classification models, not {type(model).__name__}: "
                             "use deit.optimize(model, backend='torch')")
         if not onnxruntime_available():

@@ -20,17 +20,37 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import time
 from typing import Callable
 
 import torch
 
-__all__ = ["fast_kernels_available", "bf16_kernels_available", "bf16_matmul_is_fast", "onednn_fp32_speedup", "onednn_fp32_wins",
+__all__ = ["cpu_model_name", "cpu_description", "fast_kernels_available", "bf16_kernels_available", "bf16_matmul_is_fast", "onednn_fp32_speedup", "onednn_fp32_wins",
            "best_seconds", "fastest", "BF16_MATMUL_MODES"]
 
 # How bfloat16 matmuls are computed: "bf16" (oneDNN's bf16 kernel, where the CPU has one), "fp32"
 # (float32 arithmetic on the bf16 operands), or "auto" (the faster here).
 BF16_MATMUL_MODES = ("auto", "bf16", "fp32")
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it where there is one."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.cache
+def cpu_description() -> str:
+    """This CPU as far as a measured choice depends on it: its model name, the SIMD level PyTorch
+    dispatches to, and the number of logical cores."""
+    return f"{cpu_model_name()}, {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores"
 
 
 def fast_kernels_available() -> bool:

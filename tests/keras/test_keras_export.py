@@ -1,5 +1,5 @@
 """The TensorFlow SavedModel export: reloaded without our code, its serving signature takes any
-batch size and gives the logits of the model."""
+batch size and gives the tensors the ONNX export gives (the logits, and each head's of a distilled model)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import tensorflow as tf  # noqa: E402  (after deit.keras: see deit.tensorflow_im
 
 
 @pytest.mark.parametrize("torch_cls, keras_cls, names", [
-    (deit.DeiTForImageClassificationWithTeacher, dk.TFDeiTForImageClassificationWithTeacher, ["logits"]),
+    (deit.DeiTForImageClassificationWithTeacher, dk.TFDeiTForImageClassificationWithTeacher, ["logits", "cls_logits", "distillation_logits"]),
     (deit.DeiTModel, dk.TFDeiTModel, ["last_hidden_state", "pooler_output"]),
 ], ids=["with_teacher", "body"])
 def test_saved_model_reload_gives_the_same_outputs_at_any_batch(tmp_path, torch_cls, keras_cls, names):

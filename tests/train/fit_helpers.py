@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +114,22 @@ def fit_with_colour_teacher(config: TrainConfig, **datasets):
     from deit.train.engine import fit
 
     return fit(config, teacher=ColourTeacher(), **datasets)
+
+
+def start_two_gloo_processes(script: Path, *args: object) -> subprocess.Popen:
+    """``script`` under torchrun in two processes of one thread each, in a session of its own (so
+    that a hung run can be stopped with all its worker processes): wait for it with :func:`finish`."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *map(str, args)]
+    return subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait for ``process`` (killing its session when it hangs); a failure shows the end of its stderr."""
+    try:
+        _, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    assert process.returncode == 0, err[-3000:]

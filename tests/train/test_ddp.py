@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fit_helpers import datasets, needs_fast_kernels, one_thread  # noqa: F401 (one_thread: autouse fixture)
+from fit_helpers import datasets, finish, needs_fast_kernels, one_thread, start_two_gloo_processes  # noqa: F401 (one_thread: autouse fixture)
 
 from deit.train import checkpointing
 
@@ -89,17 +85,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, objective, sampler, fast
                                     config_module=config_module, make_config=OBJECTIVES[objective][1], run_module=run_module, run=run))
     reports = tmp_path / "reports"
     reports.mkdir()
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(script), str(tmp_path / "ddp"), sampler, str(reports)]
-    # A session of its own, so that a hung run can be stopped with all its worker processes.
-    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, err = process.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise
-    assert process.returncode == 0, err[-3000:]
+    finish(start_two_gloo_processes(script, tmp_path / "ddp", sampler, reports))
     rank0 = json.loads((reports / "rank0.json").read_text())
     rank1 = json.loads((reports / "rank1.json").read_text())
 

@@ -165,15 +165,3 @@ def test_the_teacher_scores_the_view_the_student_sees(tmp_path):
     training_calls = teacher.seen[1:]  # the first call checks the teacher's class count on a validation image
     assert len(training_calls) == len(student_inputs) == 64 // 8
     assert all(torch.equal(a, b) for a, b in zip(training_calls, student_inputs))
-
-
-def test_adapting_the_teachers_head_learns_from_the_labelled_images_only():
-    from deit.demo.teacher import SmallConvNet
-    from deit.train.teacher import Teacher, adapt_teacher_head
-
-    teacher = Teacher(SmallConvNet(num_classes=4))
-    teacher.num_classes = 4
-    images = torch.randn(6, 3, 16, 16)
-    batches = [(images, torch.tensor([0, UNLABELLED, 2, 1, UNLABELLED, 0])), (images, torch.full((6,), UNLABELLED))]
-    adapted = adapt_teacher_head(teacher, batches, num_classes=3, epochs=1, log=lambda message: None)
-    assert adapted(images).shape == (6, 3)

@@ -1,5 +1,5 @@
 """Teachers: every kind of source, the normalisation/size conversion against a hand computation,
-the class-count check, and adapting a teacher's head to new classes."""
+and the class-count check (adapting a teacher's head to new classes: test_teacher_head.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch import nn
 from deit import DeiTConfig, DeiTForImageClassificationWithTeacher
 from deit.processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from deit.demo.teacher import SmallConvNet
-from deit.train.teacher import Teacher, adapt_teacher_head, load_teacher
+from deit.train.teacher import Teacher, load_teacher
 
 HERE = Path(__file__).parent
 STUDENT_MEAN, STUDENT_STD = (0.1307, 0.2, 0.3), (0.3081, 0.25, 0.5)
@@ -105,7 +105,7 @@ def test_class_count_mismatch_is_refused(tmp_path):
     save_resnet18(tmp_path / "r18.safetensors", num_classes=10)
     with pytest.raises(ValueError, match="predicts 10 classes but the data set has 5.*--teacher-finetune-epochs"):
         load_teacher("torchvision:resnet18", num_classes=5, weights_path=str(tmp_path / "r18.safetensors"), student_input_size=16)
-    # num_classes=None: loaded unchecked, for adapt_teacher_head.
+    # num_classes=None: loaded unchecked, for a teacher whose head the engine adapts (test_teacher_head.py).
     assert load_teacher("torchvision:resnet18", num_classes=None, weights_path=str(tmp_path / "r18.safetensors"), student_input_size=16).num_classes == 10
 
 
@@ -213,43 +213,3 @@ def test_our_checkpoint_teacher_uses_its_config_and_processor(tmp_path):
         output = model(by_hand(x, (0.5,) * 3, (0.25,) * 3, 32))
     # A distilled DeiT teaches with its prediction: the mean of its two heads.
     torch.testing.assert_close(teacher(x), (output.cls_logits + output.distillation_logits) / 2, atol=ATOL, rtol=0)
-
-
-def colour_batches(num_classes: int = 3, per_class: int = 8, size: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Images of class c are mostly colour c: an easy task for any frozen feature extractor."""
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(num_classes).repeat(per_class)
-    images = 0.3 * torch.randn(len(labels), 3, size, size, generator=g)
-    images[torch.arange(len(labels)), labels] += 2.0
-    return [(images[i : i + 8], labels[i : i + 8]) for i in range(0, len(labels), 8)]
-
-
-def test_adapt_teacher_head_trains_only_a_new_head():
-    torch.manual_seed(0)
-    teacher = Teacher(SmallConvNet(num_classes=10))
-    teacher.num_classes = 10
-    body_before = {k: v.clone() for k, v in teacher.model.state_dict().items() if not k.startswith("classifier")}
-    data = colour_batches()
-    adapt_teacher_head(teacher, data, num_classes=3, epochs=6, lr=0.1, log=lambda _: None)
-    assert teacher.num_classes == 3 and teacher.model.classifier.out_features == 3
-    body_after = {k: v for k, v in teacher.model.state_dict().items() if not k.startswith("classifier")}
-    assert all(torch.equal(body_before[k], body_after[k]) for k in body_before)  # incl. BatchNorm statistics
-    assert all(not p.requires_grad for p in teacher.parameters()) and not teacher.model.training
-    correct = sum(int((teacher(x).argmax(-1) == y).sum()) for x, y in data)
-    assert correct / 24 >= 0.9
-
-
-def test_adapt_replaces_both_heads_of_a_distilled_deit(tmp_path):
-    tiny_deit(num_labels=5).save_pretrained(tmp_path / "ckpt")
-    teacher = load_teacher(str(tmp_path / "ckpt"), num_classes=None)
-    adapt_teacher_head(teacher, colour_batches(size=32), num_classes=3, epochs=1, log=lambda _: None)
-    assert teacher.model.cls_classifier.out_features == teacher.model.distillation_classifier.out_features == 3
-    assert teacher(student_batch(size=32)).shape == (2, 3)
-
-
-@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
-def test_adapt_refuses_torchscript(tmp_path):
-    torch.jit.script(SmallConvNet(num_classes=4).eval()).save(str(tmp_path / "t.pt"))
-    teacher = load_teacher(str(tmp_path / "t.pt"), num_classes=None, student_input_size=16)
-    with pytest.raises(ValueError, match="TorchScript"):
-        adapt_teacher_head(teacher, colour_batches(), num_classes=3, epochs=1)

@@ -25,7 +25,7 @@ from ..onnx_engine import onnxruntime_available
 from ..optimize import optimize
 from ..probes import bf16_kernels_available
 from ..processing import DeiTImageProcessor
-from .inference import onnxruntime_peer, preset_config
+from .inference import fresh_optimize, onnxruntime_peer, preset_config
 from .photos import photo_variants
 
 __all__ = ["top1_agreement", "format_agreement"]
@@ -73,7 +73,7 @@ def top1_agreement(model_path: str | None = None, data: str = "photos", size: st
     pixels = processor(images, return_tensors="pt")["pixel_values"]
     log(f"{len(images)} images ({data}), model {model_path or f'random-weight DeiT-{size}'}")
     expected = _predict(lambda x: reference(x).logits, pixels, batch_size)
-    ours_fp32 = optimize(reference)
+    ours_fp32 = fresh_optimize(reference)
     variants: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"ours fp32 (deit.optimize)": lambda x: ours_fp32(x).logits}
     onnx_folder = tempfile.TemporaryDirectory()  # the peer's ONNX files
     # Both ways of computing the bf16 matmuls (deit.optimize picks the faster; see bf16_matmul),

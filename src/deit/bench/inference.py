@@ -170,8 +170,11 @@ def onnxruntime_peer(name: str, model: torch.nn.Module, folder: str) -> Callable
     if name == "onnxruntime-int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        from ..onnx_engine import without_preprocessing_advice
+
         quantized = path.with_name("model-int8.onnx")
-        quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
+        with without_preprocessing_advice():
+            quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
         path = quantized
     session = onnxruntime_session(path)
     first_output = session.get_outputs()[0].name  # logits
@@ -216,6 +219,89 @@ def _peer_settings(model: torch.nn.Module, x: torch.Tensor, dtype: str, compile_
         yield "bf16 cast + compile", call, seconds
 
 
+@dataclass
+class Candidates:
+    """What one cell times: each candidate's call, and what its row says (implementation name,
+    setting, compile seconds), by key."""
+
+    calls: dict[str, Callable[[], object]] = field(default_factory=dict)
+    rows: dict[str, tuple[str, str, float | None]] = field(default_factory=dict)
+
+    def add(self, key: str, call: Callable[[], object], name: str, setting: str, compile_s: float | None = None) -> None:
+        self.calls[key] = call
+        self.rows[key] = (name, setting, compile_s)
+
+
+def fresh_optimize(model: torch.nn.Module, **options: object) -> torch.nn.Module:
+    """``deit.optimize(model, **options)`` with its engine choice measured in this run, not one an
+    earlier run kept in the cache folder (a temporary ``cache_dir``)."""
+    with tempfile.TemporaryDirectory() as cache_dir:
+        return optimize(model, cache_dir=cache_dir, **options)
+
+
+def _add_ours(found: Candidates, cell: Cell, reference: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype,
+              device: torch.device, compile_ours: bool) -> str:
+    """Our candidates: each engine of deit.optimize, the plain model, the other bf16 matmul choice,
+    compiled (``compile_ours``), int8. Returns the row deit.optimize's own choice is."""
+    ours = fresh_optimize(reference, dtype=dtype)
+    engine = "onnxruntime" if isinstance(ours, OnnxRuntimeModel) else "torch"
+    for name, backend in (("ours, PyTorch engine", "torch"), ("ours, ONNX Runtime engine", "onnxruntime")):
+        if backend != "onnxruntime" or (dtype == torch.float32 and device.type == "cpu" and onnxruntime_available()):
+            model = ours if backend == engine else optimize(reference, dtype=dtype, backend=backend)
+            kernel = f", {model.kernel} matmuls" if backend == "torch" and isinstance(model, InferenceModel) else ""
+            found.add(name, _caller(model, x.to(dtype), autocast=False), name, f"{cell.dtype}, backend={backend!r}{kernel}")
+    found.add(OURS_PLAIN, _caller(copy.deepcopy(reference).to(dtype), x.to(dtype), autocast=False), OURS_PLAIN, f"{cell.dtype}, the eager model")
+    if dtype == torch.bfloat16 and device.type == "cpu" and fast_kernels_available():
+        if bf16_kernels_available():
+            # Show what deit.optimize chose for the bf16 matmuls here and time the other choice too.
+            chosen, other = ("bf16", "fp32") if bf16_matmul_is_fast() else ("fp32", "bf16")
+            found.rows["ours, PyTorch engine"] = ("ours, PyTorch engine", f"bf16, deit.optimize, matmuls in {chosen}", None)
+            alternative = optimize(reference, dtype=dtype, bf16_matmul=other)
+            found.add("ours-alternative", _caller(alternative, x.to(dtype), autocast=False), OURS_ALTERNATIVE, f"bf16, bf16_matmul={other!r}")
+        else:  # no other choice to time
+            found.rows["ours, PyTorch engine"] = ("ours, PyTorch engine", "bf16, deit.optimize, matmuls in fp32 (no bf16 matmul on this CPU)", None)
+    if compile_ours:
+        ours_compiled = _frozen_compile(optimize(reference, dtype=dtype, backend="torch"))
+        call, seconds = _compiled(ours_compiled, lambda m: _caller(m, x.to(dtype), autocast=False))
+        found.add("ours+compile", call, "ours+compile", f"{cell.dtype}, deit.optimize(backend='torch') + compile (freezing)", seconds)
+    if dtype == torch.float32 and device.type == "cpu" and onnxruntime_available():
+        found.add(OURS_INT8, _caller(optimize(reference, dtype="int8"), x, autocast=False), OURS_INT8, "deit.optimize(dtype='int8'), ONNX Runtime")
+    return "ours, ONNX Runtime engine" if engine == "onnxruntime" else "ours, PyTorch engine"
+
+
+def _add_peers(found: Candidates, cell: Cell, reference: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype, device: torch.device,
+               peers: tuple[str, ...], compile_peers: bool, folder: str, log: Callable[[str], None]) -> None:
+    """The peers installed here, each in its settings for the cell's precision (ONNX files written in ``folder``)."""
+    for peer in peers:
+        if peer in ("timm-compiled", "onnxruntime", "onnxruntime-int8") and (dtype != torch.float32 or device.type != "cpu"):
+            continue  # float32 CPU peers (the bf16 cells compile with compile_peers)
+        if peer.startswith("onnxruntime"):
+            run = onnxruntime_peer(peer, reference, folder)
+            if run is None:
+                log(f"{peer}: onnxruntime not installed, skipped")
+                continue
+            found.add(peer, functools.partial(run, x), peer, "int8 dynamic, on deit export --onnx" if peer in INT8_PEERS else "fp32, on deit export --onnx")
+            continue
+        model = _peer_model(peer, reference.config, reference)
+        if model is None:
+            log(f"{peer}: not installed, skipped")
+            continue
+        model = model.to(device)
+        if peer == "timm-compiled":
+            call, seconds = _compiled(model, lambda m: _caller(m, x, autocast=False))
+            found.add(peer, call, peer, "fp32, torch.compile, freezing", seconds)
+            continue
+        for setting, call, seconds in _peer_settings(model, x, cell.dtype, compile_peers):
+            found.add(f"{peer}/{setting}", call, peer, setting, seconds)
+
+
+def _add_linear_bounds(found: Candidates, cell: Cell, config: DeiTConfig, dtype: torch.dtype, device: torch.device) -> None:
+    """The Linear layers alone at the model's shapes, with F.linear and (where it runs) oneDNN."""
+    found.add("linear-only F.linear", linear_only(config, cell.batch_size, dtype, device, "torch"), "Linear-only bound (F.linear)", cell.dtype)
+    if device.type == "cpu" and fast_kernels_available() and (dtype != torch.bfloat16 or bf16_kernels_available()):
+        found.add("linear-only oneDNN", linear_only(config, cell.batch_size, dtype, device, "onednn"), "Linear-only bound (oneDNN)", cell.dtype)
+
+
 def benchmark_cell(
     cell: Cell,
     device: torch.device,
@@ -232,81 +318,20 @@ def benchmark_cell(
     reference = DeiTForImageClassificationWithTeacher(config).eval().to(device)
     x = torch.randn(cell.batch_size, 3, config.image_size, config.image_size, device=device)
     dtype = DTYPES[cell.dtype]
-
-    candidates: dict[str, Callable[[], object]] = {}
-    meta: dict[str, tuple[str, str, float | None]] = {}
-
-    ours = optimize(reference, dtype=dtype)
-    engine = "onnxruntime" if isinstance(ours, OnnxRuntimeModel) else "torch"
-    for name, backend in (("ours, PyTorch engine", "torch"), ("ours, ONNX Runtime engine", "onnxruntime")):
-        if backend != "onnxruntime" or (dtype == torch.float32 and device.type == "cpu" and onnxruntime_available()):
-            model = ours if backend == engine else optimize(reference, dtype=dtype, backend=backend)
-            candidates[name] = _caller(model, x.to(dtype), autocast=False)
-            kernel = f", {model.kernel} matmuls" if backend == "torch" and isinstance(model, InferenceModel) else ""
-            meta[name] = (name, f"{cell.dtype}, backend={backend!r}{kernel}", None)
-    candidates[OURS_PLAIN] = _caller(copy.deepcopy(reference).to(dtype), x.to(dtype), autocast=False)
-    meta[OURS_PLAIN] = (OURS_PLAIN, f"{cell.dtype}, the eager model", None)
-    if dtype == torch.bfloat16 and device.type == "cpu" and fast_kernels_available():
-        if bf16_kernels_available():
-            # Show what deit.optimize chose for the bf16 matmuls here and time the other choice too.
-            chosen, other = ("bf16", "fp32") if bf16_matmul_is_fast() else ("fp32", "bf16")
-            meta["ours, PyTorch engine"] = ("ours, PyTorch engine", f"bf16, deit.optimize, matmuls in {chosen}", None)
-            alternative = optimize(reference, dtype=dtype, bf16_matmul=other)
-            candidates["ours-alternative"] = _caller(alternative, x.to(dtype), autocast=False)
-            meta["ours-alternative"] = (OURS_ALTERNATIVE, f"bf16, bf16_matmul={other!r}", None)
-        else:  # no other choice to time
-            meta["ours, PyTorch engine"] = ("ours, PyTorch engine", "bf16, deit.optimize, matmuls in fp32 (no bf16 matmul on this CPU)", None)
-    if compile_ours:
-        ours_compiled = _frozen_compile(optimize(reference, dtype=dtype, backend="torch"))
-        call, seconds = _compiled(ours_compiled, lambda m: _caller(m, x.to(dtype), autocast=False))
-        candidates["ours+compile"] = call
-        meta["ours+compile"] = ("ours+compile", f"{cell.dtype}, deit.optimize(backend='torch') + compile (freezing)", seconds)
-    int8 = dtype == torch.float32 and device.type == "cpu" and onnxruntime_available()
-    if int8:
-        candidates[OURS_INT8] = _caller(optimize(reference, dtype="int8"), x, autocast=False)
-        meta[OURS_INT8] = (OURS_INT8, "deit.optimize(dtype='int8'), ONNX Runtime", None)
-
+    found = Candidates()
+    chosen = _add_ours(found, cell, reference, x, dtype, device, compile_ours)
     with tempfile.TemporaryDirectory() as folder:
-        for peer in peers:
-            if peer in ("timm-compiled", "onnxruntime", "onnxruntime-int8") and (dtype != torch.float32 or device.type != "cpu"):
-                continue  # float32 CPU peers (the bf16 cells compile with compile_peers)
-            if peer.startswith("onnxruntime"):
-                run = onnxruntime_peer(peer, reference, folder)
-                if run is None:
-                    log(f"{peer}: onnxruntime not installed, skipped")
-                    continue
-                candidates[peer] = functools.partial(run, x)
-                meta[peer] = (peer, "int8 dynamic, on deit export --onnx" if peer in INT8_PEERS else "fp32, on deit export --onnx", None)
-                continue
-            model = _peer_model(peer, config, reference)
-            if model is None:
-                log(f"{peer}: not installed, skipped")
-                continue
-            model = model.to(device)
-            if peer == "timm-compiled":
-                call, seconds = _compiled(model, lambda m: _caller(m, x, autocast=False))
-                candidates[peer], meta[peer] = call, (peer, "fp32, torch.compile, freezing", seconds)
-                continue
-            for setting, call, seconds in _peer_settings(model, x, cell.dtype, compile_peers):
-                key = f"{peer}/{setting}"
-                candidates[key] = call
-                meta[key] = (peer, setting, seconds)
-
+        _add_peers(found, cell, reference, x, dtype, device, peers, compile_peers, folder, log)
     if linear_bounds:
-        candidates["linear-only F.linear"] = linear_only(config, cell.batch_size, dtype, device, "torch")
-        meta["linear-only F.linear"] = ("Linear-only bound (F.linear)", cell.dtype, None)
-        if device.type == "cpu" and fast_kernels_available() and (dtype != torch.bfloat16 or bf16_kernels_available()):
-            candidates["linear-only oneDNN"] = linear_only(config, cell.batch_size, dtype, device, "onednn")
-            meta["linear-only oneDNN"] = ("Linear-only bound (oneDNN)", cell.dtype, None)
+        _add_linear_bounds(found, cell, config, dtype, device)
 
-    log(f"{cell.size} batch {cell.batch_size} {cell.dtype}: timing {len(candidates)} candidates x {rounds} rounds")
-    timings = interleaved(candidates, rounds=rounds, device=device, min_seconds=TURN_SECONDS)
-    rows = []
-    chosen = "ours, ONNX Runtime engine" if engine == "onnxruntime" else "ours, PyTorch engine"
+    log(f"{cell.size} batch {cell.batch_size} {cell.dtype}: timing {len(found.calls)} candidates x {rounds} rounds")
+    timings = interleaved(found.calls, rounds=rounds, device=device, min_seconds=TURN_SECONDS)
     timings["ours"] = timings[chosen]  # deit.optimize's own result: the engine it picked
-    meta["ours"] = ("ours", f"{cell.dtype}, deit.optimize: {meta[chosen][0].split(', ', 1)[1]}", None)
+    found.rows["ours"] = ("ours", f"{cell.dtype}, deit.optimize: {found.rows[chosen][0].split(', ', 1)[1]}", None)
+    rows = []
     for key, timing in timings.items():
-        name, setting, seconds = meta[key]
+        name, setting, seconds = found.rows[key]
         rows.append(Row(cell, name, setting, cell.batch_size / timing.best, seconds,
                         {"median_images_per_s": cell.batch_size / timing.median, "quiet_rounds": timing.quiet_rounds, "rounds": rounds}))
     return rows
@@ -386,11 +411,11 @@ def benchmark_ablation(cell: Cell, device: torch.device, rounds: int = 5, compil
     candidates: dict[str, Callable[[], object]] = {
         "plain model, last layer for all tokens": _caller(full_last_layer, x, autocast=False),
         "+ last layer only for the tokens the heads read": _caller(reference, x, autocast=False),
-        "+ deit.optimize (fused q/k/v and attention, oneDNN matmuls with epilogues)": _caller(optimize(reference), x, autocast=False),
+        "+ deit.optimize (fused q/k/v and attention, oneDNN matmuls with epilogues)": _caller(fresh_optimize(reference), x, autocast=False),
     }
     compile_seconds = None
     if compile_step:
-        candidates["+ torch.compile"], compile_seconds = _compiled(optimize(reference), lambda m: _caller(m, x, autocast=False))
+        candidates["+ torch.compile"], compile_seconds = _compiled(fresh_optimize(reference), lambda m: _caller(m, x, autocast=False))
     log(f"ablation {cell.size} batch {cell.batch_size} {cell.dtype}: {len(candidates)} steps x {rounds} rounds")
     timings = interleaved(candidates, rounds=rounds, device=device, min_seconds=TURN_SECONDS)
     return [Row(cell, name, cell.dtype, cell.batch_size / t.best, compile_seconds if name == "+ torch.compile" else None,

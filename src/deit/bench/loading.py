@@ -3,7 +3,8 @@
 Every candidate turns the same list of files into normalized (n, 3, 224, 224) float32 batches:
 
 * transformers' DeiT image processors (the torchvision backend, its default, and the PIL one),
-  fed PIL images opened from the files as ``transformers.image_utils.load_image`` would;
+  fed PIL images opened from the files by :func:`deit.images.open_rgb` (upright and RGB, as
+  ``transformers.image_utils.load_image`` opens them);
 * ours: :func:`deit.loading.load_batches` (decode/resize/crop in DataLoader workers, uint8) and
   :func:`deit.loading.to_model_input` (lookup-table normalize of the whole batch), with each
   resize kernel (Pillow's, or torchvision's as transformers' default processor uses), with and
@@ -23,19 +24,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from ..images import open_rgb
 from ..loading import RESIZE_KERNELS, load_batches, to_model_input
 from ..processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, DeiTImageProcessor
 from .photos import write_jpeg_set
 from .timing import interleaved
 
 __all__ = ["benchmark_loading", "format_loading_table", "level_difference"]
-
-
-def _open_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as img:
-        return ImageOps.exif_transpose(img).convert("RGB")
 
 
 def _hf_processors() -> dict[str, Callable[[list[Image.Image]], torch.Tensor]]:
@@ -80,7 +77,7 @@ def benchmark_loading(
             return run
 
         def theirs(process: Callable[[list[Image.Image]], torch.Tensor]) -> Callable[[], list[torch.Tensor]]:
-            return lambda: [process([_open_rgb(p) for p in batch]) for batch in batches]
+            return lambda: [process([open_rgb(p) for p in batch]) for batch in batches]
 
         cores = os.cpu_count() or 1
         candidates = {}

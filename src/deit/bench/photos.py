@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from ..images import open_rgb
+
 __all__ = ["photo_sources", "photo_variants", "write_jpeg_set"]
 
 # (package, path inside the package) of photographs that ship with Python packages.
@@ -46,7 +48,7 @@ def photo_variants(count: int, seed: int = 0, long_side: tuple[int, int] = (320,
     shipped photos, flipped at random, with brightness/contrast/saturation changed by up to 30%,
     resized so the long side falls in ``long_side``."""
     rng = np.random.default_rng(seed)
-    sources = [Image.open(p).convert("RGB") for p in photo_sources()]
+    sources = [open_rgb(p) for p in photo_sources()]
     variants = []
     for i in range(count):
         src = sources[i % len(sources)]

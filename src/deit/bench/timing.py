@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
+
+from ..probes import cpu_model_name as cpu_name  # one reading of /proc/cpuinfo; benchmarks/ import it from here
 
 __all__ = ["Timing", "interleaved", "synchronize", "machine_summary", "cpu_name", "load_average", "wait_for_quiet", "set_threads"]
 
@@ -138,18 +139,6 @@ def set_threads(threads: int | None) -> int:
     if threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
-
-
-def cpu_name() -> str:
-    """The CPU model name, as /proc/cpuinfo gives it where there is one."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_summary(device: torch.device | str = "cpu") -> str:

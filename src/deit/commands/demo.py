@@ -17,6 +17,7 @@ import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 SAMPLE_COUNT = 6
 # --quick: the same steps on a class-balanced slice of the data (300 training, 200 validation
@@ -81,23 +82,66 @@ def save_samples(out: Path, seed: int) -> list[Path]:
     return paths
 
 
+def _train_students(args: argparse.Namespace, labels: dict[str, str], teacher: Any, train_set: Any, val_set: Any, per_class: int,
+                    epochs: int, out: Path) -> tuple[Any, dict[str, Any]]:
+    """The labels-only and the distilled student, side by side: the distilled one's run result and
+    the labels-only one's accuracies, history and seconds; the distilled student is saved to ``out/student``."""
+    import dataclasses
+
+    from ..demo.recipe import head_accuracies, student_config, train_student_quietly
+    from ..train.checkpointing import save_hf_model
+    from ..train.engine import fit
+
+    configs = {
+        kind: student_config(str(out / f"student-{kind}"), kind, epochs=epochs, seed=args.seed, num_workers=args.num_workers, progress=True)
+        for kind in labels
+    }
+    configs["hard"] = dataclasses.replace(configs["hard"], labels_per_class=per_class)
+    # The two students at once, one process each (the labels-only one in a worker process, quietly;
+    # the distilled one here, with its progress bar): on two cores nearly twice as fast as one
+    # after the other. Both take the same steps: an epoch of the labels-only student repeats its
+    # labelled images as often as the distilled one sees all the images.
+    quick_subset = (QUICK_TRAIN_PER_CLASS, QUICK_VAL_PER_CLASS) if args.quick else None
+    print(f"training the two students side by side, {epochs} epochs of {len(train_set)} images each "
+          "(the one without a teacher in a worker process)")
+    run_start = time.perf_counter()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        undistilled = pool.submit(train_student_quietly, configs["none"], quick_subset, per_class, args.threads)
+        distilled = fit(configs["hard"], teacher=teacher, train_dataset=train_set, val_dataset=val_set)
+        print(f"student, {labels['hard']}: {head_accuracies(distilled.final_metrics)['avg']:.2f}% top-1 (averaged heads) "
+              f"after {epochs} epochs ({time.perf_counter() - run_start:.0f} s)")
+        # The student is the moving average of its weights (the recipe's EMA), as its accuracies are.
+        save_hf_model(distilled.ema_model, out / "student", mean=configs["hard"].mean, std=configs["hard"].std,
+                      crop_pct=configs["hard"].crop_pct)
+        none = undistilled.result()
+    print(f"student, {labels['none']}: {none['accuracies']['avg']:.2f}% top-1 (averaged heads) after {epochs} epochs "
+          f"({none['seconds']:.0f} s)")
+    return distilled, none
+
+
+def _show_student(out: Path, seed: int) -> tuple[int, int]:
+    """A few held-out digits through ``deit predict`` and ``deit attention`` with the saved student."""
+    from ..cli import main as deit_main
+
+    print("\nheld-out digits classified by the distilled student (deit predict):")
+    samples = [str(path) for path in save_samples(out, seed)]
+    predict_status = deit_main(["predict", *samples, "--model", str(out / "student"), "--top-k", "1"])
+    print("\nwhere its [CLS] and [DIST] tokens look (attention rollout, deit attention):")
+    attention_status = deit_main(["attention", *samples, "--model", str(out / "student"), "--out", str(out / "attention")])
+    return predict_status, attention_status
+
+
 def run(args: argparse.Namespace) -> int:
     if args.pretrain:
         from .pretrain_demo import run as run_pretrain_demo
 
         return run_pretrain_demo(args, quick_subset=(QUICK_TRAIN_PER_CLASS, QUICK_VAL_PER_CLASS))
-    import dataclasses
-
     import torch
 
-    from ..cli import main as deit_main
     from ..io import atomic_write_text
-    from ..train.checkpointing import save_hf_model
-    from ..train.engine import fit
     from ..train.metrics import plot_curves
     from ..demo.recipe import (
-        SEMI_EPOCHS, SEMI_LABELS_PER_CLASS, SEMI_TEACHER_EPOCHS, ClassBalancedSubset, head_accuracies, load_data, student_config,
-        train_student_quietly, train_teacher,
+        SEMI_EPOCHS, SEMI_LABELS_PER_CLASS, SEMI_TEACHER_EPOCHS, ClassBalancedSubset, head_accuracies, load_data, student_config, train_teacher,
     )
 
     start = time.perf_counter()
@@ -117,36 +161,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"mnist5k: {len(train_set)} training images, of which {len(labelled)} keep their labels ({per_class} per class) "
           f"and {unlabelled_count} are used without; {len(val_set)} validation images")
 
-    teacher = train_teacher(labelled, val_set, num_classes=len(train_set.classes), epochs=teacher_epochs, seed=args.seed)
+    teacher = train_teacher(labelled, val_set, num_classes=len(train_set.classes), output=str(out / "teacher"), epochs=teacher_epochs,
+                            seed=args.seed, progress=True)
     teacher_name = f"teacher (SmallConvNet, {len(labelled)} labelled images)"
     print(f"{teacher_name}: {teacher.acc1:.2f}% top-1 after {teacher_epochs} epochs ({teacher.seconds:.0f} s)")
 
     labels = {"none": f"no distillation, {len(labelled)} labelled images",
               "hard": f"hard distillation, {len(labelled)} labelled + {unlabelled_count} unlabelled images"}
-    configs = {
-        kind: student_config(str(out / f"student-{kind}"), kind, epochs=epochs, seed=args.seed, num_workers=args.num_workers, progress=True)
-        for kind in labels
-    }
-    configs["hard"] = dataclasses.replace(configs["hard"], labels_per_class=per_class)
-    # The two students at once, one process each (the labels-only one in a worker process, quietly;
-    # the distilled one here, with its progress bar): on two cores nearly twice as fast as one
-    # after the other. Both take the same steps: an epoch of the labels-only student repeats its
-    # labelled images as often as the distilled one sees all the images.
-    quick_subset = (QUICK_TRAIN_PER_CLASS, QUICK_VAL_PER_CLASS) if args.quick else None
-    print(f"training the two students side by side, {epochs} epochs of {len(train_set)} images each "
-          "(the one without a teacher in a worker process)")
-    run_start = time.perf_counter()
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        undistilled = pool.submit(train_student_quietly, configs["none"], quick_subset, per_class, args.threads)
-        distilled = fit(configs["hard"], teacher=teacher.model, train_dataset=train_set, val_dataset=val_set)
-        print(f"student, {labels['hard']}: {head_accuracies(distilled.final_metrics)['avg']:.2f}% top-1 (averaged heads) "
-              f"after {epochs} epochs ({time.perf_counter() - run_start:.0f} s)")
-        # The student is the moving average of its weights (the recipe's EMA), as its accuracies are.
-        save_hf_model(distilled.ema_model, out / "student", mean=configs["hard"].mean, std=configs["hard"].std,
-                      crop_pct=configs["hard"].crop_pct)
-        none = undistilled.result()
-    print(f"student, {labels['none']}: {none['accuracies']['avg']:.2f}% top-1 (averaged heads) after {epochs} epochs "
-          f"({none['seconds']:.0f} s)")
+    distilled, none = _train_students(args, labels, teacher.model, train_set, val_set, per_class, epochs, out)
     runs = {labels["none"]: none["accuracies"], labels["hard"]: head_accuracies(distilled.final_metrics)}
     histories = {labels["none"]: none["history"], labels["hard"]: distilled.history}
 
@@ -159,11 +181,7 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     print(f"\ndistilled student saved to {out / 'student'}; curves in {out / 'curves.png'}")
 
-    print("\nheld-out digits classified by the distilled student (deit predict):")
-    samples = [str(path) for path in save_samples(out, args.seed)]
-    predict_status = deit_main(["predict", *samples, "--model", str(out / "student"), "--top-k", "1"])
-    print("\nwhere its [CLS] and [DIST] tokens look (attention rollout, deit attention):")
-    attention_status = deit_main(["attention", *samples, "--model", str(out / "student"), "--out", str(out / "attention")])
+    predict_status, attention_status = _show_student(out, args.seed)
 
     elapsed = time.perf_counter() - start
     results = {"teacher_acc1": teacher.acc1, "students": runs, "epochs": epochs, "teacher_epochs": teacher_epochs, "seed": args.seed,

@@ -15,10 +15,9 @@ from typing import Any
 
 import torch
 
-from ..dtypes import DTYPES, PRECISIONS
-from ..optimize import BACKENDS
 from ..train.data import EVAL_SPLITS
 from ..train.recipe import TrainConfig
+from .precision import add_precision_options, is_int8, model_dtype
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,11 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int, default=TrainConfig().resolved_num_workers,
                    help="DataLoader processes that decode images (default: up to 4, one core left to the model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", choices=PRECISIONS + ("int8",), default="fp32",
-                   help="precision: fp32 and bf16 run deit.optimize's inference copy on the CPU, otherwise autocast; int8: "
-                        "int8 weights and dynamically quantized activations on ONNX Runtime (CPU, pip install 'deit[onnx]')")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="CPU engine of a float32 or int8 model: auto (the faster here, measured once per run), torch or onnxruntime")
+    add_precision_options(p, "precision: fp32 and bf16 run deit.optimize's inference copy on the CPU, otherwise autocast")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     p.set_defaults(func=run)
 
@@ -61,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from ..auto import AutoModelForImageClassification
-    from ..optimize import optimize
+    from ..optimize import default_cache_dir, optimize
     from ..train.data import build_dataset, collate_readable, default_eval_split
     from ..train.evaluate import evaluate, format_metrics
     from ..train.samplers import ShardedEvalSampler
@@ -70,12 +65,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    int8 = args.dtype == "int8"  # float32 weights and inputs, quantized by deit.optimize
-    dtype = torch.float32 if int8 else DTYPES[args.dtype]
+    dtype = model_dtype(args)
     plain = AutoModelForImageClassification.from_pretrained(args.model, device=args.device)
     # deit.optimize's inference copy where it applies (the CPU, float32, bfloat16 or int8);
     # elsewhere optimize returns the model itself, which then runs under autocast.
-    model = optimize(plain, dtype="int8" if int8 else dtype, backend=args.backend) if dtype != torch.float16 else plain
+    # The engine choice and the ONNX Runtime engine's graph files are kept per machine and weights.
+    model = (optimize(plain, dtype=args.dtype if is_int8(args) else dtype, backend=args.backend, cache_dir=default_cache_dir())
+             if dtype != torch.float16 else plain)
     processor = DeiTImageProcessor.for_model(args.model, model.config.image_size)
     if args.transform == "processor":
         transform: Any = ProcessorTransform(processor)

@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..auto import AutoModelAsSaved
-    from ..export import compare_onnx, export_onnx, export_program, head_names, onnx_metadata
+    from ..export import compare_onnx, export_onnx, export_program, onnx_metadata
+    from ..model_rules import exported_names
     from ..io import atomic_write_bytes
     from ..labels import class_names
     from .convert import processor_for
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             _export_int8(model, args.onnx, args.opset, metadata)
         else:
             export_onnx(model, args.onnx, opset=args.opset, metadata=metadata)
-        outputs = ", ".join(head_names(model))
+        outputs = ", ".join(exported_names(model))
         print(f"wrote {'int8 ' if args.int8 else ''}ONNX graph of {name} to {args.onnx} (input pixel_values: batch x {model.config.num_channels} x "
               f"{model.config.image_size} x {model.config.image_size}, dynamic batch; outputs: {outputs}; "
               f"metadata: {', '.join(metadata)})")

@@ -10,8 +10,7 @@ from typing import Any
 
 import torch
 
-from ..dtypes import DTYPES, PRECISIONS
-from ..optimize import BACKENDS
+from .precision import add_precision_options, is_int8, model_dtype
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,11 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "inputs' common folder, as deit attention names its pictures), and the predictions or the error")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", choices=PRECISIONS + ("int8",), default="fp32",
-                   help="inference precision; int8: int8 weights and dynamically quantized activations on ONNX Runtime "
-                        "(CPU, pip install 'deit[onnx]')")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="CPU engine of a float32 or int8 model: auto (the faster here, measured once per run), torch or onnxruntime")
+    add_precision_options(p, "inference precision")
     p.add_argument("--workers", type=int, default=0,
                    help="image decoding processes (default 0: decode with --threads threads in this process, the faster on few cores)")
     p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8), help="image decoding threads per process (default: one per core, up to 8)")
@@ -43,17 +38,16 @@ def run(args: argparse.Namespace) -> int:
     from ..auto import AutoModelForImageClassification
     from ..labels import class_names
     from ..loading import expand_inputs, load_batches, output_names, to_model_input
-    from ..optimize import optimize
+    from ..optimize import default_cache_dir, optimize
     from ..processing import DeiTImageProcessor
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     if args.threads < 1 or args.workers < 0:
         raise ValueError(f"--threads must be at least 1 and --workers at least 0, got {args.threads} and {args.workers}")
-    int8 = args.dtype == "int8"  # float32 weights and inputs, quantized by deit.optimize
-    dtype = torch.float32 if int8 else DTYPES[args.dtype]
+    dtype = model_dtype(args)
     model = optimize(AutoModelForImageClassification.from_pretrained(args.model, torch_dtype=dtype, device=args.device),
-                     dtype="int8" if int8 else None, backend=args.backend)
+                     dtype=args.dtype if is_int8(args) else None, backend=args.backend, cache_dir=default_cache_dir())
     processor = DeiTImageProcessor.for_model(args.model, model.config.image_size)
     id2label = class_names(model.config)
     k = min(args.top_k, model.config.num_labels)

@@ -7,7 +7,9 @@ import dataclasses
 import sys
 from typing import Any
 
-from ..train.recipe import AMP_CHOICES, DISTILLATION_CHOICES, FAST_KERNEL_CHOICES, LOG_CHOICES, MASKED_IMAGE_MODELING_LAYER_DECAY, TrainConfig
+from ..model_rules import DISTILLATION_TYPES
+from ..train.fast_kernels import FAST_KERNEL_SETTINGS
+from ..train.recipe import AMP_CHOICES, LOG_CHOICES, MASKED_IMAGE_MODELING_LAYER_DECAY, TrainConfig
 
 _DEFAULTS = TrainConfig()
 
@@ -85,7 +87,7 @@ TRAIN_OPTIONS: dict[str, list[tuple[str, str, dict]]] = {
          {"type": float, "nargs": 3, "metavar": ("R", "G", "B")}),
         ("teacher_std", "the teacher's normalisation std (default: our checkpoint teacher's own, else the student's --std)",
          {"type": float, "nargs": 3, "metavar": ("R", "G", "B")}),
-        ("distillation_type", "hard, soft or none (default: hard with a teacher, none without)", {"choices": DISTILLATION_CHOICES}),
+        ("distillation_type", "hard, soft or none (default: hard with a teacher, none without)", {"choices": DISTILLATION_TYPES}),
         ("distillation_alpha", "weight of the distillation loss", {"type": float}),
         ("distillation_tau", "temperature of soft distillation", {"type": float}),
         ("teacher_finetune_epochs", "first adapt the teacher's head to these classes for N epochs", {"type": int}),
@@ -105,7 +107,7 @@ TRAIN_OPTIONS: dict[str, list[tuple[str, str, dict]]] = {
         ("device", "auto, cpu, cuda, cuda:N", {}),
         ("fast_kernels", "the student's Linear layers on oneDNN in forward and backward (CPU): on, off, or auto "
          "(on the CPU where they beat PyTorch's kernels, measured: bf16 autocast where PyTorch's bf16 matmul is slow, "
-         "float32 where oneDNN's matmul is 1.5x PyTorch's)", {"choices": FAST_KERNEL_CHOICES}),
+         "float32 where oneDNN's matmul is 1.5x PyTorch's)", {"choices": FAST_KERNEL_SETTINGS}),
         ("checkpoint_every_steps", "also checkpoint every N optimizer steps inside an epoch", {"type": int}),
         ("stop_after_steps", "stop after N optimizer steps (with a checkpoint to resume from)", {"type": int}),
         ("save_hf_every_epoch", "write last/ in the Hugging Face layout after every epoch", {"action": argparse.BooleanOptionalAction}),

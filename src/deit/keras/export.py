@@ -2,8 +2,9 @@
 
 The ``serve`` endpoint (also the ``serving_default`` signature) takes ``pixel_values`` of shape
 (batch, channels, image_size, image_size), float32, on a dynamic batch axis, and returns the
-model's main tensors by name, as the ONNX export does (:func:`deit.model_rules.output_names`):
-``logits`` for classifiers, ``last_hidden_state`` and ``pooler_output`` for a bare body,
+same tensors by name as the ONNX export (:func:`deit.model_rules.exported_names`): ``logits``
+for classifiers, and for the distilled classifier also ``cls_logits`` and
+``distillation_logits``; ``last_hidden_state`` and ``pooler_output`` for a bare body;
 ``reconstruction`` for masked image modeling. Needs TensorFlow (``pip install 'deit[tf]'``).
 """
 
@@ -17,13 +18,13 @@ from typing import Any
 
 import keras
 
-from ..model_rules import output_names
+from ..model_rules import exported_names
 
 
 def export_saved_model(model: keras.Model, path: str | os.PathLike) -> Path:
     """Write ``model`` as a SavedModel folder at ``path`` (replaced whole, never left half-written)."""
     config = model.config
-    names = output_names(model)
+    names = exported_names(model)
 
     def serve(pixel_values: Any) -> dict[str, Any]:
         outputs = model(pixel_values, training=False)

@@ -14,8 +14,10 @@ import shutil
 import torch
 from torch import nn
 
+from ..errors import DeitError
 
-class CompileUnavailableError(RuntimeError):
+
+class CompileUnavailableError(DeitError, RuntimeError):
     """``--compile`` was asked for where ``torch.compile`` cannot compile."""
 
 

@@ -1,6 +1,7 @@
 """The training loop: ``fit(TrainConfig(...))`` runs the DeiT recipe, with or without a teacher.
 
-The same loop pre-trains by masked-image modeling (``deit.train.pretraining``): the objective (data,
+The same loop pre-trains by masked-image modeling (``deit.train.pretraining``), and trains a plain
+classifier or a teacher's new head (``deit.train.classifier_training``): the objective (data,
 model, loss, evaluation, files of its own) is a set of methods a subclass of :class:`Trainer`
 overrides; the loop, checkpoints, resume, DDP, AMP, EMA and metrics are shared.
 
@@ -34,7 +35,9 @@ from ..dtypes import to_dtype
 from ..losses import DistillationLoss, LabelSmoothingCrossEntropy, StudentCriterion
 from ..modeling import DeiTPreTrainedModel
 from . import checkpointing
+from .classifier_training import ClassifierObjective, TeacherHeadObjective
 from .compiling import CompileUnavailableError, check_compile, compile_failure_message, compile_module, is_compile_failure
+from ..errors import DeitError
 from .distributed import DistributedContext, barrier, init_distributed, shutdown_distributed
 from .ema import ModelEma
 from .epoch_order import seed_everything, step_seed
@@ -49,11 +52,11 @@ from .trackers import TRACKER_FOLDERS, Trackers
 
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(DeitError, RuntimeError):
     """The loss became NaN or infinite; the run stopped and its last good checkpoint was kept."""
 
 
-class RunExistsError(FileExistsError):
+class RunExistsError(DeitError, FileExistsError):
     """The output folder holds a run and neither ``resume`` nor ``overwrite`` says what to do with it."""
 
 
@@ -153,6 +156,7 @@ class Trainer:
     # What a run writes into its output folder (--overwrite removes these, and only these).
     run_files = (checkpointing.CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME, "best", "last", "ema", *TRACKER_FOLDERS)
     model_card_task = "image-classification"
+    progress_label = "epoch"  # what the progress bar counts
 
     def _log(self, message: str) -> None:
         if self.ctx.is_main:
@@ -331,7 +335,7 @@ class Trainer:
         return True
 
     def _prepare_teacher(self, teacher: nn.Module | None) -> nn.Module:
-        from .teacher import adapt_teacher_head, load_teacher
+        from .teacher import load_teacher
 
         config = self.config
         num_classes = len(self.data.id2label)
@@ -354,14 +358,8 @@ class Trainer:
                 student_input_size=self.image_size, interpolation=config.interpolation,
             )
             if finetune and teacher.num_classes != num_classes:
-                # Seeded and on epoch 0's order, so a resumed run adapts the head to the same weights.
-                seed_everything(config.seed)
-                self.data.order.set_epoch(0)
-                log = print if self.ctx.is_main else (lambda message: None)
-                teacher = adapt_teacher_head(
-                    teacher, self.data.train_loader, num_classes, config.teacher_finetune_epochs,
-                    config.teacher_finetune_lr, self.device, log=log,
-                )
+                # A new head trained in this loop on the student's batches (seeded: a resumed run adapts it to the same weights).
+                teacher = TeacherHeadTrainer.adapt(teacher, self, num_classes)
         teacher = teacher.to(self.device).eval()
         for parameter in teacher.parameters():
             parameter.requires_grad_(False)
@@ -529,7 +527,7 @@ class Trainer:
         self.train_model.train()
         running = RunningMean()
         bar = tqdm(
-            total=self.steps_per_epoch, initial=position.batches_done // accum, desc=f"epoch {position.epoch + 1}/{config.epochs}",
+            total=self.steps_per_epoch, initial=position.batches_done // accum, desc=f"{self.progress_label} {position.epoch + 1}/{config.epochs}",
             unit="step", disable=not (config.progress and self.ctx.is_main), dynamic_ncols=True, file=sys.stderr,
         )
         step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -682,6 +680,14 @@ class Trainer:
         return TrainResult(self.output_dir, self.model, ema_model, self.history, self.step_losses, self.best, completed, self.ctx.is_main)
 
 
+class ClassifierTrainer(ClassifierObjective, Trainer):
+    """Any ``nn.Module`` that returns logits, trained with cross-entropy in this loop (deit.train.classifier_training)."""
+
+
+class TeacherHeadTrainer(TeacherHeadObjective, Trainer):
+    """A teacher's new head trained in this loop before the student's run (--teacher-finetune-epochs; deit.train.classifier_training)."""
+
+
 def _listing(names: list[str], limit: int = 6) -> str:
     return ", ".join(names[:limit]) + (f", ... ({len(names)})" if len(names) > limit else "")
 
@@ -737,8 +743,9 @@ def fit(config: TrainConfig | None = None, *, teacher: nn.Module | None = None, 
 
 
 def run_trainer(trainer_class: type[Trainer], config: TrainConfig, *, teacher: nn.Module | None = None,
-                train_dataset: Any = None, val_dataset: Any = None) -> TrainResult:
-    """Validate ``config``, join or start the process group, and run ``trainer_class`` to the end."""
+                train_dataset: Any = None, val_dataset: Any = None, **objective: Any) -> TrainResult:
+    """Validate ``config``, join or start the process group, and run ``trainer_class`` to the end.
+    ``objective``: arguments of ``trainer_class``'s own (``model=``, the module a :class:`ClassifierTrainer` trains)."""
     config.validate()
     if (train_dataset is None) != (val_dataset is None):
         raise ValueError("pass both train_dataset and val_dataset, or neither")
@@ -749,7 +756,7 @@ def run_trainer(trainer_class: type[Trainer], config: TrainConfig, *, teacher: n
             # The [CLS] and [DIST] tokens are concatenated, so their gradients are strided views;
             # DDP copies them into its buckets correctly and only warns about the copy.
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-            trainer = trainer_class(config, ctx, teacher=teacher, train_set=train_dataset, val_set=val_dataset)
+            trainer = trainer_class(config, ctx, teacher=teacher, train_set=train_dataset, val_set=val_dataset, **objective)
             return trainer.run()
     finally:
         if owns_group:

@@ -7,11 +7,12 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# Defined once each: the processor's normalisation, the distillation loss's types, fast_kernels' settings.
+from ..model_rules import DISTILLATION_TYPES
+from ..processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from .fast_kernels import FAST_KERNEL_SETTINGS
+
 AMP_CHOICES = ("none", "bf16", "fp16")
-FAST_KERNEL_CHOICES = ("auto", "on", "off")  # deit.train.fast_kernels.FAST_KERNEL_SETTINGS
-DISTILLATION_CHOICES = ("none", "soft", "hard")
 DEFAULT_NUM_WORKERS = 4
 DEFAULT_WARMUP_EPOCHS = 5.0
 LOG_CHOICES = ("tensorboard", "wandb")  # deit.train.trackers
@@ -45,8 +46,8 @@ class TrainConfig:
     data: str = "mnist5k"  # "mnist5k", an ImageFolder path, or "hf:PATH" (datasets.save_to_disk)
     val_data: str | None = None  # default: the "val" split of `data`
     num_workers: int | None = None  # None: min(4, CPU cores - 1), see resolved_num_workers
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, ...] = IMAGENET_DEFAULT_STD
     crop_pct: float = 0.875  # eval transform: resize the shorter side to size / crop_pct, center crop
     # Partly labelled training (deit.train.partial_labels): images without labels, learned from the teacher.
     unlabeled: str | None = None  # a folder (searched recursively) or hf:PATH; needs a teacher
@@ -161,11 +162,11 @@ class TrainConfig:
             raise ValueError(f"distillation_alpha must be in [0, 1], got {self.distillation_alpha}")
         if self.amp not in AMP_CHOICES:
             raise ValueError(f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
-        if self.fast_kernels not in FAST_KERNEL_CHOICES:
-            raise ValueError(f"fast_kernels must be one of {FAST_KERNEL_CHOICES}, got {self.fast_kernels!r}")
+        if self.fast_kernels not in FAST_KERNEL_SETTINGS:
+            raise ValueError(f"fast_kernels must be one of {FAST_KERNEL_SETTINGS}, got {self.fast_kernels!r}")
         kind = self.resolved_distillation_type
-        if kind not in DISTILLATION_CHOICES:
-            raise ValueError(f"distillation_type must be one of {DISTILLATION_CHOICES}, got {kind!r}")
+        if kind not in DISTILLATION_TYPES:
+            raise ValueError(f"distillation_type must be one of {DISTILLATION_TYPES}, got {kind!r}")
         if kind != "none" and not self.teacher:
             raise ValueError(f"{kind} distillation needs a teacher (--teacher)")
         if self.teacher_cache and kind == "none":

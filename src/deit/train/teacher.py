@@ -35,10 +35,9 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import re
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,9 +49,7 @@ from torch import nn
 from ..processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PREPROCESSOR_CONFIG_NAME
 from .hf_teacher import HF_TEACHER_PREFIX, load_transformers_teacher
 
-__all__ = ["Teacher", "load_teacher", "adapt_teacher_head", "logits_of"]
-
-logger = logging.getLogger("deit")
+__all__ = ["Teacher", "load_teacher", "logits_of"]
 
 _MODULE_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _EXPORT_SUFFIXES = (".pt2",)
@@ -318,26 +315,39 @@ def _from_callable(spec: str, weights_path: str | None) -> _Loaded:
     return _Loaded(model)
 
 
+def _from_transformers(name: str, weights_path: str | None) -> _Loaded:
+    if weights_path is not None:
+        raise ValueError(f"teacher {HF_TEACHER_PREFIX}{name}: --teacher-weights does not apply to an hf: checkpoint (its weights are in it)")
+    return _Loaded(**load_transformers_teacher(name))
+
+
+# Where a teacher comes from: a spec that starts with a prefix names a model of that library
+# (loader(name after the prefix, weights_path)); an existing file or folder is read by its suffix
+# (loader(path); a folder is our checkpoint); otherwise ``module:callable``.
+_PREFIX_LOADERS: dict[str, Callable[[str, str | None], _Loaded]] = {
+    HF_TEACHER_PREFIX: _from_transformers,
+    "torchvision:": _from_torchvision,
+    "timm:": _from_timm,
+}
+_FILE_LOADERS: dict[str, Callable[[Path], _Loaded]] = {
+    **dict.fromkeys(_WEIGHT_SUFFIXES, _from_our_checkpoint),
+    **dict.fromkeys(_EXPORT_SUFFIXES, _from_export),
+    **dict.fromkeys(_TORCHSCRIPT_SUFFIXES, _from_torchscript),
+}
+
+
 def _load(spec: str, weights_path: str | None) -> _Loaded:
-    if spec.startswith(HF_TEACHER_PREFIX):
-        if weights_path is not None:
-            raise ValueError(f"teacher {spec}: --teacher-weights does not apply to an hf: checkpoint (its weights are in it)")
-        return _Loaded(**load_transformers_teacher(spec.removeprefix(HF_TEACHER_PREFIX)))
-    if spec.startswith("torchvision:"):
-        return _from_torchvision(spec.partition(":")[2], weights_path)
-    if spec.startswith("timm:"):
-        return _from_timm(spec.partition(":")[2], weights_path)
+    for prefix, load in _PREFIX_LOADERS.items():
+        if spec.startswith(prefix):
+            return load(spec.removeprefix(prefix), weights_path)
     path = Path(spec)
     if path.exists():
         if weights_path is not None:
             raise ValueError(f"teacher {spec}: --teacher-weights applies to torchvision:, timm: and module: teachers, not to a file or folder")
-        if path.is_dir() or path.suffix.lower() in _WEIGHT_SUFFIXES:
-            return _from_our_checkpoint(path)
-        if path.suffix.lower() in _EXPORT_SUFFIXES:
-            return _from_export(path)
-        if path.suffix.lower() in _TORCHSCRIPT_SUFFIXES:
-            return _from_torchscript(path)
-        raise ValueError(f"teacher {spec}: unknown file type (expected a checkpoint folder, .safetensors/.bin/.pth, .pt TorchScript or .pt2 torch.export)")
+        load_file = _from_our_checkpoint if path.is_dir() else _FILE_LOADERS.get(path.suffix.lower())
+        if load_file is None:
+            raise ValueError(f"teacher {spec}: unknown file type (expected a checkpoint folder, .safetensors/.bin/.pth, .pt TorchScript or .pt2 torch.export)")
+        return load_file(path)
     if _MODULE_CALLABLE.match(spec):
         return _from_callable(spec, weights_path)
     raise FileNotFoundError(f"teacher {spec}: no such file or folder, and not hf:NAME, torchvision:NAME, timm:NAME or module:callable")
@@ -365,7 +375,8 @@ def load_teacher(
     are unknown), resized to the architecture's own size only when it refuses the student's.
     ``teacher.input_description`` says which. A dry forward on a blank batch reads the teacher's
     class count (``teacher.num_classes``); a count other than ``num_classes`` raises ValueError.
-    ``num_classes=None`` skips the check, for a teacher whose head :func:`adapt_teacher_head` will replace.
+    ``num_classes=None`` skips the check, for a teacher whose head the engine will replace (``--teacher-finetune-epochs``:
+    :mod:`deit.train.classifier_training`).
     """
     loaded = _load(spec, weights_path)
     known_stats = loaded.describes_weights and loaded.mean is not None and loaded.std is not None
@@ -419,85 +430,3 @@ def load_teacher(
 
 def _fmt(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{float(v):.3g}" for v in values) + ")"
-
-
-# ----------------------------------------------------------------------- head adaptation
-def _all_reduce_mean(tensors: Iterable[torch.Tensor]) -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        world = dist.get_world_size()
-        for t in tensors:
-            dist.all_reduce(t)
-            t.div_(world)
-
-
-def _broadcast_from_rank0(tensors: Iterable[torch.Tensor]) -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        for t in tensors:
-            dist.broadcast(t, src=0)
-
-
-def adapt_teacher_head(
-    teacher: Teacher,
-    train_loader: Iterable,
-    num_classes: int,
-    epochs: int,
-    lr: float = 1e-3,
-    device: str | torch.device = "cpu",
-    log: Callable[[str], None] | None = None,
-) -> Teacher:
-    """Replace the teacher's classification layer(s) by new ones for ``num_classes`` and train
-    only those for ``epochs`` epochs on ``train_loader`` (the student's training batches:
-    ``(pixel_values, labels)`` with class indices or soft targets). The rest of the teacher stays
-    frozen and in eval mode. Under torch.distributed the new heads start from rank 0's
-    initialisation and gradients are averaged over ranks, so every rank ends with the same head.
-    """
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
-    if isinstance(teacher.model, torch.jit.ScriptModule):
-        raise ValueError(f"teacher {teacher.name}: a TorchScript teacher's head cannot be replaced; export it with {num_classes} classes")
-    names = output_linears(teacher.model, teacher.num_classes)
-    if not names:
-        raise ValueError(
-            f"teacher {teacher.name}: no nn.Linear layer with {teacher.num_classes} outputs to replace "
-            "(torch.export and TorchScript teachers cannot be adapted; export one with the right class count)"
-        )
-    teacher.class_order = None  # the new heads predict the data's classes in the data's order
-    heads = []
-    for name in names:
-        old = teacher.model.get_submodule(name)
-        head = nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(device=device, dtype=old.weight.dtype)
-        teacher.model.set_submodule(name, head)
-        heads.append(head)
-    params = [p for head in heads for p in head.parameters()]
-    _broadcast_from_rank0(p.data for p in params)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    for epoch in range(epochs):
-        total_loss, correct, seen = 0.0, 0, 0
-        for images, targets in train_loader:
-            images, targets = images.to(device), targets.to(device)
-            if targets.ndim == 1:  # images without a label (partly labelled data, label -1) do not train the head
-                images, targets = images[targets >= 0], targets[targets >= 0]
-                if not len(targets):
-                    continue
-            with torch.enable_grad():
-                logits = teacher.logits(images)
-                loss = F.cross_entropy(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            _all_reduce_mean(p.grad for p in params if p.grad is not None)
-            optimizer.step()
-            total_loss += float(loss.detach()) * len(images)
-            seen += len(images)
-            hard = targets if targets.ndim == 1 else targets.argmax(-1)
-            correct += int((logits.argmax(-1) == hard).sum())
-        message = f"teacher head epoch {epoch + 1}/{epochs}: loss {total_loss / max(seen, 1):.4f}, train acc {100 * correct / max(seen, 1):.2f}%"
-        (log or logger.info)(message)
-    for p in params:
-        p.requires_grad_(False)
-    teacher.num_classes = num_classes
-    teacher.class_names = None  # a new head: its classes are the data's, in the data's order
-    return teacher
