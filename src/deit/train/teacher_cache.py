@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import DeitError
 from ..io import atomic_path
 
 MANIFEST_NAME = "manifest.json"
@@ -78,7 +79,7 @@ DERIVED_FIELDS = {
 }
 
 
-class TeacherCacheError(ValueError):
+class TeacherCacheError(DeitError, ValueError):
     """A teacher cache that cannot serve a run: missing, made for other views, incomplete, truncated or corrupt."""
 
 
