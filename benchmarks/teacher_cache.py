@@ -165,7 +165,7 @@ def demo_setup(work: Path, rounds: int) -> str:
                  result, per_epoch_images=4000, epochs=SEMI_EPOCHS)
 
 
-def top_k_kl(teacher_epochs: int, tau: float) -> str:
+def top_k_kl(work: Path, teacher_epochs: int, tau: float) -> str:
     """KL(teacher's softmax || target rebuilt from its top K), per image, on the training views of the demo's recipe."""
     from torch.utils.data import DataLoader
 
@@ -174,7 +174,7 @@ def top_k_kl(teacher_epochs: int, tau: float) -> str:
 
     config = student_config("unused", "hard")
     train_set, val_set = load_data(config)
-    run = train_teacher(train_set, val_set, num_classes=10, epochs=teacher_epochs)
+    run = train_teacher(train_set, val_set, num_classes=10, output=str(work / "teacher"), epochs=teacher_epochs)
     logits = torch.cat([run.model(images) for images, _ in DataLoader(train_set, batch_size=500)]).detach()
     full = torch.log_softmax(logits / tau, -1)
     rows = ["| K | KL(full ‖ top-K target), nats per image: mean | max | top-1 kept |", "|---:|---:|---:|---:|"]
@@ -205,8 +205,8 @@ def main() -> None:
             print(resnet_setup(work / "resnet", args.rounds, args.steps) + "\n", flush=True)
         if not args.skip_demo:
             print(demo_setup(work / "demo", args.rounds) + "\n", flush=True)
-    if not args.skip_kl:
-        print(top_k_kl(args.teacher_epochs, args.tau), flush=True)
+        if not args.skip_kl:
+            print(top_k_kl(work / "kl", args.teacher_epochs, args.tau), flush=True)
     print(machine_summary(), flush=True)
 
 
