@@ -12,7 +12,7 @@ from types import TracebackType
 from .allocator import retain_freed_memory
 from .errors import DeitError
 
-SUBCOMMANDS = ("predict", "attention", "convert", "export", "train", "pretrain", "eval", "demo", "bench")
+SUBCOMMANDS = ("predict", "attention", "convert", "export", "train", "teacher_cache", "pretrain", "eval", "demo", "bench")
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):

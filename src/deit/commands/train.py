@@ -92,6 +92,8 @@ TRAIN_OPTIONS: dict[str, list[tuple[str, str, dict]]] = {
         ("distillation_tau", "temperature of soft distillation", {"type": float}),
         ("teacher_finetune_epochs", "first adapt the teacher's head to these classes for N epochs", {"type": int}),
         ("teacher_finetune_lr", "learning rate of that adaptation", {"type": float}),
+        ("teacher_cache", "read the teacher's logits of every view from this folder, written by deit teacher-cache with the "
+         "same options; the teacher is not loaded, and a cache made for other views is refused", {"metavar": "DIR"}),
     ],
     "run": [
         ("output", "output folder (checkpoint.pt, best/, last/, metrics.jsonl, curves.png); one that holds a run is "

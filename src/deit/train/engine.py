@@ -122,7 +122,7 @@ class Trainer:
             self.train_model = DistributedDataParallel(self.train_model, device_ids=device_ids)
         self._setup_objective(teacher)
         if config.compile:
-            has_teacher = getattr(self, "teacher", None) is not None
+            has_teacher = getattr(self, "teacher", None) is not None and not config.teacher_cache
             if has_teacher:
                 self.teacher = compile_module(self.teacher, config.compile)
             self._log(f"compile: the student{' and the teacher' if has_teacher else ''} with torch.compile ({config.compile}); "
@@ -226,15 +226,20 @@ class Trainer:
         self.criterion = StudentCriterion(LabelSmoothingCrossEntropy(config.smoothing), distillation, distil_class_token=self.distil_class_token)
         self.mixup = self._build_mixup() if config.uses_mixup else None
 
-    def _loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The training loss of one micro-batch (on the device), under the run's autocast."""
+    def _student_batch(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The micro-batch as the student and its teacher see it (also deit.train.teacher_cache_builder's)."""
         if self.mixup is not None:
-            images, targets = self.mixup(images, targets)
-        elif self.unlabelled:
+            return self.mixup(images, targets)
+        if self.unlabelled:
             from .transforms import smoothed_one_hot
 
             # Soft targets, a row of zeros for an image without a label: its CLS term drops out.
-            targets = smoothed_one_hot(targets, len(self.data.id2label), self.config.smoothing)
+            return images, smoothed_one_hot(targets, len(self.data.id2label), self.config.smoothing)
+        return images, targets
+
+    def _loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of one micro-batch (on the device), under the run's autocast."""
+        images, targets = self._student_batch(images, targets)
         with self._autocast():
             teacher_logits = None
             if self.teacher is not None:
@@ -334,6 +339,16 @@ class Trainer:
 
         config = self.config
         num_classes = len(self.data.id2label)
+        if config.teacher_cache:  # the logits of every view, read back from deit teacher-cache's store: no teacher loaded
+            from .teacher_cache import open_cached_teacher
+
+            cached = open_cached_teacher(
+                config, image_size=self.image_size, world_size=self.ctx.world_size, rank=self.ctx.rank, train_set=self.data.train_set,
+                class_names=list(self.data.id2label.values()), batches_per_epoch=self.data.batches_per_epoch // config.accum_steps * config.accum_steps,
+                position=lambda: (self.position.epoch, self.position.batches_done),
+            )
+            self._log(cached.input_description)
+            return cached
         if teacher is None:
             finetune = config.teacher_finetune_epochs > 0
             teacher = load_teacher(
@@ -496,6 +511,11 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
 
+    def _seed_batch(self, batches_per_epoch: int) -> None:
+        """The random state of the next batch (mixup, stochastic depth) depends on where it is only."""
+        position = self.position
+        seed_everything(step_seed(self.config.seed, self.ctx.rank, position.epoch * batches_per_epoch + position.batches_done))
+
     def train_epoch(self) -> dict[str, float] | None:
         """Train the rest of the current epoch; None when ``stop_after_steps`` ended it early."""
         from tqdm.auto import tqdm
@@ -519,8 +539,7 @@ class Trainer:
             micro = position.batches_done % accum
             if micro == 0:
                 lr = self.schedule.apply(position.global_step)
-            # The random state of this batch (mixup, stochastic depth) depends on where it is only.
-            seed_everything(step_seed(config.seed, self.ctx.rank, position.epoch * batches_per_epoch + position.batches_done))
+            self._seed_batch(batches_per_epoch)
             loss = self._train_batch(images, targets, sync=micro == accum - 1)
             step_loss += loss.double() * images.shape[0]
             position.batches_done += 1

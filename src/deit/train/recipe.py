@@ -98,6 +98,7 @@ class TrainConfig:
     # On unlabelled images the DIST head learns the teacher's target; this also trains the CLS head
     # on the teacher's hard label there. Off by default: deit.train.partial_labels says why (measured).
     unlabeled_cls_teacher: bool = False
+    teacher_cache: str | None = None  # a folder written by `deit teacher-cache`: the teacher's logits read back, the teacher not loaded
 
     # ---- run
     output: str = "runs/train"
@@ -168,6 +169,8 @@ class TrainConfig:
             raise ValueError(f"distillation_type must be one of {DISTILLATION_TYPES}, got {kind!r}")
         if kind != "none" and not self.teacher:
             raise ValueError(f"{kind} distillation needs a teacher (--teacher)")
+        if self.teacher_cache and kind == "none":
+            raise ValueError(f"--teacher-cache {self.teacher_cache} needs the teacher settings it was built with (--teacher ...) and hard or soft distillation")
         if self.unlabeled and not self.teacher:
             raise ValueError(f"--unlabeled {self.unlabeled} needs a teacher (--teacher): the images without labels are learned from its predictions")
         if self.unlabeled and kind == "none":
