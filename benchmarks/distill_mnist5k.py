@@ -54,7 +54,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from deit.bench.timing import cpu_name
-from deit.io import atomic_path, atomic_write_text
+from deit.atomic import atomic_path, atomic_write_text
 from deit.train.engine import Trainer, fit, run_trainer
 from deit.train.recipe import TrainConfig
 from deit.demo.recipe import (

@@ -43,7 +43,7 @@ import torch
 from deit.bench.timing import interleaved, machine_summary
 from deit.bench.training import _our_loss, _timm_loss, train_step
 from deit.config import DeiTConfig
-from deit.io import atomic_write_text
+from deit.atomic import atomic_write_text
 from deit.modeling import DeiTForImageClassificationWithTeacher
 
 # The tiny shape of the dry run (and its timm twin's arguments).

@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.output is not None:
-        from deit.io import atomic_write_text
+        from deit.atomic import atomic_write_text
 
         atomic_write_text(args.output, table)
     return 0

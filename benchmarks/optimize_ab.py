@@ -31,7 +31,7 @@ import torch
 from deit.bench.inference import PEERS, TURN_SECONDS, _caller, _peer_model, _peer_settings, preset_config
 from deit.bench.timing import interleaved, machine_summary, set_threads
 from deit.dtypes import DTYPES
-from deit.io import atomic_write_text
+from deit.atomic import atomic_write_text
 from deit.modeling import DeiTForImageClassificationWithTeacher
 from deit.optimize import InferenceModel, optimize
 

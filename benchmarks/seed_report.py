@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from deit.bench.timing import cpu_name
-from deit.io import atomic_write_text
+from deit.atomic import atomic_write_text
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, out: str) -> None:

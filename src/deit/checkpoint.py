@@ -23,7 +23,7 @@ from .config import CONFIG_NAME, DeiTConfig, ViTConfig, config_from_dict
 from .dtypes import to_dtype
 from .errors import CheckpointError
 from .hub import resolve_file, resolve_weights
-from .io import atomic_path, atomic_write_text
+from .atomic import atomic_path, atomic_write_text
 from .layouts import timm_model_kwargs, timm_model_name, to_timm_layout
 
 logger = logging.getLogger("deit")

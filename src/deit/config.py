@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_text
+from .atomic import atomic_write_text
 from .model_rules import PROBLEM_TYPES, SUPPORTED_ACTIVATIONS
 
 CONFIG_NAME = "config.json"

@@ -160,7 +160,7 @@ def render(image: torch.Tensor, explanation: Explanation, index: int, id2label: 
     import matplotlib.pyplot as plt
     import torch.nn.functional as F
 
-    from .io import atomic_path
+    from .atomic import atomic_path
 
     picture = image.permute(1, 2, 0).clamp(0, 1).float().numpy()
     height, width = picture.shape[:2]

@@ -28,7 +28,7 @@ import PIL.Image
 import torch
 from torch import nn
 
-from .io import atomic_path
+from .atomic import atomic_path
 from .model_rules import exported_names
 
 if TYPE_CHECKING:

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .io import atomic_path
+from .atomic import atomic_path
 from .inference_model import InferenceModel
 from .model_rules import model_kind
 from .modeling import DeiTPreTrainedModel, check_pixel_values

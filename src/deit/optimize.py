@@ -17,7 +17,7 @@ from torch import nn
 from . import onnx_engine
 from .dtypes import to_dtype
 from .inference_model import InferenceModel
-from .io import atomic_write_text
+from .atomic import atomic_write_text
 from .model_rules import model_kind
 from .modeling import DeiTPreTrainedModel
 from .probes import cpu_description, fastest

@@ -40,7 +40,7 @@ from .images import (
     flatten_images,
     float_to_255,
 )
-from .io import atomic_write_text
+from .atomic import atomic_write_text
 
 __all__ = [
     "BatchFeature",

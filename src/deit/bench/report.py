@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..io import atomic_write_text
+from ..atomic import atomic_write_text
 from .timing import load_average, machine_summary, set_threads, wait_for_quiet
 
 __all__ = ["BENCHMARKS", "add_benchmark_arguments", "run_benchmark"]

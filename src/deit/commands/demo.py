@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         return run_pretrain_demo(args, quick_subset=(QUICK_TRAIN_PER_CLASS, QUICK_VAL_PER_CLASS))
     import torch
 
-    from ..io import atomic_write_text
+    from ..atomic import atomic_write_text
     from ..train.metrics import plot_curves
     from ..demo.recipe import (
         SEMI_EPOCHS, SEMI_LABELS_PER_CLASS, SEMI_TEACHER_EPOCHS, ClassBalancedSubset, head_accuracies, load_data, student_config, train_teacher,

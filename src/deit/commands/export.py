@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..auto import AutoModelAsSaved
     from ..export import compare_onnx, export_onnx, export_program, onnx_metadata
     from ..model_rules import exported_names
-    from ..io import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
     from ..labels import class_names
     from .convert import processor_for
 
@@ -92,7 +92,7 @@ def _export_int8(model, path: str, opset: int | None, metadata: dict[str, str]) 
     import onnx
 
     from ..export import export_onnx
-    from ..io import atomic_path
+    from ..atomic import atomic_path
     from ..onnx_engine import quantize_int8
 
     with tempfile.TemporaryDirectory() as folder:

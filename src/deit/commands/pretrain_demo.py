@@ -24,7 +24,7 @@ def run(args: argparse.Namespace, quick_subset: tuple[int, int]) -> int:
     """The demo; ``quick_subset`` = (training, validation) digits per class with ``--quick``."""
     import torch
 
-    from ..io import atomic_write_text
+    from ..atomic import atomic_write_text
     from ..train.metrics import plot_curves
     from ..demo.pretrain import LABELLED_PER_CLASS, compare
     from ..train.pretraining import RECONSTRUCTIONS_NAME

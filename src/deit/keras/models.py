@@ -118,7 +118,7 @@ class TFDeiTPreTrainedModel(keras.Model):
         """Write ``config.json`` and ``model.safetensors`` in the PyTorch Hugging Face layout."""
         from safetensors.numpy import save_file
 
-        from ..io import atomic_path
+        from ..atomic import atomic_path
 
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import atomic_path
+from ..atomic import atomic_path
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # Settings of one invocation that a resumed run does not take over from the checkpoint.

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..io import atomic_path, atomic_write_text
+from ..atomic import atomic_path, atomic_write_text
 
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"

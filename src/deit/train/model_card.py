@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..hf_api import check_hub_upload, upload_folder_to_hub
-from ..io import atomic_write_text
+from ..atomic import atomic_write_text
 from .recipe import TrainConfig
 from .student import is_preset
 

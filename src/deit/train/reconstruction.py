@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from ..io import atomic_path
+from ..atomic import atomic_path
 
 COLUMNS = ("input", "masked", "reconstruction", "pasted")
 MIN_CELL = 96  # small images (28 px digits) are enlarged to at least this, nearest neighbour

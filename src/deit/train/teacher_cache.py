@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from ..errors import DeitError
-from ..io import atomic_path
+from ..atomic import atomic_path
 
 MANIFEST_NAME = "manifest.json"
 CACHE_FORMAT = 1
