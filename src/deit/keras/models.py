@@ -129,8 +129,8 @@ class TFDeiTPreTrainedModel(keras.Model):
         config.save_pretrained(directory)
 
     def export_saved_model(self, path: str | os.PathLike) -> Path:
-        """A TensorFlow SavedModel with a dynamic-batch serving signature (see :mod:`deit.keras.export`)."""
-        from .export import export_saved_model
+        """A TensorFlow SavedModel with a dynamic-batch serving signature (see :mod:`deit.keras.saved_model`)."""
+        from .saved_model import export_saved_model
 
         return export_saved_model(self, path)
 
