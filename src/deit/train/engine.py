@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import math
 import os
 import shutil
@@ -751,6 +752,7 @@ def run_trainer(trainer_class: type[Trainer], config: TrainConfig, *, teacher: n
         raise ValueError("pass both train_dataset and val_dataset, or neither")
     owns_group = not (dist.is_available() and dist.is_initialized())
     ctx = init_distributed(config.device)
+    trainer = None
     try:
         with _determinism(config.deterministic), warnings.catch_warnings():
             # The [CLS] and [DIST] tokens are concatenated, so their gradients are strided views;
@@ -760,4 +762,9 @@ def run_trainer(trainer_class: type[Trainer], config: TrainConfig, *, teacher: n
             return trainer.run()
     finally:
         if owns_group:
+            # The DDP wrapper holds the process group, and gloo's threads live as long as the group
+            # object: let the trainer go, cycles included, before destroying the group, or the
+            # threads run on into interpreter exit (where they can abort it).
+            del trainer
+            gc.collect()
             shutdown_distributed()
