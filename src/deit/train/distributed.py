@@ -1,6 +1,6 @@
 """One process or many: set up ``torch.distributed`` from the variables ``torchrun`` exports.
 
-NCCL on GPUs, gloo on CPUs. Only rank 0 writes files; :func:`is_main_process` is the test.
+NCCL on GPUs, gloo on CPUs. Only rank 0 writes files (``DistributedContext.is_main``).
 """
 
 from __future__ import annotations
@@ -61,10 +61,6 @@ def init_distributed(device: str = "auto") -> DistributedContext:
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def barrier() -> None:
