@@ -4,11 +4,11 @@ writes), in the same interleaved rounds, with each variant's largest logit error
 PyTorch model.
 
 The variants change one thing each in the graph the engine exports (deit.onnx_engine): attention
-as ONNX Runtime's fused ``com.microsoft.MultiHeadAttention`` (its own CPU kernel) instead of
-Split, Transpose, two MatMuls and a Softmax per block (no copy of the transposed keys); ONNX
-Runtime's transformer fusions (``onnxruntime.transformers.optimizer``, model_type "vit": it finds
-SkipLayerNormalization, not our attention); the heads inside the graph (one session run, no
-PyTorch after it); and the session's threads not spinning between operators.
+as the exporter records PyTorch's (the engine's fused q/k/v matmul, then Split, Transpose, two
+MatMuls and a Softmax per block: the engine's graph before ONNX Runtime's MultiHeadAttention);
+ONNX Runtime's transformer fusions (``onnxruntime.transformers.optimizer``, model_type "vit": it
+finds SkipLayerNormalization); the heads inside the graph (one session run, no PyTorch after it);
+and the session's threads not spinning between operators.
 
 Wall time (``--cpu-time`` off) is what a user waits. Under other processes' load, spinning
 threads lose their time slices and wall time mostly measures the load; ``--cpu-time`` then
@@ -29,8 +29,6 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-from unittest import mock
 
 try:
     import deit  # noqa: F401  (installed, e.g. pip install -e .)
@@ -39,42 +37,23 @@ except ImportError:  # a checkout without installation
 
 import torch
 
-from deit import kernels, onnx_engine
+from deit import onnx_engine
 from deit.bench.inference import onnxruntime_peer, preset_config
 from deit.bench.timing import interleaved, machine_summary, set_threads
 from deit.inference_model import InferenceModel
 from deit.modeling import DeiTForImageClassificationWithTeacher
 
-# name -> (attention as MultiHeadAttention, transformer fusions, heads in the graph, threads spin)
+# name -> (attention as PyTorch's, transformer fusions, heads in the graph, threads spin)
 VARIANTS = {
     "graph as the engine's": (False, False, False, True),
-    "fused attention": (True, False, False, True),
+    "attention as PyTorch's": (True, False, False, True),
     "transformer fusions": (False, True, False, True),
-    "fused attention and fusions": (True, True, False, True),
     "heads in graph": (False, False, True, True),
     "without spinning": (False, False, False, False),
-    "fused attention without spinning": (True, False, False, False),
-    "fused attention and fusions without spinning": (True, True, False, False),
+    "attention as PyTorch's without spinning": (True, False, False, False),
+    "transformer fusions without spinning": (False, True, False, False),
     "heads in graph without spinning": (False, False, True, False),
 }
-
-
-class FusedAttention(torch.autograd.Function):
-    """:func:`deit.kernels.attention` (pre-scaled q/k/v in one tensor), exported as
-    ``com.microsoft.MultiHeadAttention`` on the three thirds of q/k/v, scale 1."""
-
-    @staticmethod
-    def forward(ctx: Any, qkv: torch.Tensor, num_heads: int, query_tokens: int = 0) -> torch.Tensor:
-        return kernels._attention_op._init_fn(qkv, num_heads, query_tokens)
-
-    @staticmethod
-    def symbolic(g: Any, qkv: Any, num_heads: int, query_tokens: int = 0) -> Any:
-        query, key, value = g.op("Split", qkv, axis_i=-1, outputs=3)
-        if query_tokens > 0:
-            def constant(v: int) -> Any:
-                return g.op("Constant", value_t=torch.tensor([v]))
-            query = g.op("Slice", query, constant(0), constant(query_tokens), constant(1))
-        return g.op("com.microsoft::MultiHeadAttention", query, key, value, num_heads_i=num_heads, scale_f=1.0)
 
 
 class GraphWithHeads(torch.nn.Module):
@@ -83,35 +62,41 @@ class GraphWithHeads(torch.nn.Module):
     def __init__(self, inference: InferenceModel) -> None:
         super().__init__()
         self.inference = inference
+        self.tokens = onnx_engine._TokensGraph(inference)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        inference = self.inference
-        tokens = inference.encode(pixel_values, last_tokens=len(inference.heads))[0]
-        return torch.stack([inference._head(name, tokens[:, i]) for i, name in enumerate(inference.heads)], 1)
+        tokens = self.tokens(pixel_values)
+        return torch.stack([self.inference._head(name, tokens[:, i]) for i, name in enumerate(self.inference.heads)], 1)
 
 
-def export_variant(inference: InferenceModel, path: Path, fused_attention: bool, fusions: bool, heads: bool) -> None:
+class PyTorchAttentionGraph(torch.nn.Module):
+    """The engine's graph with the inference model's own attention (fused q/k/v, PyTorch's SDPA) as the exporter records it."""
+
+    def __init__(self, inference: InferenceModel) -> None:
+        super().__init__()
+        self.inference = inference
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.inference.encode(pixel_values, last_tokens=len(self.inference.heads))[0]
+
+
+def export_variant(inference: InferenceModel, path: Path, pytorch_attention: bool, fusions: bool, heads: bool) -> None:
     config = inference.config
-    if heads:
+    if heads or pytorch_attention:
+        graph, output = (GraphWithHeads(inference), "logits") if heads else (PyTorchAttentionGraph(inference), "tokens")
         example = torch.randn(1, config.num_channels, config.image_size, config.image_size)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(GraphWithHeads(inference).eval(), (example,), str(path), input_names=["pixel_values"], output_names=["logits"],
-                              dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+            torch.onnx.export(graph.eval(), (example,), str(path), input_names=["pixel_values"], output_names=[output],
+                              dynamic_axes={"pixel_values": {0: "batch"}, output: {0: "batch"}}, opset_version=17, dynamo=False,
+                              custom_opsets={"com.microsoft": 1})
     else:
-        attention = mock.patch.object(kernels, "attention", FusedAttention.apply) if fused_attention else mock.patch.object(kernels, "attention", kernels.attention)
-        with attention, mock.patch.object(torch.onnx, "export", _with_contrib_opset(torch.onnx.export)):
-            onnx_engine._export(inference, path)
+        onnx_engine._export(inference, path)
     if fusions:
         from onnxruntime.transformers.optimizer import optimize_model
 
         optimize_model(str(path), model_type="vit", num_heads=config.num_attention_heads, hidden_size=config.hidden_size,
                        opt_level=0).save_model_to_file(str(path))
-
-
-def _with_contrib_opset(export: Callable[..., Any]) -> Callable[..., Any]:
-    """torch.onnx.export allowing ONNX Runtime's com.microsoft operators."""
-    return lambda *args, **kwargs: export(*args, **kwargs, custom_opsets={"com.microsoft": 1})
 
 
 def ops(path: Path) -> str:
@@ -150,9 +135,9 @@ def run_size(size: str, batch_sizes: list[int], rounds: int, folder: Path, varia
     if not cpu_time:
         calls_of["the engine"] = lambda x: engine(x).logits
     for name in variants:
-        fused_attention, fusions, heads, spinning = VARIANTS[name]
+        pytorch_attention, fusions, heads, spinning = VARIANTS[name]
         path = folder / f"{size}-{len(calls_of)}.onnx"
-        export_variant(inference, path, fused_attention, fusions, heads)
+        export_variant(inference, path, pytorch_attention, fusions, heads)
         session = onnx_engine.onnxruntime_session(path, spinning=spinning)
         if heads:
             calls_of[name] = lambda x, s=session: torch.from_numpy(s.run(["logits"], {"pixel_values": x.numpy()})[0]).mean(1)

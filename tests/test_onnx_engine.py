@@ -51,8 +51,8 @@ def test_int8_is_close_to_float32_and_keeps_the_named_layers_in_float32(pixels, 
     assert (got - expected).abs().max() < 0.03 * expected.abs().max() + 0.02
     quantized = onnx.load(str(next(tmp_path.glob("*-int8.onnx"))))
     ops = [node.op_type for node in quantized.graph.node]
-    assert ops.count("MatMulInteger") == 4 * 2  # q/k/v, projection, fc1, fc2 in each of the 2 blocks
-    assert ops.count("MatMul") == 2 * 2  # attention's two products of activations stay float32
+    assert ops.count("MatMulInteger") == 6 * 2  # q, k, v, projection, fc1, fc2 in each of the 2 blocks
+    assert ops.count("MultiHeadAttention") == 2 and "MatMul" not in ops  # attention's products of activations: float32, in its op
     assert "Conv" in ops and "ConvInteger" not in ops  # the patch embedding
     assert not [init.name for init in quantized.graph.initializer if "classifier" in init.name]  # the heads run in PyTorch
 

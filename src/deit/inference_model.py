@@ -30,6 +30,7 @@ it was. It is an ordinary module of buffers and registered ops, so ``torch.compi
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -148,11 +149,18 @@ class _InferenceBlock(_Frozen):
             return self.linear(x, name, residual=residual)
         return residual + self.linear(x, name).to(self.dtype)
 
-    def forward(self, x: torch.Tensor, query_tokens: int = 0) -> torch.Tensor:
+    def attention(self, normed: torch.Tensor, query_tokens: int = 0) -> torch.Tensor:
+        """The attention context of the first ``query_tokens`` rows (0: all) of the normalised tokens."""
+        qkv = self.linear(normed.to(self.arithmetic), "qkv")
+        return kernels.attention(qkv, self.num_heads, query_tokens)
+
+    def forward(self, x: torch.Tensor, query_tokens: int = 0,
+                attention: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> torch.Tensor:
+        """``attention``: another computation of :meth:`attention` on this block's weights (the
+        graph an exporter records, :mod:`deit.onnx_engine`)."""
         width = self.width
         normed = F.layer_norm(x, (width,), self.norm1_weight, self.norm1_bias, self.eps)
-        qkv = self.linear(normed.to(self.arithmetic), "qkv")
-        context = kernels.attention(qkv, self.num_heads, query_tokens)
+        context = (attention or self.attention)(normed, query_tokens)
         if query_tokens:
             x = x[:, :query_tokens]
         x = self._residual_add(x, context, "proj")
@@ -269,13 +277,15 @@ class InferenceModel(_Frozen):
         return self.classify(sequence, hidden, return_dict)
 
     def encode(self, pixel_values: torch.Tensor, interpolate: bool = False, output_hidden_states: bool = False,
-               last_tokens: int = 0) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+               last_tokens: int = 0, attentions: Sequence[Callable[[torch.Tensor, int], torch.Tensor]] | None = None,
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """The final LayerNorm's output (only the first ``last_tokens`` tokens, which the last
-        block then computes alone, when > 0) and the hidden states if asked for."""
+        block then computes alone, when > 0) and the hidden states if asked for; ``attentions``:
+        each block's attention computed another way (see :meth:`_InferenceBlock.forward`)."""
         x = self._embed(pixel_values.to(self.dtype), interpolate)
         hidden_states = [x] if output_hidden_states else None
         for i, layer in enumerate(self.layers):
-            x = layer(x, last_tokens if i == len(self.layers) - 1 else 0)
+            x = layer(x, last_tokens if i == len(self.layers) - 1 else 0, attentions[i] if attentions else None)
             if hidden_states is not None:
                 hidden_states.append(x)
         sequence = F.layer_norm(x, (self.config.hidden_size,), self.norm_weight, self.norm_bias, self.eps)

@@ -2,11 +2,15 @@
 
 The graph ONNX Runtime runs is the inference model's own computation
 (:class:`deit.inference_model.InferenceModel` on PyTorch's default kernels), exported once, so it keeps
-the savings that a graph exported from the model itself lacks: query, key and value are one
-matmul with the softmax scale folded into the query rows, and the last block computes its
-attention output, residual and MLP only for the rows of the tokens the heads read ([CLS] and
-[DIST]), not for all 198. ONNX Runtime then fuses and schedules that graph with its own CPU
-kernels (MLAS), which on some CPUs beat PyTorch's (BENCHMARKS.md).
+the savings that a graph exported from the model itself lacks: the softmax scale is folded into
+the query weights, and the last block computes its queries, attention, residual and MLP only for
+the rows of the tokens the heads read ([CLS] and [DIST]), not for all 198. Its attention is ONNX
+Runtime's own ``com.microsoft.MultiHeadAttention`` on three matmuls' outputs (batch, tokens,
+hidden): no transposes into and out of per-head layouts, no split of a fused q/k/v output and no
+copy of the transposed keys, which the exporter's rendering of PyTorch's attention has. That
+gained 2-5 % on DeiT-Ti and DeiT-S over the ONNX file ``deit export --onnx`` writes, on AMD Zen 3
+(benchmarks/onnx_graph_choices.py; BENCHMARKS.md). ONNX Runtime then fuses and schedules that
+graph with its own CPU kernels (MLAS), which on some CPUs beat PyTorch's.
 
 ``int8``: ONNX Runtime's dynamic quantization of that graph. The weights of the matmuls are
 int8, one scale per output channel (symmetric; 7 bits on CPUs without VNNI, see
@@ -20,9 +24,10 @@ Kept in float32, by choice:
   slower than its float convolution at batch 1);
 * the heads ([CLS] and [DIST] classifiers): their error lands in the logits unfiltered, and on
   one or two rows they cost nothing;
-* attention's own two products (queries x keys, probabilities x values): both operands are
-  activations, with no weight to quantize ahead of time; quantizing both per call (uint8 x
-  uint8) gained nothing at DeiT's 198 tokens, and ONNX Runtime's own default leaves them float;
+* attention's own two products (queries x keys, probabilities x values, inside the
+  MultiHeadAttention op): both operands are activations, with no weight to quantize ahead of
+  time; quantizing both per call (uint8 x uint8) gained nothing at DeiT's 198 tokens, and ONNX
+  Runtime's own default leaves them float;
 * LayerNorm, softmax, GELU and the residual additions: element-wise work in float32, as
   quantized transformers keep it.
 
@@ -44,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_path
@@ -66,6 +72,49 @@ def onnxruntime_available() -> bool:
     return True
 
 
+class _MultiHeadAttention(torch.autograd.Function):
+    """``softmax(q k^T) v`` per head of pre-scaled queries, keys and values (batch, tokens, hidden),
+    recorded by the ONNX exporter as ONNX Runtime's ``com.microsoft.MultiHeadAttention`` (scale 1).
+    The computation here only gives the tracer the output's shape and values."""
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, num_heads: int) -> torch.Tensor:
+        batch_size, queries, width = query.shape
+
+        def per_head(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch_size, -1, num_heads, width // num_heads).transpose(1, 2)
+
+        context = F.scaled_dot_product_attention(per_head(query), per_head(key), per_head(value), scale=1.0)
+        return context.transpose(1, 2).reshape(batch_size, queries, width)
+
+    @staticmethod
+    def symbolic(g: Any, query: Any, key: Any, value: Any, num_heads: int) -> Any:
+        context = g.op("com.microsoft::MultiHeadAttention", query, key, value, num_heads_i=num_heads, scale_f=1.0)
+        return context.setType(query.type())  # the queries' shape and type: what the exporter's shape inference needs
+
+
+class _GraphAttention(nn.Module):
+    """One block's attention as the graph computes it: queries, keys and values from three
+    matmuls whose weights are the thirds of the block's fused (and pre-scaled) q/k/v weight, kept
+    as weights of their own (so the int8 quantizer sees a matmul by a weight), then
+    :class:`_MultiHeadAttention`. Only the rows asked for get queries."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.num_heads = block.num_heads
+        width = block.width
+        for i, name in enumerate(("query", "key", "value")):
+            rows = slice(i * width, (i + 1) * width)
+            self.register_buffer(f"{name}_weight", block.qkv_weight[rows].clone())
+            self.register_buffer(f"{name}_bias", None if block.qkv_bias is None else block.qkv_bias[rows].clone())
+
+    def forward(self, normed: torch.Tensor, query_tokens: int = 0) -> torch.Tensor:
+        queries = normed[:, :query_tokens] if query_tokens else normed
+        return _MultiHeadAttention.apply(F.linear(queries, self.query_weight, self.query_bias),
+                                         F.linear(normed, self.key_weight, self.key_bias),
+                                         F.linear(normed, self.value_weight, self.value_bias), self.num_heads)
+
+
 class _TokensGraph(nn.Module):
     """The inference model's body with a tensor-only signature: pixel values in, the final
     LayerNorm's output for the tokens the heads read out (batch, heads, hidden). The heads run
@@ -74,9 +123,10 @@ class _TokensGraph(nn.Module):
     def __init__(self, inference: InferenceModel) -> None:
         super().__init__()
         self.inference = inference
+        self.attentions = nn.ModuleList(_GraphAttention(block) for block in inference.layers)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.inference.encode(pixel_values, last_tokens=len(self.inference.heads))[0]
+        return self.inference.encode(pixel_values, last_tokens=len(self.inference.heads), attentions=list(self.attentions))[0]
 
 
 def _export(inference: InferenceModel, path: Path) -> None:
@@ -86,13 +136,14 @@ def _export(inference: InferenceModel, path: Path) -> None:
     example = torch.randn(1, config.num_channels, config.image_size, config.image_size)
     graph = _TokensGraph(inference).eval()
     # Tracing warns of every Python value it records (the token counts: constants here), and that
-    # the TorchScript exporter is the older one: the newer one cannot see through the registered
-    # attention op, and takes several times longer.
+    # the TorchScript exporter is the older one: the one that records an autograd function's
+    # ``symbolic`` (the contrib attention op), and several times faster than the newer one.
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(graph, (example,), str(path), input_names=["pixel_values"], output_names=["tokens"],
-                          dynamic_axes={"pixel_values": {0: "batch"}, "tokens": {0: "batch"}}, opset_version=17, dynamo=False)
+                          dynamic_axes={"pixel_values": {0: "batch"}, "tokens": {0: "batch"}}, opset_version=17, dynamo=False,
+                          custom_opsets={"com.microsoft": 1})
 
 
 def quantize_int8(source: str | os.PathLike, target: str | os.PathLike) -> None:
