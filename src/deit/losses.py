@@ -8,7 +8,14 @@ from torch import nn
 
 from .model_rules import DISTILLATION_TYPES, check_distillation_settings
 
-__all__ = ["DISTILLATION_TYPES", "DistillationLoss", "LabelSmoothingCrossEntropy", "StudentCriterion", "soft_target_cross_entropy"]
+__all__ = ["DISTILLATION_TYPES", "KL_REDUCTIONS", "DistillationLoss", "LabelSmoothingCrossEntropy", "StudentCriterion", "soft_target_cross_entropy"]
+
+
+# How soft distillation averages its summed KL divergence (the names of ``F.kl_div``'s reductions):
+# "mean" over every logit (batch x classes), as the DeiT authors' losses.py does; "batchmean" over
+# the images, the KL per image of Hinton et al. and timm's TokenDistillationTask: classes times
+# stronger against the label term.
+KL_REDUCTIONS = ("mean", "batchmean")
 
 
 def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -39,17 +46,22 @@ class DistillationLoss(nn.Module):
     * ``hard``: ``(1 - alpha) * base(cls, y) + alpha * CE(dist, argmax(teacher))``
     * ``soft``: ``(1 - alpha) * base(cls, y) + alpha * tau**2 * KL(softmax(teacher/tau) || softmax(dist/tau))``,
       the KL summed over all elements and divided by the number of logits (``dist.numel()``),
-      as the authors' ``losses.py`` does.
+      as the authors' ``losses.py`` does (``kl_reduction="mean"``), or by the number of images
+      (``"batchmean"``, see :data:`KL_REDUCTIONS`).
 
     ``base_criterion`` defaults to cross-entropy accepting index or soft (mixup) targets.
     """
 
-    def __init__(self, distillation_type: str = "hard", alpha: float = 0.5, tau: float = 1.0, base_criterion: nn.Module | None = None) -> None:
+    def __init__(self, distillation_type: str = "hard", alpha: float = 0.5, tau: float = 1.0, base_criterion: nn.Module | None = None,
+                 kl_reduction: str = "mean") -> None:
         super().__init__()
         check_distillation_settings(distillation_type, alpha, tau)
+        if kl_reduction not in KL_REDUCTIONS:
+            raise ValueError(f"kl_reduction must be one of {KL_REDUCTIONS}, got {kl_reduction!r}")
         self.distillation_type = distillation_type
         self.alpha = alpha
         self.tau = tau
+        self.kl_reduction = kl_reduction
         self.base_criterion = base_criterion if base_criterion is not None else LabelSmoothingCrossEntropy()
 
     def forward(
@@ -80,7 +92,8 @@ class DistillationLoss(nn.Module):
                 reduction="sum",
                 log_target=True,
             )
-            distillation_loss = kl * (t * t) / distillation_logits.numel()
+            averaged_over = distillation_logits.numel() if self.kl_reduction == "mean" else distillation_logits.shape[0]
+            distillation_loss = kl * (t * t) / averaged_over
         else:
             distillation_loss = F.cross_entropy(distillation_logits, teacher_logits.argmax(dim=1))
         return (1 - self.alpha) * base_loss + self.alpha * distillation_loss

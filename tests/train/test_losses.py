@@ -79,6 +79,16 @@ def test_soft_distillation_by_hand(tau):
     torch.testing.assert_close(loss, torch.tensor(expected, dtype=torch.float64), **TOL)
 
 
+def test_soft_distillation_averaged_per_image():
+    # "batchmean": the summed KL divided by the number of images (2), not of logits (2 x 3).
+    mean = DistillationLoss("soft", alpha=1.0)(t(CLS), t(DIST), torch.tensor(LABELS), t(TEACHER))
+    batchmean = DistillationLoss("soft", alpha=1.0, kl_reduction="batchmean")(t(CLS), t(DIST), torch.tensor(LABELS), t(TEACHER))
+    kl_sum = sum(sum(math.exp(lt) * (lt - ls) for lt, ls in zip(log_softmax(teacher_row), log_softmax(student_row)))
+                 for student_row, teacher_row in zip(DIST, TEACHER))
+    torch.testing.assert_close(batchmean, torch.tensor(kl_sum / 2, dtype=torch.float64), **TOL)
+    torch.testing.assert_close(mean, torch.tensor(kl_sum / 6, dtype=torch.float64), **TOL)
+
+
 def test_hard_distillation_with_mixup_targets():
     target = [[0.5, 0.5, 0.0], [0.0, 0.2, 0.8]]
     base = sum(-sum(p * lp for p, lp in zip(tr, log_softmax(row))) for row, tr in zip(CLS, target)) / 2
@@ -101,6 +111,8 @@ def test_bad_arguments_are_refused():
         DistillationLoss("hard", alpha=1.5)
     with pytest.raises(ValueError, match="tau"):
         DistillationLoss("soft", tau=0)
+    with pytest.raises(ValueError, match="kl_reduction"):
+        DistillationLoss("soft", kl_reduction="sum")
     with pytest.raises(ValueError, match="teacher_logits"):
         DistillationLoss("hard")(t(CLS), t(DIST), torch.tensor(LABELS), None)
     with pytest.raises(ValueError, match="same classes"):

@@ -18,6 +18,7 @@ from deit.train.epoch_order import seed_sample
 from deit.train.partial_labels import UNLABELLED, build_unlabelled_source, first_per_class
 
 ALPHA, SMOOTHING = 0.5, 0.1
+CLASSES_COUNT = len(CLASSES)
 
 
 def trainer_for(config, teacher=None, train_set=None) -> Trainer:
@@ -137,6 +138,25 @@ def test_loss_is_the_deit_loss_without_the_label_term_where_there_is_no_label(tm
     cls_term = (per_image if cls_teacher else per_image * labelled).sum() / len(labels)
     dist_term = F.cross_entropy(outputs.distillation_logits, teacher_labels)
     torch.testing.assert_close(loss, (1 - ALPHA) * cls_term + ALPHA * dist_term, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", [None, "mean"])
+def test_soft_distillation_on_unlabelled_images_averages_the_kl_per_image_by_default(tmp_path, reduction):
+    # Averaged over batch x classes (the authors' "mean"), the teacher's term was too weak to learn
+    # from the unlabelled images (partial_labels' docstring): per image ("batchmean") unless set.
+    config = tiny_partly_labelled_config(str(tmp_path), distillation_type="soft", distillation_kl_reduction=reduction,
+                                         smoothing=0.0, distillation_alpha=ALPHA)
+    trainer = trainer_for(config, teacher=ColourTeacher())
+    images = torch.randn(4, 3, 16, 16)
+    labels = torch.tensor([1, UNLABELLED, UNLABELLED, 0])
+    loss = trainer._loss(images, labels)
+
+    outputs = trainer.model(images)
+    labelled = labels >= 0
+    cls_term = (F.cross_entropy(outputs.cls_logits, labels.clamp(min=0), reduction="none") * labelled).sum() / len(labels)
+    kl = F.kl_div(F.log_softmax(outputs.distillation_logits, -1), F.log_softmax(ColourTeacher()(images), -1), reduction="sum", log_target=True)
+    averaged_over = len(labels) * (CLASSES_COUNT if reduction == "mean" else 1)
+    torch.testing.assert_close(loss, (1 - ALPHA) * cls_term + ALPHA * kl / averaged_over, rtol=1e-5, atol=1e-6)
 
 
 def test_only_unlabelled_images_train_the_dist_head_alone(tmp_path):

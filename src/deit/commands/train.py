@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from typing import Any
 
+from ..losses import KL_REDUCTIONS
 from ..model_rules import DISTILLATION_TYPES
 from ..train.fast_kernels import FAST_KERNEL_SETTINGS
 from ..train.recipe import AMP_CHOICES, LOG_CHOICES, MASKED_IMAGE_MODELING_LAYER_DECAY, TrainConfig
@@ -90,6 +91,9 @@ TRAIN_OPTIONS: dict[str, list[tuple[str, str, dict]]] = {
         ("distillation_type", "hard, soft or none (default: hard with a teacher, none without)", {"choices": DISTILLATION_TYPES}),
         ("distillation_alpha", "weight of the distillation loss", {"type": float}),
         ("distillation_tau", "temperature of soft distillation", {"type": float}),
+        ("distillation_kl_reduction", "how soft distillation averages its KL: mean (over batch x classes, as the DeiT authors) "
+         "or batchmean (per image, as Hinton et al. and timm: classes times stronger); default: mean, batchmean when the "
+         "data has images without labels", {"choices": KL_REDUCTIONS}),
         ("teacher_finetune_epochs", "first adapt the teacher's head to these classes for N epochs", {"type": int}),
         ("teacher_finetune_lr", "learning rate of that adaptation", {"type": float}),
         ("teacher_cache", "read the teacher's logits of every view from this folder, written by deit teacher-cache with the "

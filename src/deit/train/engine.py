@@ -223,7 +223,9 @@ class Trainer:
         self.teacher = self._prepare_teacher(teacher) if self.distillation_type != "none" else None
         distillation = None
         if self.distillation_type != "none":
-            distillation = DistillationLoss(self.distillation_type, alpha=config.distillation_alpha, tau=config.distillation_tau)
+            reduction = config.distillation_kl_reduction or ("batchmean" if self.unlabelled else "mean")
+            distillation = DistillationLoss(self.distillation_type, alpha=config.distillation_alpha, tau=config.distillation_tau,
+                                            kl_reduction=reduction)
         self.criterion = StudentCriterion(LabelSmoothingCrossEntropy(config.smoothing), distillation, distil_class_token=self.distil_class_token)
         self.mixup = self._build_mixup() if config.uses_mixup else None
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # Defined once each: the processor's normalisation, the distillation loss's types, fast_kernels' settings.
+from ..losses import KL_REDUCTIONS
 from ..model_rules import DISTILLATION_TYPES
 from ..processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from .fast_kernels import FAST_KERNEL_SETTINGS
@@ -93,6 +94,10 @@ class TrainConfig:
     distillation_type: str | None = None  # default: "hard" with a teacher, "none" without
     distillation_alpha: float = 0.5
     distillation_tau: float = 1.0
+    # Soft distillation's KL averaged over batch x classes ("mean", the authors') or per image
+    # ("batchmean"). Default: "mean", but "batchmean" when the training data has images without
+    # labels, where "mean" leaves the teacher's term too weak (deit.train.partial_labels, measured).
+    distillation_kl_reduction: str | None = None
     teacher_finetune_epochs: int = 0
     teacher_finetune_lr: float = 1e-3
     # On unlabelled images the DIST head learns the teacher's target; this also trains the CLS head
@@ -158,6 +163,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0 or (name in ("drop_path", "smoothing") and value == 1.0):
                 raise ValueError(f"{name} must be a probability, got {value}")
+        if self.distillation_kl_reduction not in (None, *KL_REDUCTIONS):
+            raise ValueError(f"distillation_kl_reduction must be one of {KL_REDUCTIONS}, got {self.distillation_kl_reduction!r}")
         if not 0.0 <= self.distillation_alpha <= 1.0:
             raise ValueError(f"distillation_alpha must be in [0, 1], got {self.distillation_alpha}")
         if self.amp not in AMP_CHOICES:
