@@ -7,9 +7,9 @@ the query weights, and the last block computes its queries, attention, residual 
 the rows of the tokens the heads read ([CLS] and [DIST]), not for all 198. Its attention is ONNX
 Runtime's own ``com.microsoft.MultiHeadAttention`` on three matmuls' outputs (batch, tokens,
 hidden): no transposes into and out of per-head layouts, no split of a fused q/k/v output and no
-copy of the transposed keys, which the exporter's rendering of PyTorch's attention has. That
-gained 2-5 % on DeiT-Ti and DeiT-S over the ONNX file ``deit export --onnx`` writes, on AMD Zen 3
-(benchmarks/onnx_graph_choices.py; BENCHMARKS.md). ONNX Runtime then fuses and schedules that
+copy of the transposed keys, which the exporter's rendering of PyTorch's attention has: 4-12 %
+faster than that on DeiT-Ti and DeiT-S on an AMD Zen 3 (benchmarks/onnx_graph_choices.py;
+BENCHMARKS.md). ONNX Runtime then fuses and schedules that
 graph with its own CPU kernels (MLAS), which on some CPUs beat PyTorch's.
 
 ``int8``: ONNX Runtime's dynamic quantization of that graph. The weights of the matmuls are
