@@ -11,6 +11,8 @@ passes of 4,000 images, so every student takes the same optimizer steps and sees
 - ``hard`` / ``soft``: the product's partly labelled training (``deit train --labels-per-class N``
   with a teacher): the other training images join without their labels and the DIST head learns
   the teacher on every image (one pass over all 4,000 per epoch, labelled and unlabelled mixed);
+  ``soft`` averages the KL per image, the default there; ``soft-mean`` over images x classes, as
+  the authors' loss does;
 - ``hard-cls``: as ``hard``, and the CLS head learns the teacher's hard label on unlabelled images;
 - ``no-token``: the paper's ablation: a plain ViT (no distillation token, otherwise the same
   student) whose one class token learns the labels and the teacher's hard labels, on the same
@@ -27,7 +29,13 @@ teacher's accuracy on the augmented unlabelled images, training images/s, and a 
 vs labels per method with the teacher's line. Runs go ``--jobs`` at a time, one process and one
 thread each; every finished run is saved, so ``--reuse`` resumes or merges invocations.
 
+``--speed ROUNDS`` times our engine against timm's task alone (training images/s of ``hard-labelled``
+and ``timm-hard``, 2 epochs each, alternating, in this one process on ``--threads``; the teacher of
+an earlier run at 40 labels per class in ``--out``): the images/s of runs side by side measure
+their neighbour's load as much as their own code.
+
     .venv/bin/python benchmarks/distill_mnist5k.py --markdown benchmarks/distill_mnist5k.md
+    .venv/bin/python benchmarks/distill_mnist5k.py --out runs/bench25 --speed 4
 """
 
 from __future__ import annotations
@@ -38,8 +46,10 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -271,6 +281,25 @@ def timm_head_accuracies(model: torch.nn.Module, val_set: Dataset) -> dict[str, 
     return {head: 100.0 * n / len(val_set) for head, n in correct.items()}
 
 
+def speed_comparison(out: str, rounds: int, threads: int) -> int:
+    """Training images/s of our engine and of timm's TokenDistillationTask on the same student,
+    teacher and data (hard distillation, 40 labelled images per class), runs alternating."""
+    speeds: dict[str, list[float]] = {"hard-labelled": [], "timm-hard": []}
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copy(teacher_file(out, 40), teacher_file(folder, 40))
+        settings = {"epochs": 2, "full_epochs": STUDENT_EPOCHS, "teacher_epochs": SEMI_TEACHER_EPOCHS,
+                    "full_teacher_epochs": TEACHER_EPOCHS, "threads": threads, "out": folder}
+        for r in range(rounds):
+            for method in list(speeds)[:: 1 if r % 2 == 0 else -1]:
+                shutil.rmtree(Path(folder) / f"40-{method}-seed0", ignore_errors=True)
+                speeds[method].append(student_job(40, method, 0, settings)["images_per_s"])
+    print(f"\n{cpu_name()}, {threads} torch thread(s), {rounds} runs of 2 epochs each, alternating; training images/s (best, all):")
+    for method, values in speeds.items():
+        print(f"- {METHODS[method]}: {max(values):.0f} ({', '.join(f'{v:.0f}' for v in values)})")
+    print(f"- ours / timm (best): {max(speeds['hard-labelled']) / max(speeds['timm-hard']):.2f}x")
+    return 0
+
+
 def run_all(tasks: list[tuple[Any, tuple[Any, ...], Path]], jobs: int) -> None:
     """Run ``function(*arguments)`` for each task, ``jobs`` processes at a time, saving each result as it comes."""
     def save(path: Path, job: dict[str, Any]) -> None:
@@ -394,7 +423,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch compute threads per run (default 1)")
     parser.add_argument("--reuse", action="store_true", help="keep saved results of runs with the same settings (to resume or merge)")
     parser.add_argument("--report-only", action="store_true", help="train nothing: report the saved runs")
+    parser.add_argument("--speed", type=int, metavar="ROUNDS", help="only time ours against timm's task, ROUNDS alternating runs each")
     args = parser.parse_args()
+    if args.speed:
+        return speed_comparison(args.out, args.speed, args.threads)
 
     settings = {"epochs": args.epochs, "full_epochs": args.full_epochs, "teacher_epochs": args.teacher_epochs, "full_teacher_epochs": args.full_teacher_epochs,
                 "threads": args.threads, "out": args.out}
