@@ -99,7 +99,8 @@ def test_short_calls_are_repeated_to_fill_a_turn(monkeypatch):
     from deit.bench import timing
 
     clock = SimpleNamespace(now=0.0)
-    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    pauses = []
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: clock.now, sleep=pauses.append))
     counts = {"short": 0, "long": 0}
 
     def call(name, seconds):
@@ -112,3 +113,6 @@ def test_short_calls_are_repeated_to_fill_a_turn(monkeypatch):
     # One warm-up call each, then ten 2 ms calls per round for "short" and one 30 ms call for "long".
     assert counts == {"short": 1 + 2 * 10, "long": 1 + 2 * 1}
     assert timings["short"].seconds == pytest.approx([0.002, 0.002]) and timings["long"].seconds == pytest.approx([0.03, 0.03])
+    # A pause before every turn (2 rounds x 2 candidates), outside the timed calls: the previous
+    # candidate's spinning threads stop before the next one is timed.
+    assert pauses == [timing.SETTLE_SECONDS] * 4
