@@ -385,7 +385,7 @@ def plot_budgets(results: dict[Any, tuple[dict[str, Any], dict[str, list[dict[st
     from matplotlib.figure import Figure
 
     budgets = sorted(b for b in results if b != "full")
-    figure = Figure(figsize=(8, 5.5), dpi=100)
+    figure = Figure(figsize=(12, 5.5), dpi=100)
     axes = figure.subplots()
     axes.plot(budgets, [results[b][0]["acc1"] for b in budgets], color="black", linestyle=":", marker="s", label="teacher (convnet, same labels)")
     for colour, method in enumerate(METHODS):
@@ -399,10 +399,10 @@ def plot_budgets(results: dict[Any, tuple[dict[str, Any], dict[str, list[dict[st
     axes.set_ylabel("validation top-1 (%), averaged heads")
     axes.set_title("DeiT student on mnist5k: labels only vs distillation with the unlabelled images")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="x-small", loc="lower right")
+    axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes: no point hidden
     figure.tight_layout()
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
+        figure.savefig(tmp, format="png", bbox_inches="tight")
 
 
 def main() -> int:
