@@ -322,13 +322,16 @@ def unlabelled_folder(workspace) -> Path:
 def test_train_with_few_labels_and_unlabelled_images(workspace, image_folder, hf_checkpoint, unlabelled_folder):
     """``--labels-per-class 2`` keeps 2 labels per class and moves the other training images into
     the unlabelled pool, ``--unlabeled`` adds a folder of images; all of them train the student,
-    the ones without labels through the teacher (here a checkpoint of our own)."""
+    the ones without labels through the teacher (here a checkpoint of our own), with soft
+    distillation, whose KL is then averaged per image unless ``--distillation-kl-reduction`` says."""
     output = workspace / "train-unlabelled"
     proc = run_deit("train", *PRESET_STUDENT, "--data", image_folder, "--output", output, *QUICK_TRAIN,
-                    "--teacher", hf_checkpoint, "--labels-per-class", "2", "--unlabeled", unlabelled_folder)
+                    "--teacher", hf_checkpoint, "--labels-per-class", "2", "--unlabeled", unlabelled_folder,
+                    "--distillation-type", "soft", "--distillation-kl-reduction", "mean")
     assert proc.returncode == 0, proc.stderr
     labelled = 2 * len(CLASSES)
     assert f"training images: {labelled} with labels, {TRAIN_IMAGES - labelled + 5} without (learned from the teacher)" in proc.stdout
+    assert "soft distillation: the KL averaged over images x classes (--distillation-kl-reduction mean)" in proc.stdout
     history = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert history[0]["global_step"] == TRAIN_IMAGES + 5 and math.isfinite(history[0]["train_loss"])
     assert checkpointing.load_checkpoint(output)["config"]["unlabeled"] == str(unlabelled_folder)

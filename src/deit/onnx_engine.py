@@ -9,8 +9,8 @@ Runtime's own ``com.microsoft.MultiHeadAttention`` on three matmuls' outputs (ba
 hidden): no transposes into and out of per-head layouts, no split of a fused q/k/v output and no
 copy of the transposed keys, which the exporter's rendering of PyTorch's attention has: 4-12 %
 faster than that on DeiT-Ti and DeiT-S on an AMD Zen 3 (benchmarks/onnx_graph_choices.py;
-BENCHMARKS.md). ONNX Runtime then fuses and schedules that
-graph with its own CPU kernels (MLAS), which on some CPUs beat PyTorch's.
+BENCHMARKS.md). ONNX Runtime then fuses and schedules that graph with its own CPU kernels
+(MLAS), which on some CPUs beat PyTorch's.
 
 ``int8``: ONNX Runtime's dynamic quantization of that graph. The weights of the matmuls are
 int8, one scale per output channel (symmetric; 7 bits on CPUs without VNNI, see

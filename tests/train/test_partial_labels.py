@@ -147,6 +147,7 @@ def test_soft_distillation_on_unlabelled_images_averages_the_kl_per_image_by_def
     config = tiny_partly_labelled_config(str(tmp_path), distillation_type="soft", distillation_kl_reduction=reduction,
                                          smoothing=0.0, distillation_alpha=ALPHA)
     trainer = trainer_for(config, teacher=ColourTeacher())
+    assert trainer.criterion.distillation.kl_reduction == (reduction or "batchmean")
     images = torch.randn(4, 3, 16, 16)
     labels = torch.tensor([1, UNLABELLED, UNLABELLED, 0])
     loss = trainer._loss(images, labels)

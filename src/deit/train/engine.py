@@ -224,6 +224,9 @@ class Trainer:
         distillation = None
         if self.distillation_type != "none":
             reduction = config.distillation_kl_reduction or ("batchmean" if self.unlabelled else "mean")
+            if self.distillation_type == "soft":
+                self._log(f"soft distillation: the KL averaged {'per image' if reduction == 'batchmean' else 'over images x classes'} "
+                          f"(--distillation-kl-reduction {reduction})")
             distillation = DistillationLoss(self.distillation_type, alpha=config.distillation_alpha, tau=config.distillation_tau,
                                             kl_reduction=reduction)
         self.criterion = StudentCriterion(LabelSmoothingCrossEntropy(config.smoothing), distillation, distil_class_token=self.distil_class_token)
