@@ -70,6 +70,51 @@ def test_mismatched_head_is_an_error_unless_ignored(tmp_path, pixels):
     assert model(pixels).logits.shape == (2, 3) and model.config.id2label[2] == "c"
 
 
+def _is_fresh_head(linear: torch.nn.Linear, std: float) -> bool:
+    """The recipe's initial draw: truncated normal within 2 std, zero bias (PyTorch's default
+    Linear draw, uniform within 1/sqrt(32) = 0.18, is far wider)."""
+    return bool(linear.weight.abs().max() <= 2 * std and linear.weight.std() > 0.5 * std and not linear.bias.any())
+
+
+def test_loading_draws_only_the_weights_the_checkpoint_lacks(tmp_path):
+    """from_pretrained skips the initial draw of every weight it loads, and draws the missing
+    and re-sized ones as a fresh model would (a new head on a body, a classifier for new labels)."""
+    body = deit.DeiTModel(tiny()).eval()
+    with torch.no_grad():
+        body.embeddings.cls_token.fill_(0.5)  # a loaded weight that no initial draw produces
+        body.encoder.layer[0].output.dense.weight.fill_(0.25)
+    body.save_pretrained(tmp_path / "body")
+    std = body.config.initializer_range
+    with pytest.warns(UserWarning, match="newly initialised"):
+        head = deit.DeiTForImageClassificationWithTeacher.from_pretrained(tmp_path / "body")
+    # The heads' modules hold no loaded weight; the embeddings' draw would have replaced the 0.5.
+    assert _is_fresh_head(head.cls_classifier, std) and _is_fresh_head(head.distillation_classifier, std)
+    assert torch.equal(head.deit.embeddings.cls_token, body.embeddings.cls_token)
+    assert torch.equal(head.deit.encoder.layer[0].output.dense.weight, body.encoder.layer[0].output.dense.weight)
+
+    head.save_pretrained(tmp_path / "head")
+    with pytest.warns(UserWarning, match="re-initialised: cls_classifier.weight, cls_classifier.bias, distillation_classifier"):
+        relabelled = deit.DeiTForImageClassificationWithTeacher.from_pretrained(tmp_path / "head", num_labels=3, ignore_mismatched_sizes=True)
+    assert _is_fresh_head(relabelled.cls_classifier, std) and relabelled.cls_classifier.weight.shape == (3, 32)
+    assert torch.equal(relabelled.deit.embeddings.cls_token, body.embeddings.cls_token)
+
+
+def test_the_initial_draw_is_the_truncated_normal():
+    """deit.initialisation.trunc_normal_ draws nn.init.trunc_normal_'s distribution (N(0, std)
+    within 2 std): the bounds, and the mean and SD of the truncated normal within sampling error."""
+    from deit.initialisation import trunc_normal_
+
+    torch.manual_seed(0)
+    std = 0.02
+    ours = trunc_normal_(torch.empty(1_000_000), std)
+    theirs = torch.nn.init.trunc_normal_(torch.empty(1_000_000), 0.0, std, -2 * std, 2 * std)
+    expected_sd = std * 0.87962566  # sqrt(1 - 2 * 2 * phi(2) / (2 * Phi(2) - 1))
+    for values in (ours, theirs):
+        assert values.abs().max() <= 2 * std
+        assert abs(values.mean().item()) < 5 * expected_sd / 1000  # 5 standard errors of the mean
+        assert values.std().item() == pytest.approx(expected_sd, rel=5e-3)
+
+
 def test_unexpected_keys_are_reported(tmp_path):
     model = deit.DeiTForImageClassification(tiny())
     model.config.save_pretrained(tmp_path)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from . import layouts
+from . import initialisation, layouts
 from .config import CONFIG_NAME, DeiTConfig, ViTConfig, config_from_dict
 from .dtypes import to_dtype
 from .errors import CheckpointError
@@ -310,8 +310,10 @@ def load_pretrained(
 
     state_dict = layouts.resize_position_embeddings(state_dict, config, source=weights_path)
     target_cls = cls.class_for_config(config)
-    model = target_cls(config, **init_kwargs)
+    with initialisation.deferred():  # no initial draw of the weights the checkpoint overwrites
+        model = target_cls(config, **init_kwargs)
     info = load_state_dict_into(model, state_dict, ignore_mismatched_sizes=ignore_mismatched_sizes, source=str(weights_path))
+    initialisation.draw_deferred(model, info["missing_keys"] | {key for key, _, _ in info["mismatched_keys"]})
     requested = torch_dtype if torch_dtype is not None else dtype
     # "auto": the dtype the config records for the weights, as in the reference.
     resolved_dtype = _resolve_dtype(config.dtype if requested == "auto" and isinstance(config.dtype, torch.dtype) else requested)

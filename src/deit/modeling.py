@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import initialisation
 from .config import DeiTConfig, ViTConfig
 from .hf_api import CheckpointingEncoder, PreTrainedModel
 from .losses import DistillationLoss
@@ -390,10 +391,12 @@ class DeiTPreTrainedModel(PreTrainedModel):
         authors do this) so that a freshly built model trains well; the mask token starts at 0.
         ``roots`` limits the initialisation to some sub-modules (a head on an initialised body).
         """
+        if initialisation.is_deferred():  # from_pretrained: the checkpoint's weights come next
+            return
         std = self.config.initializer_range
         for module in (m for root in (roots or (self,)) for m in root.modules()):
             if isinstance(module, (nn.Linear, nn.Conv2d)):
-                nn.init.trunc_normal_(module.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+                initialisation.trunc_normal_(module.weight, std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):
@@ -402,7 +405,7 @@ class DeiTPreTrainedModel(PreTrainedModel):
             elif isinstance(module, DeiTEmbeddings):
                 for token in (module.cls_token, module.distillation_token, module.position_embeddings):
                     if token is not None:
-                        nn.init.trunc_normal_(token, mean=0.0, std=std, a=-2 * std, b=2 * std)
+                        initialisation.trunc_normal_(token, std)
                 if module.mask_token is not None:
                     nn.init.zeros_(module.mask_token)
 
