@@ -4,7 +4,6 @@ One thread: on a shared machine two-thread parallel regions stall on every small
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -25,31 +24,7 @@ def test_model_flops_matches_pytorch_flop_counter():
     assert counter.get_total_flops() == model_flops(config)
 
 
-def test_inference_benchmark_runs_with_a_peer(capsys, tmp_path):
-    """Both dtypes: the bf16 cell must also run on CPUs without bf16 kernels (AVX2), where
-    oneDNN refuses bf16 weights. Ours is each engine, the plain model, and int8 where ONNX Runtime is."""
-    pytest.importorskip("timm")
-    from deit.onnx_engine import onnxruntime_available
-
-    raw = tmp_path / "raw.json"
-    peers = "timm,onnxruntime,onnxruntime-int8" if onnxruntime_available() else "timm"
-    code = main(["bench", "inference", "--sizes", "tiny", "--batch-sizes", "1", "--dtypes", "fp32,bf16", "--rounds", "1",
-                 "--peers", peers, "--threads", "1", "--json", str(raw)])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert "| DeiT-T | 1 | fp32 | ours (fp32, deit.optimize: " in out and "| DeiT-T | 1 | fp32 | ours, PyTorch engine (fp32, backend='torch'" in out
-    assert "| DeiT-T | 1 | fp32 | ours, plain model (fp32, the eager model) |" in out
-    assert "| DeiT-T | 1 | fp32 | timm (fp32) |" in out and "Linear-only bound (F.linear)" in out
-    assert "| 1.00x (1.00x) |" in out  # the best peer against itself, best and median rounds
-    assert "| DeiT-T | 1 | bf16 | ours (bf16, deit.optimize: PyTorch engine) |" in out and "| DeiT-T | 1 | bf16 | timm (bf16" in out
-    names = {row["implementation"] for row in json.loads(raw.read_text())["results"]}
-    assert {"ours", "ours, PyTorch engine", "ours, plain model", "timm"} <= names
-    if onnxruntime_available():
-        assert {"ours, ONNX Runtime engine", "ours int8", "onnxruntime", "onnxruntime-int8"} <= names
-        int8_row = next(line for line in out.splitlines() if line.startswith("| DeiT-T | 1 | fp32 | ours int8"))
-        int8_peer = next(line for line in out.splitlines() if line.startswith("| DeiT-T | 1 | fp32 | onnxruntime-int8"))
-        assert "| 1.00x (1.00x) |" in int8_peer  # int8 rows are compared with the int8 peer
-        assert int8_row.count("x (") == 2  # vs the int8 peer, vs ours plain
+# `deit bench inference` with its peers: tests/test_journeys.py, through the console script.
 
 
 def test_loading_benchmark_reports_exact_match_with_transformers_pil(capsys):

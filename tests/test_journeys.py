@@ -457,23 +457,41 @@ def test_export_onnx_runs_in_onnxruntime(workspace, hf_checkpoint):
 # ------------------------------------------------------------------ bench
 @needs_script
 def test_bench_inference_prints_a_table(workspace):
-    report = workspace / "bench.md"
-    proc = run_deit("bench", "inference", "--sizes", "tiny", "--batch-sizes", "1", "--dtypes", "fp32", "--rounds", "1",
-                    "--peers", "", "--threads", "1", "--output", report)
+    """Both dtypes: the bf16 cell must also run on CPUs without bf16 kernels (AVX2), where oneDNN
+    refuses bf16 weights. Ours is each engine, the plain model, and int8 where ONNX Runtime is;
+    the peers are timm and, where installed, ONNX Runtime in float32 and int8."""
+    pytest.importorskip("timm")
+    from deit.onnx_engine import onnxruntime_available
+
+    report, raw = workspace / "bench.md", workspace / "bench.json"
+    peers = "timm,onnxruntime,onnxruntime-int8" if onnxruntime_available() else "timm"
+    proc = run_deit("bench", "inference", "--sizes", "tiny", "--batch-sizes", "1", "--dtypes", "fp32,bf16", "--rounds", "1",
+                    "--peers", peers, "--threads", "1", "--output", report, "--json", raw)
     assert proc.returncode == 0, proc.stderr
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("|")]
+    out = proc.stdout
+    rows = [line for line in out.splitlines() if line.startswith("|")]
     header, rule, *cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
     assert header[:5] == ["model", "batch", "dtype", "implementation (best setting)", "images/s"]
     assert len(rule) == len(header) and all(set(c) <= set("-:") for c in rule)
-    # Ours (deit.optimize first, then each engine of ours, the plain model and int8 where ONNX
-    # Runtime is installed) and the two Linear-only bounds last, on the one model, batch and dtype asked for.
-    assert len(cells) >= 4 and all(len(row) == len(header) for row in cells)
-    assert [row[:3] for row in cells] == [["DeiT-T", "1", "fp32"]] * len(cells)
-    assert cells[0][3].startswith("ours (") and all(row[3].startswith("ours") for row in cells[:-2])
-    assert any(row[3].startswith("ours, plain model") for row in cells)
-    assert [row[3].split(" (")[0] for row in cells[-2:]] == ["Linear-only bound", "Linear-only bound"]
-    assert all(float(row[4]) > 0 for row in cells)
+    assert all(len(row) == len(header) for row in cells) and all(float(row[4]) > 0 for row in cells)
+    assert {tuple(row[:3]) for row in cells} == {("DeiT-T", "1", "fp32"), ("DeiT-T", "1", "bf16")}
     assert report.read_text().count("| DeiT-T |") == len(cells)
+    # Per dtype: ours (deit.optimize first, then each engine of ours, the plain model), the peers,
+    # and the two Linear-only bounds last.
+    fp32 = [row[3] for row in cells if row[2] == "fp32"]
+    assert fp32[0].startswith("ours (fp32, deit.optimize: ") and [name.split(" (")[0] for name in fp32[-2:]] == ["Linear-only bound"] * 2
+    assert "ours, PyTorch engine (fp32, backend='torch'" in " ".join(fp32) and "ours, plain model (fp32, the eager model)" in fp32
+    assert "timm (fp32)" in fp32
+    assert "| 1.00x (1.00x) |" in out  # the best peer against itself, best and median rounds
+    assert "| DeiT-T | 1 | bf16 | ours (bf16, deit.optimize: PyTorch engine) |" in out and "| DeiT-T | 1 | bf16 | timm (bf16" in out
+    names = {row["implementation"] for row in json.loads(raw.read_text())["results"]}
+    assert {"ours", "ours, PyTorch engine", "ours, plain model", "timm"} <= names
+    if onnxruntime_available():
+        assert {"ours, ONNX Runtime engine", "ours int8", "onnxruntime", "onnxruntime-int8"} <= names
+        int8_row = next(line for line in out.splitlines() if line.startswith("| DeiT-T | 1 | fp32 | ours int8"))
+        int8_peer = next(line for line in out.splitlines() if line.startswith("| DeiT-T | 1 | fp32 | onnxruntime-int8"))
+        assert "| 1.00x (1.00x) |" in int8_peer  # int8 rows are compared with the int8 peer
+        assert int8_row.count("x (") == 2  # vs the int8 peer, vs ours plain
 
 
 # ------------------------------------------------------------------ demo
