@@ -86,6 +86,11 @@ METHODS = {
     "timm-soft": "timm TokenDistillationTask, soft, labelled images only",
 }
 FULL_METHODS = ("none", "hard")
+FULL_LABELS = {"hard": "hard distillation (every image labelled)"}  # no unlabelled images at the full budget
+
+
+def method_label(budget: int | str, method: str) -> str:
+    return FULL_LABELS.get(method, METHODS[method]) if budget == "full" else METHODS[method]
 # Paired comparisons beside "method - none": the CLS head on the teacher's labels, the token, timm.
 COMPARISONS = (("soft", "soft-mean"), ("hard-cls", "hard"), ("no-token", "hard-cls"), ("timm-hard", "hard-labelled"),
                ("timm-soft", "soft-labelled"))
@@ -214,7 +219,7 @@ def student_job(budget: int | str, method: str, seed: int, settings: dict[str, A
         job = {"final": head_accuracies(result.final_metrics), "curve": [entry.get("ema_acc1", math.nan) for entry in result.history],
                "images_per_s": statistics.mean(entry["train_images_per_s"] for entry in result.history)}
     job.update(budget=budget, method=method, seed=seed, settings=settings, seconds=time.perf_counter() - start)
-    print(f"{budget} labels per class, seed {seed}: {METHODS[method]}: {job['final']['avg']:.2f}% (averaged heads), "
+    print(f"{budget} labels per class, seed {seed}: {method_label(budget, method)}: {job['final']['avg']:.2f}% (averaged heads), "
           f"{job['seconds']:.0f} s", flush=True)
     return job
 
@@ -331,6 +336,12 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.2f} ± {sd:.2f} (SE {se:.2f})"
 
 
+def student_epochs(budget: int | str, runs: dict[str, list[dict[str, Any]]]) -> str:
+    """The student epochs of the saved runs (several, comma-separated, if invocations differed)."""
+    key = "full_epochs" if budget == "full" else "epochs"
+    return ", ".join(str(e) for e in sorted({run["settings"][key] for method_runs in runs.values() for run in method_runs}))
+
+
 def budget_report(budget: int | str, teacher: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> str:
     """The tables of one budget; ``runs[method]`` lists that method's runs in seed order."""
     title = "All 4,000 labels, label-breaking augmentation" if budget == "full" else f"{budget} labels per class ({10 * budget} labelled images)"
@@ -342,8 +353,8 @@ def budget_report(budget: int | str, teacher: dict[str, Any], runs: dict[str, li
         f"{'training' if budget == 'full' else 'other (unlabelled)'} images"
         + (f", and its argmax is the larger label of {teacher['strong_agreement']:.2f} % of the strongly augmented, mixed views "
            f"(disagreement {100 - teacher['strong_agreement']:.2f} %)" if "strong_agreement" in teacher else "")
-        + ". Validation top-1 (%) on the 1,000 held-out digits after the last epoch, of the weights' moving average: "
-        "mean ± SD (SE).",
+        + f". Students: {student_epochs(budget, runs)} epochs of {IMAGES_PER_EPOCH} images. Validation top-1 (%) on the 1,000 "
+        "held-out digits after the last epoch, of the weights' moving average: mean ± SD (SE).",
         "",
         "| method | seeds | CLS head | DIST head | averaged heads | per seed (averaged) | images/s | s per run |",
         "|---|---:|---:|---:|---:|---|---:|---:|",
@@ -351,7 +362,7 @@ def budget_report(budget: int | str, teacher: dict[str, Any], runs: dict[str, li
     ]
     for method, method_runs in runs.items():
         acc = {head: [run["final"][head] for run in method_runs] for head in HEADS}
-        lines.append(f"| {METHODS[method]} | {len(method_runs)} | {fmt(acc['cls'])} | {fmt(acc['dist'])} | {fmt(acc['avg'])} | "
+        lines.append(f"| {method_label(budget, method)} | {len(method_runs)} | {fmt(acc['cls'])} | {fmt(acc['dist'])} | {fmt(acc['avg'])} | "
                      f"{', '.join(f'{v:.1f}' for v in acc['avg'])} | {statistics.mean(r['images_per_s'] for r in method_runs):.0f} | "
                      f"{statistics.mean(r['seconds'] for r in method_runs):.0f} |")
     lines += ["", "Paired differences (same seeds), points: mean ± SE; **beyond 2 SE** marks |mean| > 2 SE. The last column: "
@@ -438,8 +449,14 @@ def main() -> int:
         return [m for m in args.methods if m in FULL_METHODS] if budget == "full" else args.methods
 
     def missing(task: tuple[Any, tuple[Any, ...], Path]) -> bool:
-        path = task[2]
-        return not (args.reuse and path.is_file() and json.loads(path.read_text())["settings"] == task[1][-1])
+        function, arguments, path = task
+        if not (args.reuse and path.is_file()):
+            return True
+        saved, wanted = json.loads(path.read_text())["settings"], arguments[-1]
+        if function is teacher_job:  # a teacher does not depend on its students' epochs
+            keys = ("teacher_epochs", "full_teacher_epochs", "threads")
+            saved, wanted = ({k: s.get(k) for k in keys} for s in (saved, wanted))
+        return saved != wanted
 
     teachers = [(teacher_job, (budget, settings), result_file(args.out, budget)) for budget in budgets]
     # Seed-major order: an interrupted benchmark has every method at the first seeds.
