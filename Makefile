@@ -45,7 +45,7 @@ demo: $(DEMO_STAMP)
 	$(VENV)/bin/deit demo --out runs/demo
 
 test: $(TEST_STAMP) $(REF_STAMP)
-	$(PY) -m pytest tests -n 2 --dist loadfile --no-loadscope-reorder --durations=20
+	$(PY) -m pytest tests -n 2 --dist loadfile --durations=20
 
 bench: $(TEST_STAMP)
 	$(PY) benchmarks/inference.py

@@ -12,25 +12,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-# `make test` hands whole files to the two xdist workers in collection order
-# (--dist loadfile --no-loadscope-reorder). The slowest files (measured with --durations) start
-# first, so that the end of the run is many short files shared by both workers, not one long file
-# running alone; the rest keep pytest's order.
-SLOW_FILES_FIRST = (
-    "test_readme.py", "test_journeys_training.py", "test_journeys.py", "train/test_resume.py", "train/test_ddp.py",
-    "test_convert.py", "test_journeys_engines.py", "keras/test_keras_jax.py", "test_bench.py", "train/test_teacher_cache.py",
-    "test_optimize.py", "train/test_engine.py", "test_export.py", "test_journeys_trainer_tools.py", "test_modeling.py",
-    "test_journeys_teacher_cache.py", "keras/test_keras_reference.py", "train/test_pretrain.py", "train/test_trainer_tools.py",
-    "test_gpu_check.py", "test_allocator.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    here = os.path.dirname(__file__)
-    rank = {name: position for position, name in enumerate(SLOW_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(os.path.relpath(str(item.path), here).replace(os.sep, "/"), len(rank)))
-
-
 TINY = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
     image_size=32, patch_size=8, num_channels=3, encoder_stride=8, num_labels=5,
