@@ -99,22 +99,6 @@ def test_loading_draws_only_the_weights_the_checkpoint_lacks(tmp_path):
     assert torch.equal(relabelled.deit.embeddings.cls_token, body.embeddings.cls_token)
 
 
-def test_the_initial_draw_is_the_truncated_normal():
-    """deit.initialisation.trunc_normal_ draws nn.init.trunc_normal_'s distribution (N(0, std)
-    within 2 std): the bounds, and the mean and SD of the truncated normal within sampling error."""
-    from deit.initialisation import trunc_normal_
-
-    torch.manual_seed(0)
-    std = 0.02
-    ours = trunc_normal_(torch.empty(1_000_000), std)
-    theirs = torch.nn.init.trunc_normal_(torch.empty(1_000_000), 0.0, std, -2 * std, 2 * std)
-    expected_sd = std * 0.87962566  # sqrt(1 - 2 * 2 * phi(2) / (2 * Phi(2) - 1))
-    for values in (ours, theirs):
-        assert values.abs().max() <= 2 * std
-        assert abs(values.mean().item()) < 5 * expected_sd / 1000  # 5 standard errors of the mean
-        assert values.std().item() == pytest.approx(expected_sd, rel=5e-3)
-
-
 def test_unexpected_keys_are_reported(tmp_path):
     model = deit.DeiTForImageClassification(tiny())
     model.config.save_pretrained(tmp_path)

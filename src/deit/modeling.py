@@ -396,7 +396,7 @@ class DeiTPreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         for module in (m for root in (roots or (self,)) for m in root.modules()):
             if isinstance(module, (nn.Linear, nn.Conv2d)):
-                initialisation.trunc_normal_(module.weight, std)
+                nn.init.trunc_normal_(module.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):
@@ -405,7 +405,7 @@ class DeiTPreTrainedModel(PreTrainedModel):
             elif isinstance(module, DeiTEmbeddings):
                 for token in (module.cls_token, module.distillation_token, module.position_embeddings):
                     if token is not None:
-                        initialisation.trunc_normal_(token, std)
+                        nn.init.trunc_normal_(token, mean=0.0, std=std, a=-2 * std, b=2 * std)
                 if module.mask_token is not None:
                     nn.init.zeros_(module.mask_token)
 
