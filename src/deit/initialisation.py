@@ -37,14 +37,13 @@ def draw_deferred(model: object, keys: set[str]) -> None:
     :func:`deferred`, keeping every other weight as loaded.
 
     ``init_weights`` works on whole modules, so each key's module is initialised and the loaded
-    weights it also holds are put back. Models without ``init_weights`` (the Keras classes, which
-    draw their own weights at construction) are left as they are.
+    weights it also holds are put back. The Keras classes (not ``nn.Module``: they draw their own
+    weights at construction) are left as they are.
     """
-    if not keys or not isinstance(model, nn.Module) or not hasattr(model, "init_weights"):
+    if not keys or not isinstance(model, nn.Module):
         return
     owners = sorted({key.rpartition(".")[0] for key in keys})
     under_owner = lambda name: any(owner == "" or name.startswith(owner + ".") for owner in owners)  # noqa: E731
     loaded = {name: value.clone() for name, value in model.state_dict().items() if name not in keys and under_owner(name)}
     model.init_weights(*(model.get_submodule(owner) for owner in owners))
     model.load_state_dict(loaded, strict=False)
-
