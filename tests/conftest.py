@@ -10,7 +10,9 @@ import torch
 # Tests never reach the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Under pytest-xdist every worker is a process of its own: one thread each keeps the workers from
+# oversubscribing the cores (OpenMP threads spin while they wait for a core another worker holds).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 TINY = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,

@@ -257,6 +257,9 @@ def test_train_one_epoch(train_runs, train_sources, source):
     assert f"finished 1 epoch: top-1 {metrics['val_acc1']:.2f}" in proc.stdout
     assert f"fast kernels: {FAST_KERNELS} (" in proc.stdout
     assert (output / "curves.png").stat().st_size > 0 and (output / checkpointing.CHECKPOINT_NAME).is_file()
+    if source == "preset":  # Issue 24, item 1: a bare preset says loudly that it starts from random weights.
+        assert ("model: deit-tiny-distilled-patch16-224 is an architecture preset: RANDOM initial weights, training from scratch "
+                "(to fine-tune released weights: --model facebook/deit-tiny-distilled-patch16-224 or a local checkpoint)") in proc.stdout
 
     trained = deit.AutoModelForImageClassification.from_pretrained(output / "last")
     config = trained.config

@@ -7,6 +7,7 @@ tests/journey_fixtures.py, one epoch of a dozen images, no loader processes): a 
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shutil
@@ -18,7 +19,6 @@ import torch
 from journey_fixtures import CLASSES, console_script, run_deit, save_hf_checkpoint, tiny_deit, write_image_folder
 from safetensors.torch import load_file
 
-import deit
 from deit.train import checkpointing
 from deit.train.optim import scaled_lr
 
@@ -57,7 +57,26 @@ def train(checkpoint: Path, photos: Path, output: Path, *extra: str):
     return run_deit("train", "--model", checkpoint, "--data", photos, "--output", output, *QUICK, *extra)
 
 
-# ------------------------------------------------------------------ item 1: Hub names vs presets
+def assert_the_console_shows_the_plan_and_short_run_defaults(proc, output: Path) -> None:
+    """Item 9 (silent defaults), on a run of QUICK's settings: the console shows the plan, and the
+    recipe's defaults that a 3-step run would waste adapt or are switched off, each said so."""
+    out, err = proc.stdout, proc.stderr
+    assert f"data: {TRAIN_IMAGES} training images, {VAL_IMAGES} validation images, 3 classes (cat, dog, fox)" in out
+    assert f"steps: {TRAIN_IMAGES // 4} per epoch of 4 images (4 per step x 1 process(es) x 1 accumulation), 1 epoch(s) = 3 steps" in out
+    assert "time: " in err and "for this run's 3 steps (plus validation)" in err
+    entry = history(output)[0]
+    assert f"epoch 1/1: train loss {entry['train_loss']:.4f}, val top-1 {entry['val_acc1']:.2f} %" in out
+    # The warm-up no longer swallows a short run: the one epoch trains at the peak rate, not 1e-6.
+    assert "note: warm-up 0 epoch(s): the recipe's 5 are cut to at most a fifth of a 1-epoch run" in err
+    assert entry["lr"] == pytest.approx(scaled_lr(5e-4, 4))
+    # The EMA would stay at the initial weights: off, with a note, and no ema/ model saved.
+    assert "note: EMA off: an EMA with decay 0.99996 would still be 100 % the initial weights after this run's 3 steps" in err
+    assert not (output / "ema").exists() and "ema_acc1" not in entry
+    assert "note: repeated augmentation x3 (the recipe's): each epoch trains on 3 views of about 4 of the 12 images" in err
+    assert "finished 1 epoch: top-1" in out
+
+
+# ------------------------------------------------------------------ item 1: Hub names (a bare preset: tests/test_journeys.py::test_train_one_epoch)
 def test_item1_hub_name_offline_is_one_clear_error_not_fresh_weights(workspace, photos):
     """``--model facebook/deit-...`` loads the Hub's weights; offline and not cached, it stops at
     once with one error (it used to train from random weights without a word)."""
@@ -69,19 +88,12 @@ def test_item1_hub_name_offline_is_one_clear_error_not_fresh_weights(workspace, 
     assert not (output / "metrics.jsonl").exists() and not (output / "last").exists()
 
 
-def test_item1_bare_preset_says_loudly_that_it_starts_from_random_weights(workspace, photos):
-    proc = run_deit("train", "--model", "deit-tiny-distilled-patch16-224", "--hidden-size", "32", "--depth", "1", "--heads", "2",
-                    "--patch-size", "8", "--image-size", "32", "--data", photos, "--output", workspace / "preset", *QUICK)
-    assert proc.returncode == 0, proc.stderr
-    assert ("model: deit-tiny-distilled-patch16-224 is an architecture preset: RANDOM initial weights, training from scratch "
-            "(to fine-tune released weights: --model facebook/deit-tiny-distilled-patch16-224 or a local checkpoint)") in proc.stdout
-
-
-# ------------------------------------------------------------------ item 2: overwrite protection
+# ------------------------------------------------------------------ items 2 and 9: overwrite protection, the plan on the console
 def test_item2_a_finished_run_is_not_overwritten_without_overwrite(workspace, checkpoint, photos):
     output = workspace / "finished"
     first = train(checkpoint, photos, output)
     assert first.returncode == 0, first.stderr
+    assert_the_console_shows_the_plan_and_short_run_defaults(first, output)
     before = {name: (output / name).read_bytes() for name in ("metrics.jsonl", "best/model.safetensors", "checkpoint.pt")}
 
     again = train(checkpoint, photos, output, "--seed", "1")
@@ -198,27 +210,6 @@ def test_item8_bare_resume_restores_the_runs_settings(workspace, checkpoint, pho
 
 
 # ------------------------------------------------------------------ item 9: silent defaults
-def test_item9_short_run_defaults_adapt_or_warn_and_the_console_shows_the_plan(workspace, checkpoint, photos):
-    output = workspace / "defaults"
-    proc = run_deit("train", "--model", checkpoint, "--data", photos, "--output", output, "--epochs", "1", "--batch-size", "4",
-                    "--num-workers", "0", "--no-progress", "--device", "cpu", "--fast-kernels", "off")
-    assert proc.returncode == 0, proc.stderr
-    out, err = proc.stdout, proc.stderr
-    assert f"data: {TRAIN_IMAGES} training images, {VAL_IMAGES} validation images, 3 classes (cat, dog, fox)" in out
-    assert f"steps: {TRAIN_IMAGES // 4} per epoch of 4 images (4 per step x 1 process(es) x 1 accumulation), 1 epoch(s) = 3 steps" in out
-    assert "time: " in err and "for this run's 3 steps (plus validation)" in err
-    entry = history(output)[0]
-    assert f"epoch 1/1: train loss {entry['train_loss']:.4f}, val top-1 {entry['val_acc1']:.2f} %" in out
-    # The warm-up no longer swallows a short run: the one epoch trains at the peak rate, not 1e-6.
-    assert "note: warm-up 0 epoch(s): the recipe's 5 are cut to at most a fifth of a 1-epoch run" in err
-    assert entry["lr"] == pytest.approx(scaled_lr(5e-4, 4))
-    # The EMA would stay at the initial weights: off, with a note, and no ema/ model saved.
-    assert "note: EMA off: an EMA with decay 0.99996 would still be 100 % the initial weights after this run's 3 steps" in err
-    assert not (output / "ema").exists() and "ema_acc1" not in entry
-    assert "note: repeated augmentation x3 (the recipe's): each epoch trains on 3 views of about 4 of the 12 images" in err
-    assert "finished 1 epoch: top-1" in out
-
-
 def test_item9_a_teacher_without_weights_is_refused(workspace, checkpoint, photos):
     proc = train(checkpoint, photos, workspace / "random-teacher", "--teacher", "torchvision:resnet18")
     assert proc.returncode != 0
@@ -249,11 +240,15 @@ def test_item11_new_heads_are_reported_once_without_a_stack_line(workspace, phot
 
 
 def test_item11_help_texts_have_one_default_each_and_eval_options_are_described():
-    train_help = " ".join(run_deit("train", "--help").stdout.split())
+    """The parsers' own help texts (the console script's ``--help`` is tests/test_cli_help.py's)."""
+    from deit.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    train_help = " ".join(commands["train"].format_help().split())
     assert "(default: None)" not in train_help and not re.search(r"\(default[^)]*\) \(default", train_help)
     assert "--val-data VAL_DATA validation data (default: the val split of --data) --num-workers" in train_help
     assert "--overwrite, --no-overwrite start afresh" in train_help
-    eval_help = " ".join(run_deit("eval", "--help").stdout.split())
+    eval_help = " ".join(commands["eval"].format_help().split())
     for option, text in (("--split {train,val,all}", "which images of --data"), ("--batch-size BATCH_SIZE", "images per forward pass"),
                          ("--num-workers NUM_WORKERS", "DataLoader processes that decode images")):
         assert f"{option} {text}" in eval_help
@@ -277,8 +272,6 @@ def test_item12_a_timm_teacher_with_the_users_weights_gets_the_students_batch(wo
 
 @pytest.mark.parametrize("command", ["train", "pretrain", "eval"])
 def test_item11_every_training_option_has_a_text(command):
-    import argparse
-
     from deit.cli import build_parser
 
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
