@@ -88,7 +88,7 @@ def test_item1_hub_name_offline_is_one_clear_error_not_fresh_weights(workspace, 
     assert not (output / "metrics.jsonl").exists() and not (output / "last").exists()
 
 
-# ------------------------------------------------------------------ items 2 and 9: overwrite protection, the plan on the console
+# ------------------------------------------------------------------ items 2, 9 and 11: overwrite protection, the plan on the console, a run folder as a model
 def test_item2_a_finished_run_is_not_overwritten_without_overwrite(workspace, checkpoint, photos):
     output = workspace / "finished"
     first = train(checkpoint, photos, output)
@@ -108,6 +108,11 @@ def test_item2_a_finished_run_is_not_overwritten_without_overwrite(workspace, ch
     assert f"--overwrite: removed the previous run's checkpoint.pt, metrics.jsonl, curves.png, best, last from {output}" in fresh.stderr
     assert (output / "checkpoint.pt").read_bytes() != before["checkpoint.pt"] and len(history(output)) == 1
     assert (output / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
+
+    # Item 11: the run's folder given as a model points at the models in it.
+    proc = run_deit("predict", "--model", output, photos / "val" / "cat")
+    assert proc.returncode != 0
+    assert f"this is a training run's folder: its models are {output / 'best'} and {output / 'last'}" in proc.stderr
 
 
 # ------------------------------------------------------------------ item 3: teacher class order
@@ -217,15 +222,6 @@ def test_item9_a_teacher_without_weights_is_refused(workspace, checkpoint, photo
 
 
 # ------------------------------------------------------------------ item 11: smaller things
-def test_item11_predict_on_a_training_folder_points_at_its_models(workspace, checkpoint, photos):
-    output = workspace / "finished"
-    if not (output / "best").exists():
-        assert train(checkpoint, photos, output).returncode == 0
-    proc = run_deit("predict", "--model", output, photos / "val" / "cat")
-    assert proc.returncode != 0
-    assert f"this is a training run's folder: its models are {output / 'best'} and {output / 'last'}" in proc.stderr
-
-
 def test_item11_new_heads_are_reported_once_without_a_stack_line(workspace, photos):
     other = save_hf_checkpoint(workspace / "ten-labels", tiny_deit(labels=tuple(f"c{i}" for i in range(10))))
     output = workspace / "new-heads"
